@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Debian packages the tests need; installs only what is missing, so a second run is instant.
+set -euo pipefail
+packages=()
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,46 @@
+"""The contract between training, export, the registry and serving.
+
+Every exported model is one ONNX file with one input and one output, named here, and carries
+its serving facts in the ONNX ``metadata_props`` (keys below) so that any backend that loads
+the file knows how to preprocess and how to decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+CLASSIFIER: Final = "brain-tumor-classifier"
+"""Binary: does the slice show a tumour. Output ``probabilities`` (N, 2): [no tumour, tumour]."""
+SEGMENTER: Final = "brain-tumor-segmenter"
+"""Pixel-wise tumour probability. Output ``probabilities`` (N, 1, H, W)."""
+TYPE_CLASSIFIER: Final = "brain-tumor-type-classifier"
+"""Tumour type (4 classes). Output ``probabilities`` (N, K)."""
+MODEL_NAMES: Final = (CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER)
+
+INPUT_NAME: Final = "image"
+"""float32 (N, 3, S, S), the output of ``medops.transforms.preprocess_slice``."""
+OUTPUT_NAME: Final = "probabilities"
+"""float32, softmax (classifiers) or sigmoid (segmenter) already applied in the graph."""
+
+CHAMPION: Final = "champion"
+CHALLENGER: Final = "challenger"
+
+# keys of ONNX metadata_props
+META_TASK: Final = "medops.task"  # "classification" | "segmentation"
+META_INPUT_SIZE: Final = "medops.input_size"  # "256"
+META_CLASSES: Final = "medops.classes"  # JSON list of class names
+META_THRESHOLD: Final = "medops.threshold"  # operating threshold, "0.5"
+META_DATASET_VERSION: Final = "medops.dataset_version"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What serving needs to know about one model version."""
+
+    name: str
+    version: str
+    task: str
+    input_size: int
+    classes: tuple[str, ...]
+    threshold: float
