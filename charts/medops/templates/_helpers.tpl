@@ -1,0 +1,175 @@
+{{/* Chart name, truncated to the 63 characters DNS names allow. */}}
+{{- define "medops.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart unless the release name already contains the chart name. */}}
+{{- define "medops.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "medops.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. Call with (dict "ctx" $ "component" "gateway"). */}}
+{{- define "medops.labels" -}}
+helm.sh/chart: {{ include "medops.chart" .ctx }}
+{{ include "medops.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: medops
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "medops.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "medops.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Name of a component's objects: (dict "ctx" $ "component" "gateway"). */}}
+{{- define "medops.componentName" -}}
+{{- printf "%s-%s" (include "medops.fullname" .ctx) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* image reference: (dict "ctx" $ "image" .Values.gateway.image). */}}
+{{- define "medops.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/* Pod security context: non-root, RuntimeDefault seccomp. Argument: the uid. */}}
+{{- define "medops.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ . }}
+runAsGroup: {{ . }}
+fsGroup: {{ . }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container security context used by every container of the chart. */}}
+{{- define "medops.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "medops.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Scheduling fields of a component: (dict "nodeSelector" .. "tolerations" .. "affinity" ..). */}}
+{{- define "medops.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Extra environment from a map, sorted by name. */}}
+{{- define "medops.extraEnv" -}}
+{{- range $k, $v := . }}
+- name: {{ $k }}
+  value: {{ $v | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* MLflow tracking URI the services use. */}}
+{{- define "medops.trackingUri" -}}
+{{- if .Values.mlflow.enabled }}
+{{- printf "http://%s:%d" (include "medops.componentName" (dict "ctx" . "component" "mlflow")) (int .Values.mlflow.service.port) }}
+{{- else }}
+{{- required "mlflow.external.trackingUri is required when mlflow.enabled is false" .Values.mlflow.external.trackingUri }}
+{{- end }}
+{{- end }}
+
+{{/* Object store endpoint (bundled MinIO or external S3). */}}
+{{- define "medops.s3Endpoint" -}}
+{{- if .Values.minio.enabled }}
+{{- printf "http://%s:9000" (include "medops.componentName" (dict "ctx" . "component" "minio")) }}
+{{- else }}
+{{- required "objectStore.endpoint is required when minio.enabled is false" .Values.objectStore.endpoint }}
+{{- end }}
+{{- end }}
+
+{{/* S3 credentials as AWS_* environment variables. */}}
+{{- define "medops.s3Env" -}}
+{{- if .Values.minio.enabled }}
+{{- $secret := default (include "medops.componentName" (dict "ctx" . "component" "minio")) .Values.minio.auth.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: root-user
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: root-password
+{{- else }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "objectStore.existingSecret is required when minio.enabled is false" .Values.objectStore.existingSecret }}
+      key: AWS_ACCESS_KEY_ID
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.objectStore.existingSecret }}
+      key: AWS_SECRET_ACCESS_KEY
+{{- end }}
+- name: AWS_DEFAULT_REGION
+  value: {{ .Values.objectStore.region | quote }}
+- name: MLFLOW_S3_ENDPOINT_URL
+  value: {{ include "medops.s3Endpoint" . | quote }}
+{{- end }}
+
+{{/* mc reads the store's address and credentials from MC_HOST_store (after the AWS_* variables). */}}
+{{- define "medops.mcHostEnv" -}}
+- name: MC_HOST_store
+  value: {{ regexReplaceAll "^(https?://)" (include "medops.s3Endpoint" .) "${1}$(AWS_ACCESS_KEY_ID):$(AWS_SECRET_ACCESS_KEY)@" | quote }}
+{{- end }}
+
+{{/* A generated secret value, kept across upgrades: (dict "ctx" $ "name" secretName "key" key). */}}
+{{- define "medops.persistentSecretValue" -}}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .name }}
+{{- if and $existing (hasKey $existing.data .key) }}
+{{- index $existing.data .key | b64dec }}
+{{- else }}
+{{- randAlphaNum 32 }}
+{{- end }}
+{{- end }}
+
+{{/* The Istio destination of the gateway's HTTP port. */}}
+{{- define "medops.gatewayHost" -}}
+{{- printf "%s.%s.svc.cluster.local" (include "medops.componentName" (dict "ctx" . "component" "gateway")) .Release.Namespace }}
+{{- end }}

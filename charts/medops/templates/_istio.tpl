@@ -1,0 +1,76 @@
+{{/* HTTP routes of the gateway's VirtualServices, from .Values.routing. */}}
+{{- define "medops.istioRoutes" -}}
+{{- $host := include "medops.gatewayHost" . }}
+{{- $svc := .Values.gateway.service -}}
+# gRPC carries the model name in the message body, so the gateway routes it.
+- name: grpc
+  match:
+    - port: {{ $svc.grpcPort }}
+  route:
+    - destination:
+        host: {{ $host }}
+        port:
+          number: {{ $svc.grpcPort }}
+{{- if eq .Values.routing.mode "mesh" }}
+# An explicit variant (testing override) passes through untouched.
+- name: variant-override
+  match:
+    - headers:
+        x-medops-variant:
+          regex: ".+"
+  route:
+    - destination:
+        host: {{ $host }}
+        port:
+          number: {{ $svc.httpPort }}
+{{- range $model, $spec := .Values.routing.models }}
+- name: {{ $model }}
+  match:
+    - uri:
+        exact: /v2/models/{{ $model }}
+    - uri:
+        prefix: /v2/models/{{ $model }}/
+  route:
+    {{- if eq $spec.strategy "bandit" }}
+    # Thompson sampling needs live rewards: the gateway picks the arm.
+    - destination:
+        host: {{ $host }}
+        port:
+          number: {{ $svc.httpPort }}
+    {{- else }}
+    {{- range $spec.variants }}
+    {{- $weight := int .weight }}
+    {{- if eq $spec.strategy "bluegreen" }}
+    {{- $weight = ternary 100 0 (eq .name (required (printf "routing.models.%s.active is required for bluegreen" $model) $spec.active)) }}
+    {{- end }}
+    {{- if gt $weight 0 }}
+    - destination:
+        host: {{ $host }}
+        port:
+          number: {{ $svc.httpPort }}
+      weight: {{ $weight }}
+      headers:
+        request:
+          set:
+            x-medops-variant: {{ .name }}
+    {{- end }}
+    {{- end }}
+    {{- end }}
+  {{- with $spec.shadow }}
+  # The shadow copy arrives with "-shadow" appended to its Host; its answer is discarded.
+  mirror:
+    host: {{ $host }}
+    port:
+      number: {{ $svc.httpPort }}
+  mirrorPercentage:
+    value: {{ .percent }}
+  {{- end }}
+{{- end }}
+{{- end }}
+- name: default
+  route:
+    - destination:
+        host: {{ $host }}
+        port:
+          number: {{ $svc.httpPort }}
+{{- end }}
