@@ -1,0 +1,129 @@
+"""Patient-level, label-stratified, seeded train/val/test splits."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from medops.data.manifest import Manifest, write_json_atomic
+from medops.errors import DatasetError, InvalidInputError
+
+SplitName = Literal["train", "val", "test"]
+SPLIT_NAMES: tuple[SplitName, ...] = ("train", "val", "test")
+
+
+@dataclass
+class Splits:
+    """Patient ids per split; a patient's slices are never spread over two splits."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    version: str | None = field(default=None)
+    """Version of the manifest the split was made for."""
+
+    def patients(self, split: SplitName) -> list[str]:
+        if split not in SPLIT_NAMES:
+            raise InvalidInputError(f"split must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
+        patients: list[str] = getattr(self, split)
+        return patients
+
+    def sample_ids(self, manifest: Manifest, split: SplitName) -> list[str]:
+        """Ids of the samples of ``split``, in manifest order."""
+        wanted = set(self.patients(split))
+        return [s.sample_id for s in manifest.samples if s.patient_id in wanted]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "seed": self.seed,
+            "fractions": list(self.fractions),
+            "version": self.version,
+            "train": self.train,
+            "val": self.val,
+            "test": self.test,
+        }
+
+    def save(self, path: Path) -> Path:
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> Splits:
+        try:
+            data = json.loads(Path(path).read_text())
+            fr = [float(f) for f in data["fractions"]]
+            return cls(
+                train=list(data["train"]),
+                val=list(data["val"]),
+                test=list(data["test"]),
+                seed=int(data["seed"]),
+                fractions=(fr[0], fr[1], fr[2]),
+                version=data.get("version"),
+            )
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: splits file not found") from None
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise DatasetError(f"{path}: malformed splits file ({exc})") from None
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3 or any(not math.isfinite(f) or f < 0 for f in fr):
+        raise InvalidInputError(f"fractions must be three non-negative numbers, got {fractions}")
+    if abs(sum(fr) - 1.0) > 1e-6:
+        raise InvalidInputError(f"fractions must sum to 1, got {fractions} (sum {sum(fr)})")
+    return fr[0], fr[1], fr[2]
+
+
+def _apportion(n: int, fractions: tuple[float, float, float]) -> list[int]:
+    """Largest-remainder rounding of ``n * fractions`` (ties favour the earlier split)."""
+    raw = [n * f for f in fractions]
+    counts = [math.floor(r) for r in raw]
+    order = sorted(range(3), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def split_dataset(
+    manifest: Manifest, *, seed: int = 0, fractions: Sequence[float] = (0.7, 0.15, 0.15)
+) -> Splits:
+    """Split the patients of ``manifest`` into train/val/test.
+
+    Patients are grouped by their label (has-tumour for segmentation, class otherwise); each
+    group is shuffled with ``seed`` and cut by ``fractions``, so every split has about the
+    same label mix. Deterministic for a seed. Saved as ``splits-<seed>.json`` beside the
+    manifest when the manifest was saved.
+    """
+    fr = _check_fractions(fractions)
+    labels = manifest.patient_labels()
+    if not labels:
+        raise DatasetError(f"dataset {manifest.name} has no patients to split")
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
+    for label in sorted(set(labels.values())):
+        group = sorted(p for p, lab in labels.items() if lab == label)
+        group = [group[i] for i in rng.permutation(len(group))]
+        n_train, n_val, _ = _apportion(len(group), fr)
+        out["train"] += group[:n_train]
+        out["val"] += group[n_train : n_train + n_val]
+        out["test"] += group[n_train + n_val :]
+    splits = Splits(
+        train=sorted(out["train"]),
+        val=sorted(out["val"]),
+        test=sorted(out["test"]),
+        seed=seed,
+        fractions=fr,
+        version=manifest.version,
+    )
+    if manifest.directory is not None:
+        splits.save(manifest.directory / f"splits-{seed}.json")
+    return splits

@@ -1,0 +1,204 @@
+"""Preprocessing shared by training and serving.
+
+Training (through :func:`medops.data.load_arrays`) and the serving gateway call the very same
+:func:`preprocess_slice`, so a model sees at inference exactly what it saw in training. Any
+change to what these functions compute must bump :data:`PREPROCESS_VERSION`, which keys the
+preprocessed-array caches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medops.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from medops.imaging.image import Image
+
+PREPROCESS_VERSION = 1
+"""Version of the preprocessing below; caches of preprocessed arrays are keyed by it."""
+
+LOW_PERCENTILE = 0.5
+HIGH_PERCENTILE = 99.5
+
+
+def _as_chw(slice_: np.ndarray, what: str = "slice") -> np.ndarray:
+    arr = np.asarray(slice_)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InvalidInputError(f"{what} must be (C, H, W) or (H, W), got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1 or arr.shape[2] < 1:
+        raise InvalidInputError(f"{what} is empty: shape {arr.shape}")
+    if arr.dtype.kind not in "buif":
+        raise InvalidInputError(f"{what} has unsupported dtype {arr.dtype}")
+    return arr
+
+
+def _u8_percentiles(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Low/high percentiles (NumPy's linear method) and min/max of uint8 rows via histograms."""
+    c, n = x.shape
+    lo, hi, mn, mx = (np.empty(c, dtype=np.float32) for _ in range(4))
+    for i in range(c):
+        counts = np.bincount(x[i], minlength=256)
+        cum = np.cumsum(counts)
+        present = np.flatnonzero(counts)
+        mn[i], mx[i] = present[0], present[-1]
+        for out, q in ((lo, LOW_PERCENTILE), (hi, HIGH_PERCENTILE)):
+            v = q / 100.0 * (n - 1)
+            k0 = int(np.floor(v))
+            k1 = min(k0 + 1, n - 1)
+            a, b = np.searchsorted(cum, [k0, k1], side="right")
+            out[i] = a + (b - a) * (v - k0)
+    return lo, hi, mn, mx
+
+
+def normalise_intensity(slice_: np.ndarray) -> np.ndarray:
+    """Per-channel robust scaling to [0, 1], float32.
+
+    Each channel is clipped to its 0.5th and 99.5th percentiles and scaled to [0, 1]; when
+    those percentiles coincide (a mostly blank slice) the channel's min and max are used
+    instead, and a constant channel becomes zeros. Non-finite values count as 0.
+    """
+    arr = _as_chw(slice_)
+    c = arr.shape[0]
+    flat_in = arr.reshape(c, -1)
+    if flat_in.dtype == np.uint8:
+        # histogram route: same percentiles, a fraction of the cost of sorting
+        lo, hi, mn, mx = _u8_percentiles(flat_in)
+    else:
+        x: np.ndarray = flat_in.astype(np.float32)
+        if arr.dtype.kind == "f" and not np.isfinite(x).all():
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = np.percentile(x, [LOW_PERCENTILE, HIGH_PERCENTILE], axis=1).astype(np.float32)
+        mn, mx = x.min(axis=1), x.max(axis=1)
+    flat = hi <= lo
+    lo = np.where(flat, mn, lo).astype(np.float32)
+    hi = np.where(flat, mx, hi).astype(np.float32)
+    span = hi - lo
+    scale = np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
+    if flat_in.dtype == np.uint8:
+        levels = np.arange(256, dtype=np.float32)
+        lut = np.clip((levels[None] - lo[:, None]) * scale[:, None], 0.0, 1.0)
+        out = np.stack([np.take(lut[i], flat_in[i]) for i in range(c)])
+    else:
+        out = (x - lo[:, None]) * scale[:, None]
+        np.clip(out, 0.0, 1.0, out=out)
+    return out.reshape(arr.shape)
+
+
+def _resize_float(arr: np.ndarray, size: int) -> np.ndarray:
+    if arr.shape[1:] == (size, size):
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    import torch  # imported lazily: the command line should not pay for torch at start-up
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+    # antialias only matters when shrinking; it matches PIL's resampling there
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    res: np.ndarray = out[0].numpy()
+    return res
+
+
+def n4_bias_correction(slice_: np.ndarray) -> np.ndarray:
+    """N4 bias-field correction (SimpleITK) of each channel of a (C, H, W) slice, float32.
+
+    The field is fitted on a 2x shrunk copy inside an Otsu foreground mask and applied at
+    full resolution; channels that are constant or have no foreground are returned unchanged.
+    """
+    import SimpleITK as sitk
+
+    arr = _as_chw(slice_).astype(np.float32)
+    out = np.empty_like(arr)
+    for c in range(arr.shape[0]):
+        channel: np.ndarray = arr[c]
+        lo, hi = float(channel.min()), float(channel.max())
+        if hi <= lo or min(channel.shape) < 8:
+            out[c] = channel
+            continue
+        shifted = channel - lo  # N4 works on non-negative intensities (CT/DICOM may be < 0)
+        image = sitk.GetImageFromArray(shifted)
+        small = sitk.Shrink(image, [2, 2])
+        mask = sitk.OtsuThreshold(small, 0, 1, 200)
+        if not sitk.GetArrayViewFromImage(mask).any():
+            out[c] = channel
+            continue
+        corrector = sitk.N4BiasFieldCorrectionImageFilter()
+        corrector.SetMaximumNumberOfIterations([20, 20, 20])
+        corrector.Execute(small, mask)
+        log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(image))
+        out[c] = shifted / np.exp(log_field).astype(np.float32) + lo
+    return out
+
+
+def preprocess_slice(
+    slice_: np.ndarray, size: int, *, channels: int = 3, bias_correction: bool = False
+) -> np.ndarray:
+    """Turn one slice of any dtype into the model input: float32 ``(channels, size, size)``.
+
+    Steps: optional N4 bias correction; per-channel robust normalisation to [0, 1]
+    (:func:`normalise_intensity`); channel adaptation (extra channels such as alpha are
+    dropped, a single channel is repeated); bilinear antialiased resize to ``size``.
+    ``slice_`` is ``(C, H, W)`` (or ``(H, W)`` for grey).
+    """
+    if not isinstance(size, int | np.integer) or size < 1:
+        raise InvalidInputError(f"size must be a positive integer, got {size!r}")
+    if channels < 1:
+        raise InvalidInputError(f"channels must be positive, got {channels}")
+    arr = _as_chw(slice_)
+    c = arr.shape[0]
+    if c > channels:
+        arr = arr[:channels]
+    elif c != channels and c != 1:
+        raise InvalidInputError(f"cannot adapt a {c}-channel slice to {channels} channels")
+    if bias_correction:
+        arr = n4_bias_correction(arr)
+    out = _resize_float(normalise_intensity(arr), int(size))
+    np.clip(out, 0.0, 1.0, out=out)
+    if out.shape[0] != channels:
+        out = np.repeat(out, channels, axis=0)
+    return out
+
+
+def _nearest_index(src: int, dst: int) -> np.ndarray:
+    # pixel-centre nearest neighbour (torch's "nearest-exact")
+    idx = np.floor((np.arange(dst) + 0.5) * (src / dst)).astype(np.intp)
+    res: np.ndarray = np.minimum(idx, src - 1)
+    return res
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Binary mask ``(H, W)`` or ``(1, H, W)`` -> uint8 ``(1, size, size)`` of 0/1, nearest."""
+    arr = np.asarray(mask)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise InvalidInputError(f"mask must be (H, W) or (1, H, W), got shape {np.shape(mask)}")
+    if not isinstance(size, int | np.integer) or size < 1:
+        raise InvalidInputError(f"size must be a positive integer, got {size!r}")
+    h, w = arr.shape
+    out = arr[_nearest_index(h, size)][:, _nearest_index(w, size)] > 0
+    return out.astype(np.uint8)[None]
+
+
+def restore_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a model output ``(..., S, S)`` back to the original ``(H, W)`` (nearest).
+
+    Leading axes and dtype are kept, so it serves binary masks and probability maps alike.
+    """
+    arr = np.asarray(mask)
+    if arr.ndim < 2 or 0 in arr.shape:
+        raise InvalidInputError(f"mask must have at least 2 dimensions, got shape {arr.shape}")
+    h, w = (int(s) for s in shape)
+    if h < 1 or w < 1:
+        raise InvalidInputError(f"target shape must be positive, got {shape}")
+    rows = _nearest_index(arr.shape[-2], h)
+    cols = _nearest_index(arr.shape[-1], w)
+    return np.ascontiguousarray(arr[..., rows, :][..., cols])
+
+
+def volume_to_slices(image: Image) -> list[np.ndarray]:
+    """Split a volume into its slices along the third voxel axis, each ``(C, Y, X)``."""
+    return [image.slice(k) for k in range(image.num_slices)]
