@@ -1,0 +1,20 @@
+"""Export: single-file ONNX with parity checks, and Triton model repositories."""
+
+from medops.export.onnx_export import ExportError, ExportResult, export_onnx, read_model_metadata
+from medops.export.triton import (
+    TritonModel,
+    model_config,
+    read_model_config,
+    write_triton_repository,
+)
+
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "TritonModel",
+    "export_onnx",
+    "model_config",
+    "read_model_config",
+    "read_model_metadata",
+    "write_triton_repository",
+]

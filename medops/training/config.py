@@ -1,0 +1,155 @@
+"""Training configuration and its presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from medops.errors import InvalidInputError
+
+Task = Literal["classifier", "segmenter", "type-classifier"]
+Preset = Literal["tiny", "fast", "full"]
+TASKS: tuple[str, ...] = ("classifier", "segmenter", "type-classifier")
+PRESETS: tuple[str, ...] = ("tiny", "fast", "full")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; two runs with equal configs and data are identical."""
+
+    task: Task
+    """classifier (tumour yes/no), type-classifier (tumour type) or segmenter (tumour mask)."""
+    image_size: int = 128
+    """Side of the square input slices; the arrays must already have this size."""
+    epochs: int = 10
+    batch_size: int = 16
+    """Global batch: train_distributed splits it evenly over the processes."""
+    lr: float = 1e-3
+    """Peak learning rate of the one-cycle schedule (AdamW)."""
+    weight_decay: float = 1e-4
+    seed: int = 0
+    patience: int = 4
+    """Stop after this many epochs without a better validation metric; 0 disables early stopping."""
+    num_classes: int = 2
+    arch: str = "resnet18"
+    """Classifier: resnet10, resnet18 or resnet34."""
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    """Classifier stage widths."""
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    """Segmenter (ResUNet) level widths."""
+    num_res_units: int = 2
+    augment: bool = True
+    """MONAI flips, small affine, intensity scale/shift and gaussian noise (image and mask together)."""
+    loss: Literal["dice_bce", "dice_focal"] = "dice_bce"
+    """Segmenter loss; classifiers use cross-entropy."""
+    warm_start: str | None = None
+    """A local state_dict file to start from (tensors whose shape differs, e.g. a new head, are skipped)."""
+    freeze_epochs: int = 0
+    """After a warm start, train only the head (classifier fc / segmenter decoder) for this many
+    epochs, then unfreeze everything. Ignored without a warm start."""
+    num_threads: int = 2
+    max_steps_per_epoch: int | None = None
+    """Cap on optimiser steps per epoch (tiny test runs)."""
+    device: str = "cpu"
+    """cpu, cuda, or auto (cuda when available)."""
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.task not in TASKS:
+            problems.append(f"task: {self.task!r} is not one of {list(TASKS)}")
+        for field in ("image_size", "epochs", "batch_size", "num_threads"):
+            if getattr(self, field) < 1:
+                problems.append(f"{field}: must be at least 1, got {getattr(self, field)}")
+        if not (self.lr > 0) or math.isnan(self.lr):
+            problems.append(f"lr: must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.patience < 0 or self.freeze_epochs < 0:
+            problems.append("patience and freeze_epochs must be >= 0")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            problems.append(f"max_steps_per_epoch: must be >= 1, got {self.max_steps_per_epoch}")
+        if self.loss not in ("dice_bce", "dice_focal"):
+            problems.append(f"loss: {self.loss!r} is not dice_bce or dice_focal")
+        if self.device not in ("cpu", "cuda", "auto"):
+            problems.append(f"device: {self.device!r} is not cpu, cuda or auto")
+        if self.task == "segmenter":
+            multiple = 2 ** (len(self.channels) - 1)
+            if self.image_size % multiple:
+                problems.append(
+                    f"image_size: {self.image_size} is not a multiple of {multiple} "
+                    f"(needed by {len(self.channels)} segmenter levels)"
+                )
+        elif self.num_classes < 2:
+            problems.append(f"num_classes: need at least 2, got {self.num_classes}")
+        if problems:
+            raise InvalidInputError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def is_segmenter(self) -> bool:
+        return self.task == "segmenter"
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_params(self) -> dict[str, str | int | float | bool]:
+        """Flat parameters for experiment tracking (tuples joined with '-')."""
+        out: dict[str, str | int | float | bool] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, tuple | list):
+                value = "-".join(str(v) for v in value)
+            out[key] = "" if value is None else value
+        return out
+
+    @classmethod
+    def preset(cls, task: Task, name: Preset = "fast", **overrides: Any) -> TrainConfig:
+        """A named preset for ``task``.
+
+        tiny: seconds, for tests. fast: the whole fast pipeline (both models, evaluation, export,
+        40 LGG patients) in about 12 minutes on 2 CPU cores: 128 px slices, a ResNet18 with
+        half widths, a 16-256 ResUNet. full: 256 px, classic widths, more epochs, aiming at
+        Dice >= 0.80 and AUC >= 0.95.
+        """
+        if task not in TASKS:
+            raise InvalidInputError(f"task: {task!r} is not one of {list(TASKS)}")
+        if name not in PRESETS:
+            raise InvalidInputError(f"preset: {name!r} is not one of {list(PRESETS)}")
+        num_classes = 4 if task == "type-classifier" else 2
+        base: dict[str, Any] = {"task": task, "num_classes": num_classes}
+        if name == "tiny":
+            base |= dict(
+                image_size=32,
+                epochs=2,
+                batch_size=8,
+                lr=3e-3,
+                patience=0,
+                arch="resnet10",
+                widths=(8, 16, 32, 64),
+                channels=(8, 16, 32),
+                num_res_units=1,
+                num_threads=1,
+                max_steps_per_epoch=4,
+            )
+        elif name == "fast":
+            if task == "segmenter":
+                base |= dict(image_size=128, epochs=12, batch_size=16, lr=3e-3, patience=4)
+            else:
+                base |= dict(
+                    image_size=128,
+                    epochs=12,
+                    batch_size=32,
+                    lr=2e-3,
+                    patience=4,
+                    arch="resnet18",
+                    widths=(32, 64, 128, 256),
+                )
+        else:
+            if task == "segmenter":
+                base |= dict(image_size=256, epochs=50, batch_size=16, lr=3e-3, patience=10)
+            else:
+                base |= dict(
+                    image_size=256, epochs=30, batch_size=32, lr=1e-3, patience=8, arch="resnet18"
+                )
+        return cls(**(base | overrides))
