@@ -1,0 +1,1 @@
+"""medops services: each one imports the ``medops`` library and never another service."""
