@@ -167,10 +167,10 @@ class ModelRouting(_Doc):
                     "progressive needs strategy canary with exactly 2 variants "
                     f"(got {s} with {len(self.variants)})"
                 )
-            if self.progressive.variant == self.baseline:
+            canary = self.variant(self.progressive.variant)
+            if CHAMPION in (canary.name, canary.alias):
                 raise ValueError(
-                    f"progressive.variant {self.progressive.variant!r} is the baseline; "
-                    "name the challenger"
+                    f"progressive.variant {canary.name!r} is the champion; name the challenger"
                 )
 
     @property
