@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 
 import click
 
+from medops.data.cli import data
 from medops.errors import MedopsError
 from medops.settings import MedopsSettings
 
@@ -20,6 +21,9 @@ from medops.settings import MedopsSettings
 def cli(ctx: click.Context) -> None:
     """medops: MLOps for medical imaging AI."""
     ctx.obj = MedopsSettings()
+
+
+cli.add_command(data)
 
 
 def _register_plugins() -> None:

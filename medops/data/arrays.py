@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medops.data.manifest import Manifest, Sample, write_json_atomic
-from medops.data.reading import as_mask, read_2d
+from medops.data.reading import as_mask, read_2d, read_volume
 from medops.errors import DatasetError, InvalidInputError
 from medops.transforms import PREPROCESS_VERSION, preprocess_slice, resize_mask
 
@@ -66,9 +66,7 @@ class _Sources:
         held: tuple[str, np.ndarray] | None = getattr(self, slot)
         if held is not None and held[0] == rel:
             return held[1]
-        from medops.imaging import read_image
-
-        arr = read_image(self.m.root / rel).array
+        arr = read_volume(self.m.root, rel)
         setattr(self, slot, (rel, arr))
         return arr
 

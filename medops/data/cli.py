@@ -71,7 +71,7 @@ def _shapes(manifest: Manifest) -> Counter[str]:
 
     from tqdm import tqdm
 
-    from medops.data.reading import probe_2d
+    from medops.data.reading import probe_2d, read_volume
 
     shapes: Counter[str] = Counter()
     volumes: dict[str, str] = {}
@@ -82,9 +82,7 @@ def _shapes(manifest: Manifest) -> Counter[str]:
             (h, w, c), dtype = probe_2d(manifest.image_path(s), s.image)
         else:
             if s.image not in volumes:
-                from medops.imaging import read_image
-
-                arr = read_image(manifest.image_path(s)).array
+                arr = read_volume(manifest.root, s.image)
                 volumes[s.image] = f"{arr.shape[3]}x{arr.shape[2]}x{arr.shape[0]} {arr.dtype}"
             shapes[volumes[s.image]] += 1
             continue

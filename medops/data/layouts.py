@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medops.data.manifest import UNKNOWN_LABEL, Kind, PatientAttrs, Sample
 from medops.data.reading import (
     as_mask,
+    dicom_members,
     is_dicom_file,
     is_image_name,
     is_nifti_name,
     read_2d,
+    read_volume,
 )
 from medops.errors import DatasetError, MedopsError
 
@@ -238,22 +238,16 @@ def _scan_class_folders(root: Path, hasher: Hasher) -> Scan:
 # --- volumes (MSD, DICOM folders) -------------------------------------------------------------
 
 
-def _read_volume(path: Path) -> np.ndarray:
-    from medops.imaging import read_image
-
-    return read_image(path).array
-
-
 def _volume_samples(
     root: Path, pid: str, image: str, mask: str | None, samples: list[Sample]
 ) -> None:
     """One sample per slice of the volume; labels from the mask's per-slice foreground."""
-    volume = _read_volume(root / image)
+    volume = read_volume(root, image)
     depth = volume.shape[1]
     labels = [UNKNOWN_LABEL] * depth
     if mask is not None:
         try:
-            seg = _read_volume(root / mask)
+            seg = read_volume(root, mask)
         except MedopsError:
             seg = None  # unreadable: validation reports it
         if seg is not None and seg.shape[1] == depth:
@@ -337,7 +331,7 @@ def _scan_dicom_folders(root: Path, hasher: Hasher) -> Scan:
     patients: dict[str, PatientAttrs] = {}
     files: list[str] = []
     for folder in (d for d in _children(root) if d.is_dir()):
-        members = [f for f in _children(folder) if f.is_file() and is_dicom_file(f)]
+        members = dicom_members(folder)
         if not members:
             continue
         mask = next(

@@ -142,3 +142,31 @@ def probe_2d(path: Path, name: str) -> tuple[tuple[int, int, int], str]:
         raise
     except Exception as exc:
         raise ImageReadError(f"{name}: cannot read image header: {exc}") from None
+
+
+def dicom_members(folder: Path) -> list[Path]:
+    """The DICOM files directly inside ``folder`` (its subfolders hold other things)."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and is_dicom_file(p)
+    )
+
+
+def read_volume(root: Path, rel: str) -> np.ndarray:
+    """A volume's array ``(C, Z, Y, X)``: a NIfTI (or other) file via
+    :func:`medops.imaging.read_image`, or the DICOM series whose files sit directly in the
+    folder ``rel`` (a ``mask/`` subfolder beside them is not part of it)."""
+    from medops.imaging import read_dicom_series_bytes, read_image
+
+    path = root / rel
+    if path.is_dir():
+        files = dicom_members(path)
+        if not files:
+            raise ImageReadError(f"{rel}: no DICOM files in the folder")
+        return read_dicom_series_bytes(
+            [read_bytes(f, f"{rel}/{f.name}") for f in files], name=rel
+        ).array
+    if not path.exists():
+        raise ImageReadError(f"{rel}: file not found")
+    return read_image(path).array

@@ -28,6 +28,7 @@ from medops.data.reading import (
     is_image_name,
     is_nifti_name,
     read_bytes,
+    read_volume,
     sha256_bytes,
 )
 from medops.data.splits import SPLIT_NAMES, Splits
@@ -113,6 +114,7 @@ class _Checker:
         self.issues: list[Issue] = []
         self.facts: dict[str, dict[str, Any]] = {}
         self.memo: dict[str, tuple[str | None, dict[str, Any]]] = {}
+        self.checked: dict[str, str | None] = {}
         self.facts_path = manifest.directory / _FACTS_FILE if manifest.directory else None
         if self.facts_path is not None and self.facts_path.is_file():
             try:
@@ -134,16 +136,20 @@ class _Checker:
     # -- reading with hash verification --------------------------------------------------
 
     def _verified(self, rel: str) -> tuple[bytes | None, str | None]:
-        """Bytes of a manifest file and its hash; reports missing or changed files."""
+        """Bytes of a manifest file and its hash; reports a missing or changed file once."""
+        first = rel not in self.checked
         try:
             data = read_bytes(self.m.root / rel, rel)
         except ImageReadError as exc:
-            self.add("error", "missing-file", str(exc))
+            if first:
+                self.add("error", "missing-file", str(exc))
+            self.checked[rel] = None
             return None, None
         sha = sha256_bytes(data)
         expected = self.m.hashes.get(rel)
-        if expected is not None and expected != sha:
+        if first and expected is not None and expected != sha:
             self.add("error", "changed-file", f"{rel} changed since ingest; ingest again")
+        self.checked[rel] = sha
         return data, sha
 
     def file_facts(self, rel: str, role: str) -> dict[str, Any]:
@@ -187,9 +193,7 @@ class _Checker:
                 facts = cached
             else:
                 try:
-                    from medops.imaging import read_image
-
-                    arr = read_image(path).array
+                    arr = read_volume(self.m.root, rel)
                     facts = _label_facts(arr) if role == "mask" else _image_facts(arr)
                 except MedopsError as exc:
                     facts = {"error": str(exc)}
