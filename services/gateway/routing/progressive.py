@@ -117,6 +117,12 @@ class ProgressiveController:
         if c is not None and c.spec.variant == variant and drifted:
             c.next_due = -math.inf
 
+    def became_ready(self, model: str, variant: str, now: float) -> None:
+        """A canary waiting at 0 % for readiness is due at once when it becomes ready."""
+        c = self._canaries.get(model)
+        if c is not None and c.spec.variant == variant and c.weight == 0:
+            c.next_due = min(c.next_due, now)
+
     def next_due(self) -> float:
         """When the earliest judgement is due (inf when no canary is running)."""
         return min((c.next_due for c in self._canaries.values()), default=math.inf)

@@ -240,6 +240,8 @@ class Router:
         with self._lock:
             self._ready[(model, variant)] = ready
             self._plans = {**self._plans, model: self._compile(model)}
+            if ready:
+                self._progressive.became_ready(model, variant, self._clock())
             self._tick_locked()
 
     def is_ready(self, model: str, variant: str) -> bool:
