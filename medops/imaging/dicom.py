@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DSfloat
 
 from medops.deid import UIDMap, deidentify_dataset
-from medops.errors import ImageReadError, InvalidInputError, PHIError
+from medops.errors import ImageReadError, InvalidInputError, MedopsError, PHIError
 from medops.imaging.image import Image
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -79,11 +80,31 @@ def read_dataset(source: str | Path | bytes, *, name: str) -> Dataset:
     try:
         fp: Any = io.BytesIO(source) if isinstance(source, bytes) else source
         ds = pydicom.dcmread(fp, force=True)
-        if isinstance(ds, pydicom.FileDataset) and len(ds) == 0:
+        if len(ds) == 0:
             raise ValueError("no DICOM attributes found")
+        _parse_all(ds)
     except Exception as exc:  # pydicom raises many exception types for damaged input
         raise ImageReadError(f"{name}: not a readable DICOM file ({_short(exc)})") from None
     return ds
+
+
+def _parse_all(ds: Dataset) -> None:
+    """Convert every element now: pydicom parses lazily, and damage must surface here."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _parse_all(item)
+
+
+@contextmanager
+def _guard(name: str) -> Iterator[None]:
+    """Any non-medops failure while interpreting a parsed file is a damaged-file error."""
+    try:
+        yield
+    except MedopsError:
+        raise
+    except Exception as exc:  # attribute values pydicom cannot interpret, odd shapes, ...
+        raise ImageReadError(f"{name}: damaged DICOM content ({_short(exc)})") from None
 
 
 def read_dicom_file(
@@ -102,9 +123,10 @@ def read_dicom_file(
     """
     name = name or (Path(source).name if not isinstance(source, bytes) else "<bytes>")
     ds = read_dataset(source, name=name)
-    report = _deid(ds, deidentify, uid_map, burned_in, name)
-    slices = _slices_of(ds, name)
-    return _assemble(slices, [ds], name, report_meta=report, strict_positions=False)
+    with _guard(name):
+        report = _deid(ds, deidentify, uid_map, burned_in, name)
+        slices = _slices_of(ds, name)
+        return _assemble(slices, [ds], name, report_meta=report, strict_positions=False)
 
 
 def list_dicom_series(folder: str | Path) -> list[DicomSeriesInfo]:
@@ -151,7 +173,8 @@ def read_dicom_series_bytes(
     datasets = [
         (f"{name}[{i}]", read_dataset(data, name=f"{name}[{i}]")) for i, data in enumerate(files)
     ]
-    return _read_series(datasets, name, series_uid, deidentify, uid_map, burned_in)
+    with _guard(name):
+        return _read_series(datasets, name, series_uid, deidentify, uid_map, burned_in)
 
 
 def _read_series(

@@ -162,6 +162,8 @@ def read_tiff(source: Path | bytes, name: str) -> Image:
 
     try:
         with tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source) as tif:
+            if not tif.series or not tif.pages:
+                raise ValueError("the file holds no image")
             series = tif.series[0]
             axes = series.axes
             data = series.asarray()

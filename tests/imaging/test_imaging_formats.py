@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import nrrd
@@ -53,7 +54,7 @@ def test_nifti_round_trip_keeps_array_dtype_and_affine(
 def test_nifti_stores_x_y_z_and_channels_on_the_fourth_axis(lgg_volume: Image, tmp_path: Path):
     path = write_nifti(lgg_volume, tmp_path / "lgg.nii.gz")
 
-    on_disk = nib.load(path)
+    on_disk: Any = nib.load(path)
     back = read_image(path)
 
     z, y, x = lgg_volume.shape
@@ -80,7 +81,7 @@ def test_analyze_pair_reads_from_the_header_or_the_image_file(tmp_path: Path):
 def test_minc_volume_reads_with_nibabel_geometry_and_scaling(name: str):
     path = NIBABEL_DATA / name
     assert path.is_file(), f"nibabel's MINC test file {name} is missing"
-    reference = nib.load(path)
+    reference: Any = nib.load(path)
 
     image = read_image(path)
     from_bytes = read_image_bytes(path.read_bytes(), filename=name)
