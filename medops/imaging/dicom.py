@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_color_lut
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DSfloat
 
@@ -304,6 +305,9 @@ def _slices_of(ds: Dataset, name: str) -> list[_Slice]:
         raise ImageReadError(f"{name}: cannot decode the pixel data{how}: {_short(exc)}") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, ds)  # indices -> RGB, so the picture is what is seen
+        samples = 3
     if frames == 1 or pixels.ndim == (2 if samples == 1 else 3):
         pixels = pixels[np.newaxis]
     expected = 3 if samples == 1 else 4

@@ -285,3 +285,26 @@ def test_derived_series_joins_the_reference_study(lgg_volume: Image, tmp_path: P
     assert derived.SeriesInstanceUID != ref.SeriesInstanceUID
     assert original.metadata["deidentified"] is False
     assert "study_instance_uid" not in original.metadata
+
+
+def test_palette_colour_dicom_reads_as_the_rgb_picture_it_shows(
+    dicom_testfile: Callable[[str], Path],
+):
+    from pydicom.pixels import apply_color_lut
+
+    ds = pydicom.dcmread(dicom_testfile("examples_palette.dcm"))
+    expected = apply_color_lut(ds.pixel_array, ds)  # (Y, X, 3)
+
+    image = read_image(dicom_testfile("examples_palette.dcm"))
+
+    assert image.array.shape == (3, 1, *expected.shape[:2])
+    assert np.array_equal(image.array[:, 0], np.moveaxis(expected, -1, 0))
+
+
+def test_multi_frame_rgb_file_gives_three_channels_per_frame(
+    dicom_testfile: Callable[[str], Path],
+):
+    raw = pydicom.dcmread(dicom_testfile("SC_rgb_rle_2frame.dcm")).pixel_array  # (2, Y, X, 3)
+    image = read_image(dicom_testfile("SC_rgb_rle_2frame.dcm"))
+    assert image.array.shape == (3, 2, 100, 100)
+    assert np.array_equal(image.array, np.moveaxis(raw, -1, 0))
