@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from routing_support import MODEL, canary_doc
@@ -318,3 +319,17 @@ def test_the_audit_trail_is_append_only_json_lines_without_keys(
     assert restarted.revision == 4
     assert [e["action"] for e in restarted.audit()] == ["load", "replace", "replace", "load"]
     assert path.read_text(encoding="utf-8").startswith(text)
+
+
+def test_the_served_document_validates_against_the_helm_charts_routing_schema(
+    make_router: MakeRouter,
+) -> None:
+    chart_schema = Path(__file__).resolve().parents[2] / "charts/medops/values.schema.json"
+    schema = json.loads(chart_schema.read_text(encoding="utf-8"))["properties"]["routing"]
+    pinned = canary_doc(0, strategy="shadow", shadow={"variant": "challenger", "percent": 50})
+    pinned["models"][MODEL]["variants"][1] = {"name": "challenger", "version": "4", "weight": 0}
+    router = make_router(ready_by_default=False)
+    for doc in (yaml.safe_load(CONTRACT_EXAMPLE), pinned, canary_doc(50, strategy="bandit")):
+        served = router.replace(doc, actor="admin")
+        body = {k: v for k, v in served.items() if k not in ("revision", "updatedAt")}
+        jsonschema.validate(body, schema)

@@ -264,8 +264,18 @@ class RoutingConfig(_Doc):
             raise InvalidInputError(f"routing file {path.name}: {exc.message}") from None
 
     def to_document(self) -> dict[str, Any]:
-        """The camelCase document, as served and as the Helm chart renders it."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The camelCase document, as served and as the Helm chart renders it.
+
+        A variant carries only the one of ``alias``/``version`` it uses, so the document
+        validates against the chart's schema too.
+        """
+        doc = self.model_dump(mode="json", by_alias=True)
+        for routing in doc["models"].values():
+            for variant in routing["variants"]:
+                for key in ("alias", "version"):
+                    if variant[key] is None:
+                        del variant[key]
+        return doc
 
 
 def _describe(exc: ValidationError) -> str:
