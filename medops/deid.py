@@ -74,9 +74,11 @@ class UIDMap:
     def _digest(self, kind: str, value: str) -> bytes:
         return hmac.new(self._key, f"{kind}\x00{value}".encode(), hashlib.sha256).digest()
 
-    def uid(self, original: str) -> str:
+    def uid(self, original: str | bytes) -> str:
         """The replacement for ``original`` (at most 44 characters, a valid UID)."""
-        original = str(original).strip().rstrip("\x00")
+        if isinstance(original, bytes):  # a UID read with VR UN
+            original = original.decode("ascii", "replace")
+        original = str(original).strip().rstrip("\x00").strip()
         new = self._seen.get(original)
         if new is None:
             new = "2.25." + str(int.from_bytes(self._digest("uid", original)[:16], "big"))
@@ -252,7 +254,13 @@ def _apply(
     if action == "U":
         if elem.is_empty:
             return None
-        if isinstance(elem.value, (list, MultiValue)):
+        if isinstance(elem.value, bytes):  # read as UN (implicit VR, unknown tag): parse it
+            parts = [p for p in elem.value.decode("ascii", "replace").split("\\") if p.strip()]
+            elem.VR = "UI"
+            elem.value = (
+                [uid_map.uid(p) for p in parts] if len(parts) > 1 else uid_map.uid(parts[0])
+            )
+        elif isinstance(elem.value, (list, MultiValue)):
             elem.value = [uid_map.uid(v) for v in elem.value]
         else:
             elem.value = uid_map.uid(elem.value)

@@ -256,3 +256,16 @@ def test_profile_table_covers_the_basic_profile_and_matches_the_dicom_dictionary
     assert action_for(0x00280010) is None  # Rows: not an identifier
     valid = {"X", "Z", "D", "U", "K", "C", "Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"}
     assert set(BASIC_PROFILE.values()) <= valid
+
+
+def test_uid_read_with_unknown_vr_is_still_replaced_consistently():
+    from pydicom.dataelem import DataElement
+
+    ds = Dataset()
+    ds.add(DataElement(0x0020000D, "UN", b"1.2.840.99999.1.2\x00"))
+    uid_map = UIDMap(b"study-key")
+
+    deidentify_dataset(ds, uid_map=uid_map)
+
+    assert ds["StudyInstanceUID"].VR == "UI"
+    assert ds.StudyInstanceUID == uid_map.uid("1.2.840.99999.1.2")
