@@ -173,3 +173,26 @@ affinity:
 {{- define "medops.gatewayHost" -}}
 {{- printf "%s.%s.svc.cluster.local" (include "medops.componentName" (dict "ctx" . "component" "gateway")) .Release.Namespace }}
 {{- end }}
+
+{{/* Refuse a routing document whose split is meaningless (the gateway refuses it the same way). */}}
+{{- define "medops.validateRouting" -}}
+{{- range $model, $spec := .Values.routing.models }}
+{{- $total := 0 }}
+{{- $names := list }}
+{{- range $spec.variants }}
+{{- $total = add $total (int .weight) }}
+{{- if has .name $names }}
+{{- fail (printf "routing.models.%s: variant names must be unique, repeated: %s" $model .name) }}
+{{- end }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- if ne (int $total) 100 }}
+{{- fail (printf "routing.models.%s: variant weights must sum to 100, got %d" $model (int $total)) }}
+{{- end }}
+{{- with $spec.shadow }}
+{{- if not (has .variant $names) }}
+{{- fail (printf "routing.models.%s.shadow.variant %q is not one of the variants" $model .variant) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

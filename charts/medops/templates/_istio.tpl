@@ -31,7 +31,7 @@
     - uri:
         prefix: /v2/models/{{ $model }}/
   route:
-    {{- if eq $spec.strategy "bandit" }}
+    {{- if eq (default "single" $spec.strategy) "bandit" }}
     # Thompson sampling needs live rewards: the gateway picks the arm.
     - destination:
         host: {{ $host }}
@@ -39,10 +39,8 @@
           number: {{ $svc.httpPort }}
     {{- else }}
     {{- range $spec.variants }}
-    {{- $weight := int .weight }}
-    {{- if eq $spec.strategy "bluegreen" }}
-    {{- $weight = ternary 100 0 (eq .name (required (printf "routing.models.%s.active is required for bluegreen" $model) $spec.active)) }}
-    {{- end }}
+    {{- /* Variants with weight 0 (shadow-only, blue/green standby) get no live traffic. */}}
+    {{- $weight := int (ternary .weight 0 (hasKey . "weight")) }}
     {{- if gt $weight 0 }}
     - destination:
         host: {{ $host }}
@@ -63,7 +61,7 @@
     port:
       number: {{ $svc.httpPort }}
   mirrorPercentage:
-    value: {{ .percent }}
+    value: {{ ternary .percent 100 (hasKey . "percent") }}
   {{- end }}
 {{- end }}
 {{- end }}

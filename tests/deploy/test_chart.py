@@ -1,0 +1,455 @@
+"""The Helm chart: lint, render, schema-validate every object of every profile, and check the
+promises each profile makes (security, GPU scheduling, CPU models, routing weights, alerts)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from typing import Any
+
+import helm_python
+import pytest
+import yaml
+from deploy_support import (
+    CHART,
+    PROFILES,
+    containers,
+    find,
+    pod_specs,
+    profile_values,
+    render,
+    render_profile,
+    validate,
+)
+
+ALL_PROFILES = ["default", *PROFILES]
+
+
+def test_every_ci_profile_the_task_names_exists() -> None:
+    assert {"kind-cpu", "gpu", "mesh", "external-mlflow"} <= set(PROFILES)
+
+
+@pytest.mark.parametrize("profile", ALL_PROFILES)
+def test_helm_lint_strict_passes_for_profile(profile: str) -> None:
+    report = helm_python.lint(CHART, profile_values(profile), strict=True, kube_version="v1.30.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.fixture(scope="module", params=ALL_PROFILES)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render_profile(request.param)
+
+
+def test_every_rendered_object_validates_against_kubernetes_or_its_crd(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    assert len(docs) > 10
+    for doc in docs:
+        validate(doc)
+
+
+def test_every_container_runs_non_root_read_only_without_privileges(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    pods = list(pod_specs(docs))
+    assert pods
+    for name, spec in pods:
+        pod_sc = spec["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True, name
+        assert pod_sc["runAsUser"] > 0, name
+        assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault", name
+        for c in containers(spec):
+            sc = c["securityContext"]
+            where = f"{name} container {c['name']}"
+            assert sc["runAsNonRoot"] is True, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert "add" not in sc["capabilities"], where
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+            assert c["resources"].get("limits"), f"{where} has no resource limits"
+
+
+def test_every_image_is_pinned_to_a_tag(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    for name, spec in pod_specs(docs):
+        for c in containers(spec):
+            image = c["image"]
+            tag = image.rpartition(":")[2]
+            assert ":" in image and tag and tag != "latest", f"{name}: {image}"
+
+
+def test_every_workload_is_covered_by_a_network_policy(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    selectors = [p["spec"]["podSelector"]["matchLabels"] for p in find(docs, "NetworkPolicy")]
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert any(sel.items() <= labels.items() for sel in selectors), doc["metadata"]["name"]
+
+
+def test_services_select_pods_that_exist(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    pod_labels = [
+        d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet")
+    ]
+    for svc in find(docs, "Service"):
+        selector = svc["spec"]["selector"]
+        assert any(selector.items() <= labels.items() for labels in pod_labels), svc["metadata"][
+            "name"
+        ]
+
+
+def _triton(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = find(docs, "Deployment", "medops-triton")
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def _container(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in spec["containers"] if c["name"] == name]
+    return found
+
+
+def test_gpu_profile_asks_for_gpus_on_gpu_nodes() -> None:
+    spec = _triton(render_profile("gpu"))
+    triton = _container(spec, "triton")
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
+    assert not any(a.startswith("--model-config-name") for a in triton["args"])
+
+
+def test_kind_cpu_profile_serves_the_cpu_model_configs_without_gpus() -> None:
+    spec = _triton(render_profile("kind-cpu"))
+    triton = _container(spec, "triton")
+    assert "--model-config-name=cpu" in triton["args"]
+    assert "nvidia.com/gpu" not in triton["resources"].get("limits", {})
+    assert "nvidia.com/gpu.present" not in spec.get("nodeSelector", {})
+    assert not spec.get("tolerations")
+
+
+def test_model_repository_is_synced_from_the_object_store_before_triton_starts() -> None:
+    spec = _triton(render_profile("kind-cpu"))
+    (init,) = spec["initContainers"]
+    assert init["args"][-2:] == ["store/models/triton/", "/models/"]
+    env = {e["name"]: e for e in init["env"]}
+    assert env["MC_HOST_store"]["value"] == (
+        "http://$(AWS_ACCESS_KEY_ID):$(AWS_SECRET_ACCESS_KEY)@medops-minio:9000"
+    )
+    # credentials come from the Secret and are defined before MC_HOST_store refers to them
+    names = [e["name"] for e in init["env"]]
+    assert names.index("AWS_ACCESS_KEY_ID") < names.index("MC_HOST_store")
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "medops-minio"
+    mounts = {m["name"]: m["mountPath"] for m in _container(spec, "triton")["volumeMounts"]}
+    assert mounts["models"] == "/models"
+    assert "--model-repository=/models" in _container(spec, "triton")["args"]
+
+
+def test_model_repository_can_come_from_a_volume() -> None:
+    values = profile_values("gpu")
+    values["triton"]["modelRepository"]["source"] = "pvc"
+    values["triton"]["modelRepository"]["pvc"]["claimName"] = "triton-models"
+    spec = _triton(render(values))
+    assert "initContainers" not in spec
+    (models,) = [v for v in spec["volumes"] if v["name"] == "models"]
+    assert models["persistentVolumeClaim"] == {"claimName": "triton-models", "readOnly": True}
+
+
+def test_external_mlflow_profile_points_services_at_the_external_server() -> None:
+    docs = render_profile("external-mlflow")
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("Deployment", "medops-mlflow") not in kinds
+    assert ("StatefulSet", "medops-postgresql") not in kinds
+    assert ("StatefulSet", "medops-minio") not in kinds
+    (gateway,) = find(docs, "Deployment", "medops-gateway")
+    env = {
+        e["name"]: e.get("value")
+        for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MEDOPS_GATEWAY_TRACKING_URI"] == "https://mlflow.example.org"
+    init = _triton(docs)["initContainers"][0]
+    init_env = {e["name"]: e for e in init["env"]}
+    assert init_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "medops-s3"
+    assert "s3.eu-west-1.amazonaws.com" in init_env["MC_HOST_store"]["value"]
+
+
+def test_bundled_mlflow_uses_postgresql_and_minio() -> None:
+    docs = render_profile("kind-cpu")
+    (mlflow,) = find(docs, "Deployment", "medops-mlflow")
+    c = mlflow["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith(
+        "postgresql+psycopg://mlflow:$(PGPASSWORD)@medops-postgresql:5432/mlflow"
+    )
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://medops-minio:9000"
+    assert "--artifacts-destination=s3://mlflow/" in c["args"]
+    (gateway,) = find(docs, "Deployment", "medops-gateway")
+    genv = {
+        e["name"]: e.get("value")
+        for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert genv["MEDOPS_GATEWAY_TRACKING_URI"] == "http://medops-mlflow:5000"
+    assert genv["MEDOPS_GATEWAY_BACKEND"] == "triton-grpc"
+    assert genv["MEDOPS_GATEWAY_BACKEND_URL"] == "medops-triton:8001"
+
+
+def test_gateway_receives_only_hashes_of_the_api_keys() -> None:
+    values = profile_values("kind-cpu")
+    values["apiKeys"] = {"existingSecret": "", "client": "c-key", "admin": "a-key"}
+    docs = render(values)
+    (secret,) = find(docs, "Secret", "medops-gateway-api-keys")
+    hashed = json.loads(secret["stringData"]["api-keys.json"])
+    assert {k["role"]: k["sha256"] for k in hashed["keys"]} == {
+        "client": hashlib.sha256(b"c-key").hexdigest(),
+        "admin": hashlib.sha256(b"a-key").hexdigest(),
+    }
+    (gateway,) = find(docs, "Deployment", "medops-gateway")
+    (volume,) = [
+        v for v in gateway["spec"]["template"]["spec"]["volumes"] if v["name"] == "api-keys"
+    ]
+    assert volume["secret"]["items"] == [{"key": "api-keys.json", "path": "api-keys.json"}]
+    env = {
+        e["name"]: e.get("value")
+        for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MEDOPS_GATEWAY_API_KEYS_FILE"] == "/etc/medops/api-keys/api-keys.json"
+    assert env["MEDOPS_GATEWAY_LOCAL_MODE"] == "false"
+
+
+def test_generated_api_keys_are_random_and_hashed() -> None:
+    (secret,) = find(render_profile("kind-cpu"), "Secret", "medops-gateway-api-keys")
+    plain = json.loads(secret["stringData"]["credentials.json"])
+    hashed = {
+        k["role"]: k["sha256"] for k in json.loads(secret["stringData"]["api-keys.json"])["keys"]
+    }
+    assert plain["client"] != plain["admin"]
+    assert all(len(v) > 40 for v in plain.values())
+    assert hashed == {r: hashlib.sha256(k.encode()).hexdigest() for r, k in plain.items()}
+
+
+def test_default_profile_autoscales_and_protects_the_gateway() -> None:
+    docs = render_profile("default")
+    (hpa,) = find(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "medops-gateway"
+    (pdb,) = find(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    (gateway,) = find(docs, "Deployment", "medops-gateway")
+    assert "replicas" not in gateway["spec"], "the HPA owns the replica count"
+
+
+def test_helm_test_pod_checks_gateway_readiness() -> None:
+    (pod,) = find(render_profile("default"), "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert (
+        pod["spec"]["containers"][0]["command"][-1] == "http://medops-gateway:8080/v2/health/ready"
+    )
+
+
+# --- alerts and dashboards ---------------------------------------------------------------
+
+
+def test_prometheus_rule_carries_the_alert_rule_file_unchanged() -> None:
+    docs = render_profile("gpu")
+    (rule,) = find(docs, "PrometheusRule")
+    plain = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert rule["spec"] == plain
+    alerts = {r["alert"] for g in plain["groups"] for r in g["rules"] if "alert" in r}
+    assert {
+        "MedopsHighErrorRate",
+        "MedopsLatencySLOBreach",
+        "MedopsDataDrift",
+        "MedopsQualityDrop",
+    } <= alerts
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_alert_rule_file_is_in_prometheus_rule_file_format() -> None:
+    plain = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert set(plain) == {"groups"}
+    for group in plain["groups"]:
+        assert set(group) <= {"name", "interval", "rules", "limit"}
+        for rule in group["rules"]:
+            assert ("alert" in rule) != ("record" in rule)
+            assert set(rule) <= {
+                "alert",
+                "record",
+                "expr",
+                "for",
+                "labels",
+                "annotations",
+                "keep_firing_for",
+            }
+            assert rule["expr"].strip()
+
+
+METRIC = re.compile(r"\b(medops_[a-z_]+|medops:[a-z0-9_:]+|nv_[a-z_]+)")
+KNOWN_METRICS = {
+    "medops_requests_total",
+    "medops_request_duration_seconds_bucket",
+    "medops_request_duration_seconds_count",
+    "medops_drift_share",
+    "medops_drift_detected",
+    "medops_quality_score",
+    "medops:request_error_ratio:rate5m",
+    "medops:request_latency_seconds:p99_5m",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+}
+
+
+def test_dashboards_cover_every_view_and_query_only_known_metrics() -> None:
+    files = sorted((CHART / "files" / "dashboards").glob("*.json"))
+    assert {f.stem for f in files} == {"traffic", "latency", "errors", "variants", "drift-quality"}
+    uids = set()
+    for f in files:
+        dash = json.loads(f.read_text())
+        uids.add(dash["uid"])
+        assert dash["panels"], f.name
+        for panel in dash["panels"]:
+            assert panel["targets"], f"{f.name}: {panel['title']}"
+            for target in panel["targets"]:
+                used = set(METRIC.findall(target["expr"]))
+                assert used, f"{f.name}: {target['expr']}"
+                assert used <= KNOWN_METRICS, f"{f.name}: unknown {used - KNOWN_METRICS}"
+    assert len(uids) == len(files)
+
+
+def test_dashboards_render_as_configmaps_for_the_grafana_sidecar() -> None:
+    maps = [
+        m
+        for m in find(render_profile("gpu"), "ConfigMap")
+        if "grafana_dashboard" in m["metadata"]["labels"]
+    ]
+    assert len(maps) == 5
+    for cm in maps:
+        ((key, text),) = cm["data"].items()
+        assert json.loads(text) == json.loads((CHART / "files" / "dashboards" / key).read_text())
+
+
+def test_service_monitors_scrape_gateway_triton_and_monitor() -> None:
+    monitors = find(render_profile("gpu"), "ServiceMonitor")
+    ports = {m["metadata"]["name"]: m["spec"]["endpoints"][0]["port"] for m in monitors}
+    assert ports == {"medops-gateway": "http", "medops-triton": "metrics", "medops-monitor": "http"}
+
+
+# --- values schema -----------------------------------------------------------------------
+
+
+def _walk_objects(schema: Any, path: str = "$") -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    if isinstance(schema, dict):
+        if schema.get("type") == "object":
+            found.append((path, schema))
+        for key, value in schema.items():
+            found.extend(_walk_objects(value, f"{path}.{key}"))
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            found.extend(_walk_objects(value, f"{path}[{i}]"))
+    return found
+
+
+def test_values_schema_closes_every_object() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    objects = _walk_objects(schema)
+    assert len(objects) > 40
+    for path, obj in objects:
+        extra = obj.get("additionalProperties")
+        # closed (false) or a typed map (a schema for every value); never open
+        assert extra is False or isinstance(extra, dict), path
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    values = copy.deepcopy(profile_values("mesh"))
+    node = values
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {}) if isinstance(node, dict) else node[int(key)]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return values
+
+
+BAD_VALUES = {
+    "unknown top-level key": _with("replicas", 3),
+    "unknown nested key": _with("gateway.autoscaling.maxReplica", 3),
+    "negative replicas": _with("gateway.replicaCount", -1),
+    "replicas as a string": _with("triton.replicaCount", "two"),
+    "unknown triton profile": _with("triton.profile", "tpu"),
+    "zero GPUs": _with("triton.gpu.count", 0),
+    "port out of range": _with("gateway.service.httpPort", 70000),
+    "unknown backend": _with("gateway.backend", "torchserve"),
+    "enabled as a string": _with("istio.enabled", "yes"),
+    "unknown routing mode": _with("routing.mode", "random"),
+    "unknown model": _with(
+        "routing.models.brain-tumour",
+        {"variants": [{"name": "a", "alias": "champion", "weight": 100}]},
+    ),
+    "unknown strategy": _with("routing.models.brain-tumor-classifier.strategy", "roulette"),
+    "weight above 100": _with("routing.models.brain-tumor-classifier.variants.0.weight", 101),
+    "negative weight": _with("routing.models.brain-tumor-classifier.variants.0.weight", -5),
+    "variant with alias and version": _with(
+        "routing.models.brain-tumor-classifier.variants.0",
+        {"name": "champion", "alias": "champion", "version": "3", "weight": 90},
+    ),
+    "variant name with capitals": _with(
+        "routing.models.brain-tumor-classifier.variants.0.name", "Champion"
+    ),
+    "unknown variant key": _with("routing.models.brain-tumor-classifier.variants.0.colour", "blue"),
+    "shadow percent above 100": _with("routing.models.brain-tumor-segmenter.shadow.percent", 150),
+    "error rate above 1": _with(
+        "routing.models.brain-tumor-classifier.progressive.maxErrorRate", 2
+    ),
+    "resources with an unknown quantity": _with("gateway.resources.limits.cpu", "lots"),
+    "misspelt affinity field": _with("triton.affinity", {"nodeAfinity": {}}),
+    "affinity term of the wrong type": _with(
+        "triton.affinity",
+        {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": "all"}},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_values_schema_rejects(case: str) -> None:
+    chart = helm_python.Chart.load(CHART)
+    with pytest.raises(helm_python.HelmError):
+        chart.validate_schema(BAD_VALUES[case])
+    report = helm_python.lint(CHART, BAD_VALUES[case], strict=True, kube_version="v1.30.0")
+    assert report["errors"], case
+
+
+@pytest.mark.parametrize("profile", ALL_PROFILES)
+def test_values_schema_accepts_every_profile(profile: str) -> None:
+    helm_python.Chart.load(CHART).validate_schema(profile_values(profile))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"weight": 20}, "must sum to 100, got 110"),
+        ({"name": "champion"}, "variant names must be unique"),
+    ],
+)
+def test_chart_refuses_routing_splits_the_gateway_would_refuse(
+    change: dict[str, Any], message: str
+) -> None:
+    values = profile_values("mesh")
+    values["routing"]["models"]["brain-tumor-classifier"]["variants"][1].update(change)
+    with pytest.raises(helm_python.HelmError, match=message):
+        render(values)
