@@ -1,0 +1,152 @@
+"""The composition root: settings in, a running gateway out. No module-level state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from medops.errors import MedopsError
+
+from .analyze import Analyzer
+from .auth import Authenticator
+from .backends import Backend, make_backend
+from .dataplane import DataPlane
+from .grpc import create_grpc_server
+from .models import FileSource, ModelManager, ModelSource, RegistrySource
+from .rest import create_app
+from .routing import Router, RoutingConfig
+from .settings import GatewaySettings
+
+log = logging.getLogger("medops.gateway")
+
+
+@dataclass
+class Gateway:
+    """Every part of one gateway, wired; ``serve()`` runs REST and gRPC in one event loop."""
+
+    settings: GatewaySettings
+    backend: Backend
+    dataplane: DataPlane
+    auth: Authenticator
+    app: FastAPI
+    grpc_port: int | None = None
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _grpc: Any = None
+
+    async def start(self) -> None:
+        """Connect the backend, load the models, start hot reload and the gRPC server."""
+        await self.backend.start()
+        await self.dataplane.sync_models()
+        if self.settings.poll_seconds > 0:
+            self._tasks.append(
+                asyncio.create_task(self.dataplane.poll_forever(self.settings.poll_seconds))
+            )
+        if self.settings.grpc_port is not None:
+            self._grpc, self.grpc_port = create_grpc_server(
+                self.dataplane,
+                self.auth,
+                self.settings.host,
+                self.settings.grpc_port,
+                self.settings.max_request_bytes,
+            )
+            await self._grpc.start()
+        log.info(
+            "gateway started",
+            extra={
+                "backend": self.backend.kind,
+                "rest": f"{self.settings.host}:{self.settings.port}",
+                "grpc": self.grpc_port,
+                "loaded": [f"{m.name}:{m.version}" for m in self.dataplane.models.loaded()],
+            },
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+            self._grpc = None
+        await self.dataplane.close()
+        await self.backend.close()
+
+    async def serve(self) -> None:
+        """Run until cancelled or interrupted."""
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+        )
+        server = uvicorn.Server(config)
+        await self.start()
+        try:
+            await server.serve()
+        finally:
+            await self.stop()
+
+
+def _source(settings: GatewaySettings) -> ModelSource:
+    if settings.model_files:
+        return FileSource(settings.model_files)
+    from medops.registry import Registry
+
+    return RegistrySource(Registry(settings.mlflow_uri))
+
+
+def build_gateway(settings: GatewaySettings) -> Gateway:
+    """Wire settings into a gateway: source, backend, router, data plane, auth, REST app."""
+    source = _source(settings)
+    backend = make_backend(settings)
+    config = RoutingConfig.from_file(settings.routing_file) if settings.routing_file else None
+
+    def promote(model: str, variant: str) -> None:
+        """A canary passed its last step: point the registry's champion alias at it."""
+        if not isinstance(source, RegistrySource):
+            return
+        routing = router.config.for_model(model)
+        _, alias, version = routing.variant(variant).target
+        target = version or source.current(model, alias or "champion")
+        if target is None:
+            return
+        try:
+            source.registry.set_alias(model, "champion", target)
+        except MedopsError as exc:
+            log.warning("promotion not recorded", extra={"model": model, "reason": exc.message})
+
+    router = Router(
+        config,
+        audit_path=settings.routing_audit_file,
+        known_models=settings.models,
+        on_promote=promote,
+        ready_by_default=False,
+    )
+    models = ModelManager(source, backend, settings.models)
+    dataplane = DataPlane(backend, models, router, timeout_s=settings.request_timeout_s)
+    if settings.local_mode:
+        auth = Authenticator.local(
+            settings.keys_path, settings.credentials_path, enabled=settings.auth_enabled
+        )
+    elif settings.auth_enabled:
+        auth = Authenticator.from_file(settings.keys_path)
+    else:
+        auth = Authenticator((), enabled=False)
+    analyzer = Analyzer(
+        dataplane,
+        batch_size=settings.analyze_batch_size,
+        deid_key=settings.deid_key.encode() if settings.deid_key else None,
+    )
+    app = create_app(settings, dataplane, auth, analyzer)
+    return Gateway(settings=settings, backend=backend, dataplane=dataplane, auth=auth, app=app)

@@ -1,0 +1,120 @@
+"""Triton (or any Open Inference Protocol server) over gRPC, one shared channel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.json_format import MessageToDict
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from medops.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    InvalidInputError,
+    MedopsError,
+    NotFoundError,
+)
+
+from ..types import InferRequest, InferResponse, Tensor, numpy_dtype
+from .base import Backend
+
+MAX_MESSAGE = 512 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+]
+
+
+def _error(exc: grpc.aio.AioRpcError, what: str) -> MedopsError:
+    code, detail = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return BackendTimeoutError(f"{what}: backend did not answer in time")
+    if code == grpc.StatusCode.NOT_FOUND or "unknown model" in detail:
+        return NotFoundError(f"{what}: {detail}")
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+        return InvalidInputError(f"{what}: {detail}")
+    return BackendUnavailableError(f"{what}: backend unreachable ({code.name})")
+
+
+class TritonGrpcBackend(Backend):
+    kind = "triton-grpc"
+
+    def __init__(self, url: str) -> None:
+        self.url = url.split("://", 1)[-1]
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+
+    async def start(self) -> None:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)
+            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def live(self) -> bool:
+        try:
+            r = await self._stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=2.0)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(r.live)
+
+    async def ready(self, name: str, version: str) -> bool:
+        try:
+            r = await self._stub.ModelReady(
+                service_pb2.ModelReadyRequest(name=name, version=version), timeout=2.0
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(r.ready)
+
+    async def load(self, name: str, version: str, onnx_path: Path | None) -> dict[str, Any]:
+        what = f"model {name} version {version}"
+        if not await self.ready(name, version):
+            try:
+                await self._stub.RepositoryModelLoad(
+                    service_pb2.RepositoryModelLoadRequest(model_name=name), timeout=60.0
+                )
+            except grpc.aio.AioRpcError:
+                pass  # not in explicit mode: readiness below decides
+            if not await self.ready(name, version):
+                raise BackendUnavailableError(f"{what} is not ready on the backend")
+        try:
+            meta = await self._stub.ModelMetadata(
+                service_pb2.ModelMetadataRequest(name=name, version=version), timeout=5.0
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, what) from None
+        doc = MessageToDict(meta, preserving_proto_field_name=True)
+        for t in doc.get("inputs", []) + doc.get("outputs", []):
+            t["shape"] = [int(d) for d in t.get("shape", [])]
+        return doc
+
+    async def infer(self, request: InferRequest, version: str, timeout_s: float) -> InferResponse:
+        msg = service_pb2.ModelInferRequest(
+            model_name=request.model, model_version=version, id=request.id or ""
+        )
+        for t in request.inputs:
+            msg.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+            msg.raw_input_contents.append(np.ascontiguousarray(t.data).tobytes())
+        for name in request.outputs or []:
+            msg.outputs.add(name=name)
+        try:
+            r = await self._stub.ModelInfer(msg, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, f"model {request.model}") from None
+        outputs = [
+            Tensor(
+                o.name,
+                np.frombuffer(raw, dtype=numpy_dtype(o.datatype, o.name)).reshape(list(o.shape)),
+            )
+            for o, raw in zip(r.outputs, r.raw_output_contents, strict=True)
+        ]
+        return InferResponse(
+            model=request.model, version=r.model_version or version, id=request.id, outputs=outputs
+        )

@@ -1,0 +1,322 @@
+"""The transport-neutral core: health, metadata and inference, whatever the wire.
+
+REST and gRPC layers translate their messages to :class:`InferRequest` and back; everything
+else (routing, version choice, validation, deadlines, shadow copies) happens here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from importlib.metadata import PackageNotFoundError, version as _pkg_version
+from medops.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    InvalidInputError,
+    MedopsError,
+    NotFoundError,
+)
+from medops.modelspec import INPUT_NAME, OUTPUT_NAME, ModelInfo
+
+from .backends import Backend
+from .logs import MODEL, VARIANT
+from .models import LoadedModel, ModelManager, ref_of
+from .routing import Router
+from .types import InferRequest, InferResponse, Tensor
+
+log = logging.getLogger("medops.gateway.dataplane")
+
+SERVER_NAME = "medops-gateway"
+
+
+def _medops_version() -> str:
+    try:
+        return _pkg_version("medops")
+    except PackageNotFoundError:
+        return "unknown"
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "medops_analyze", "medops_routing"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Output of :meth:`DataPlane.predict`: the probabilities and which model made them."""
+
+    probabilities: np.ndarray
+    info: ModelInfo
+    version: str
+    variant: str
+
+
+class DataPlane:
+    def __init__(
+        self,
+        backend: Backend,
+        models: ModelManager,
+        router: Router,
+        *,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.backend = backend
+        self.models = models
+        self.router = router
+        self.timeout_s = timeout_s
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def wanted(self) -> list[tuple[str, str]]:
+        """Every (model, reference) some routing variant serves."""
+        out = []
+        for name in self.models.models:
+            for _variant, alias, version in self.router.variants(name):
+                out.append((name, ref_of(alias, version)))
+        return out
+
+    async def sync_models(self) -> None:
+        """Load every variant's version; only loaded variants get traffic."""
+        await self.models.sync(self.wanted())
+        for name in self.models.models:
+            for variant, alias, version in self.router.variants(name):
+                loaded = self.models.get(name, ref_of(alias, version)) is not None
+                self.router.set_ready(name, variant, loaded)
+
+    async def poll_forever(self, every_s: float) -> None:
+        """Hot reload: reload moved aliases every ``every_s`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.sync_models()
+            except Exception:  # the loop must outlive any single failure
+                log.exception("model poll failed")
+
+    async def close(self) -> None:
+        for task in list(self._shadow_tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ health
+
+    async def live(self) -> bool:
+        return True
+
+    async def ready(self) -> bool:
+        """Ready when the backend answers and every model's default variant is loaded."""
+        if not await self.backend.live():
+            return False
+        for name in self.models.models:
+            entry = self._default_entry(name)
+            if entry is None or not await self.backend.ready(name, entry.version):
+                return False
+        return True
+
+    def _default_entry(self, name: str) -> LoadedModel | None:
+        """The baseline variant's model (what readiness and metadata describe)."""
+        routing = self.router.config.for_model(name)
+        _, alias, version = routing.variant(routing.baseline).target
+        return self.models.get(name, ref_of(alias, version))
+
+    def _check_model(self, name: str) -> None:
+        if not self.models.serves(name):
+            raise NotFoundError(f"unknown model {name!r}; served: {', '.join(self.models.models)}")
+
+    def _entry(self, name: str, version: str | None) -> LoadedModel:
+        self._check_model(name)
+        entry = self.models.by_version(name, version) if version else self._default_entry(name)
+        if entry is None:
+            if version:
+                raise NotFoundError(f"model {name} version {version} is not served")
+            raise BackendUnavailableError(f"model {name} is not loaded yet")
+        return entry
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        self._check_model(name)
+        try:
+            entry = self._entry(name, version)
+        except BackendUnavailableError:
+            return False
+        return await self.backend.ready(name, entry.version)
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": _medops_version(), "extensions": EXTENSIONS}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        entry = self._entry(name, version)
+        meta = dict(entry.metadata)
+        meta["name"] = name
+        meta["versions"] = sorted({m.version for m in self.models.loaded() if m.name == name})
+        meta["platform"] = meta.get("platform") or "onnxruntime_onnx"
+        meta["parameters"] = {
+            "task": entry.info.task,
+            "input_size": entry.info.input_size,
+            "classes": list(entry.info.classes),
+            "threshold": entry.info.threshold,
+            "version": entry.version,
+        }
+        return meta
+
+    # ------------------------------------------------------------------ inference
+
+    def _validate(self, request: InferRequest, entry: LoadedModel) -> None:
+        declared = {t["name"]: t for t in entry.metadata.get("inputs", [])}
+        given = {t.name for t in request.inputs}
+        missing = set(declared) - given
+        if missing:
+            raise InvalidInputError(f"model {request.model}: missing input(s) {sorted(missing)}")
+        for t in request.inputs:
+            spec = declared.get(t.name)
+            if spec is None:
+                raise InvalidInputError(
+                    f"model {request.model}: unexpected input {t.name!r}; expected {sorted(declared)}"
+                )
+            if spec.get("datatype") and t.datatype != spec["datatype"]:
+                raise InvalidInputError(
+                    f"model {request.model}: input {t.name!r} must be {spec['datatype']}, got {t.datatype}"
+                )
+            shape = list(spec.get("shape", []))
+            ok = len(shape) == len(t.shape) and all(
+                d < 0 or d == g for d, g in zip(shape, t.shape, strict=True)
+            )
+            if shape and not ok:
+                raise InvalidInputError(
+                    f"model {request.model}: input {t.name!r} has shape {t.shape}, expected {shape} (-1: any)"
+                )
+        if request.outputs is not None:
+            known = {o["name"] for o in entry.metadata.get("outputs", [])}
+            unknown = set(request.outputs) - known
+            if unknown:
+                raise InvalidInputError(f"model {request.model}: unknown output(s) {sorted(unknown)}")
+
+    async def choose(
+        self, model: str, version: str | None, headers: Mapping[str, str]
+    ) -> tuple[LoadedModel, str, tuple[tuple[str, str | None, str | None], ...]]:
+        """The loaded model, variant and shadow copies for one request."""
+        self._check_model(model)
+        if version:
+            return self._entry(model, version), "pinned", ()
+        decision = self.router.route(model, headers)
+        ref = ref_of(decision.alias, decision.version)
+        entry = self.models.get(model, ref)
+        if entry is None:
+            # A variant added by a routing change that has not been loaded yet.
+            entry = await self.models.ensure(model, ref)
+        return entry, decision.variant, tuple(decision.shadow)
+
+    def model_info(self, model: str) -> ModelInfo:
+        """Serving facts of the default variant of ``model``."""
+        return self._entry(model, None).info
+
+    async def infer(
+        self,
+        request: InferRequest,
+        headers: Mapping[str, str] | None = None,
+        *,
+        chosen: tuple[LoadedModel, str] | None = None,
+    ) -> InferResponse:
+        """Route, validate and run one request; the answer names the variant and version.
+
+        ``chosen`` skips routing (a volume keeps the variant its first batch got).
+        """
+        headers = headers or {}
+        shadow: tuple[tuple[str, str | None, str | None], ...] = ()
+        if chosen is None:
+            entry, variant, shadow = await self.choose(request.model, request.version, headers)
+        else:
+            entry, variant = chosen
+        MODEL.set(request.model)
+        VARIANT.set(variant)
+        self._validate(request, entry)
+        start = time.perf_counter()
+        ok = False
+        try:
+            response = await self._run(request, entry.version)
+            ok = True
+        finally:
+            if variant != "pinned":
+                self.router.observe(
+                    request.model, variant, ok=ok, latency_s=time.perf_counter() - start
+                )
+        response.variant = variant
+        for s_variant, alias, version in shadow:
+            self._spawn_shadow(request, response, s_variant, ref_of(alias, version))
+        return response
+
+    async def _run(self, request: InferRequest, version: str) -> InferResponse:
+        try:
+            return await asyncio.wait_for(
+                self.backend.infer(request, version, self.timeout_s), self.timeout_s
+            )
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"model {request.model}: backend did not answer within {self.timeout_s:g} s"
+            ) from None
+
+    def _spawn_shadow(
+        self, request: InferRequest, primary: InferResponse, variant: str, ref: str
+    ) -> None:
+        task = asyncio.create_task(self._shadow(request, primary, variant, ref))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(
+        self, request: InferRequest, primary: InferResponse, variant: str, ref: str
+    ) -> None:
+        """Run a copy on the shadow variant; log and report agreement, never answer with it."""
+        start = time.perf_counter()
+        try:
+            entry = await self.models.ensure(request.model, ref)
+            answer = await self._run(request, entry.version)
+        except MedopsError as exc:
+            self.router.observe(
+                request.model, variant, ok=False, latency_s=time.perf_counter() - start
+            )
+            log.warning("shadow request failed", extra={"model": request.model, "variant": variant, "reason": exc.message})
+            return
+        disagreed = _disagree(primary, answer)
+        self.router.observe(
+            request.model, variant, ok=True, latency_s=time.perf_counter() - start, disagreed=disagreed
+        )
+        log.info(
+            "shadow compared",
+            extra={"model": request.model, "variant": variant, "version": entry.version, "disagreed": disagreed},
+        )
+
+    async def predict(
+        self,
+        model: str,
+        batch: np.ndarray,
+        headers: Mapping[str, str] | None = None,
+        *,
+        chosen: tuple[LoadedModel, str] | None = None,
+    ) -> tuple[Prediction, tuple[LoadedModel, str]]:
+        """Run the contract's input (N, 3, S, S); returns the probabilities and the choice
+        made, to pass back as ``chosen`` for the next batch of the same volume."""
+        request = InferRequest(model=model, inputs=[Tensor(INPUT_NAME, batch)], outputs=[OUTPUT_NAME])
+        if chosen is None:
+            entry, variant, _ = await self.choose(model, None, headers or {})
+            chosen = (entry, variant)
+        response = await self.infer(request, headers, chosen=chosen)
+        entry = chosen[0]
+        prediction = Prediction(
+            probabilities=np.asarray(response.outputs[0].data),
+            info=entry.info,
+            version=entry.version,
+            variant=chosen[1],
+        )
+        return prediction, chosen
+
+
+def _disagree(a: InferResponse, b: InferResponse) -> bool:
+    """Whether two answers differ in decision: argmax for (N, K), thresholded masks otherwise."""
+    x, y = np.asarray(a.outputs[0].data), np.asarray(b.outputs[0].data)
+    if x.shape != y.shape:
+        return True
+    if x.ndim == 2:
+        return bool(np.any(x.argmax(axis=1) != y.argmax(axis=1)))
+    return bool(np.mean((x >= 0.5) != (y >= 0.5)) > 0.01)

@@ -1,0 +1,162 @@
+"""Which model versions the gateway serves, where they come from, and hot reload.
+
+A *source* turns a reference (an MLflow alias such as ``champion`` or a version number) into a
+version, its serving facts and a local ONNX file. The :class:`ModelManager` keeps one loaded
+entry per (model, reference); a background task polls the aliases and, when one moves, loads the
+new version into the backend and swaps the entry in one assignment, so requests in flight finish
+on the old version and new ones get the new version with no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from medops.errors import MedopsError, NotFoundError
+from medops.modelspec import CHAMPION, ModelInfo
+
+from .backends import Backend
+
+log = logging.getLogger("medops.gateway.models")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    version: str
+    info: ModelInfo
+    onnx_path: Path | None
+
+
+class ModelSource(Protocol):
+    def current(self, name: str, ref: str) -> str | None:
+        """The version ``ref`` points at now (cheap; polled)."""
+
+    def resolve(self, name: str, ref: str) -> Resolved:
+        """Version, serving facts and a local ONNX file for ``ref``."""
+
+
+class RegistrySource:
+    """Versions and files from the MLflow registry."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def current(self, name: str, ref: str) -> str | None:
+        if ref.isdigit():
+            return ref
+        version = self.registry.get_alias(name, ref)
+        return None if version is None else str(version)
+
+    def resolve(self, name: str, ref: str) -> Resolved:
+        r = self.registry.resolve(name, ref)
+        return Resolved(version=r.info.version, info=r.info, onnx_path=r.onnx_path)
+
+
+class FileSource:
+    """Fixed ONNX files served as version ``1`` whatever the reference (no registry)."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = {k: Path(v) for k, v in files.items()}
+
+    def current(self, name: str, ref: str) -> str | None:
+        return "1" if name in self.files else None
+
+    def resolve(self, name: str, ref: str) -> Resolved:
+        from medops.registry import read_onnx_info
+
+        path = self.files.get(name)
+        if path is None:
+            raise NotFoundError(f"model {name} has no ONNX file configured")
+        return Resolved(version="1", info=read_onnx_info(path, name=name, version="1"), onnx_path=path)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    ref: str
+    version: str
+    info: ModelInfo
+    metadata: dict[str, Any]
+
+
+def ref_of(alias: str | None, version: str | None) -> str:
+    return str(version) if version else (alias or CHAMPION)
+
+
+class ModelManager:
+    def __init__(self, source: ModelSource, backend: Backend, models: Iterable[str]) -> None:
+        self.source = source
+        self.backend = backend
+        self.models = tuple(models)
+        self._loaded: dict[tuple[str, str], LoadedModel] = {}
+        self._errors: dict[tuple[str, str], str] = {}
+        self._lock = asyncio.Lock()
+
+    def serves(self, name: str) -> bool:
+        return name in self.models
+
+    def get(self, name: str, ref: str) -> LoadedModel | None:
+        return self._loaded.get((name, ref))
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._loaded.values())
+
+    def by_version(self, name: str, version: str) -> LoadedModel | None:
+        for m in self._loaded.values():
+            if m.name == name and m.version == version:
+                return m
+        return None
+
+    def problems(self) -> dict[str, str]:
+        """Why a wanted (model, reference) is not loaded, for readiness answers and logs."""
+        return {f"{n}@{r}": e for (n, r), e in self._errors.items()}
+
+    async def ensure(self, name: str, ref: str) -> LoadedModel:
+        """Load ``ref`` of ``name`` if it is not loaded yet or has moved; return the entry."""
+        current = self._loaded.get((name, ref))
+        version = await asyncio.to_thread(self.source.current, name, ref)
+        if version is None:
+            raise NotFoundError(f"model {name} has no version {ref}")
+        if current is not None and current.version == version:
+            return current
+        async with self._lock:
+            current = self._loaded.get((name, ref))
+            if current is not None and current.version == version:
+                return current
+            resolved = await asyncio.to_thread(self.source.resolve, name, ref)
+            metadata = await self.backend.load(name, resolved.version, resolved.onnx_path)
+            entry = LoadedModel(name, ref, resolved.version, resolved.info, metadata)
+            self._loaded[(name, ref)] = entry  # the swap: one assignment
+            self._errors.pop((name, ref), None)
+            if current is not None:
+                log.info(
+                    "model version swapped",
+                    extra={"model": name, "ref": ref, "old": current.version, "new": entry.version},
+                )
+                await self._unload_if_unused(name, current.version)
+            else:
+                log.info("model loaded", extra={"model": name, "ref": ref, "version": entry.version})
+            return entry
+
+    async def _unload_if_unused(self, name: str, version: str) -> None:
+        if self.by_version(name, version) is None:
+            await self.backend.unload(name, version)
+
+    async def sync(self, wanted: Iterable[tuple[str, str]]) -> None:
+        """Load every wanted (model, reference); failures are recorded, never raised."""
+        wanted = list(dict.fromkeys(wanted))
+        for name, ref in wanted:
+            try:
+                await self.ensure(name, ref)
+            except MedopsError as exc:
+                if self._errors.get((name, ref)) != exc.message:
+                    log.warning("model not loaded", extra={"model": name, "ref": ref, "reason": exc.message})
+                self._errors[(name, ref)] = exc.message
+        stale = [key for key in self._loaded if key not in set(wanted)]
+        for key in stale:
+            entry = self._loaded.pop(key)
+            await self._unload_if_unused(entry.name, entry.version)

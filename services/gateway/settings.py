@@ -1,0 +1,103 @@
+"""Settings of the gateway (``MEDOPS_GATEWAY_`` prefix); only the entry point reads the env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from medops.modelspec import MODEL_NAMES
+
+BackendKind = Literal["onnx", "triton-http", "triton-grpc", "v2-http"]
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDOPS_GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Address the REST server binds."""
+
+    port: int = 8080
+    """Port of the REST server (Open Inference Protocol over HTTP and the clinical API)."""
+
+    grpc_port: int | None = 8081
+    """Port of the gRPC server (``inference.GRPCInferenceService``); ``None`` disables it."""
+
+    backend: BackendKind = "onnx"
+    """Where inference runs: ``onnx`` (in-process ONNX Runtime), ``triton-http`` (Triton over
+    HTTP with binary tensors), ``triton-grpc`` (Triton over gRPC) or ``v2-http`` (any server
+    speaking the Open Inference Protocol over HTTP with JSON tensors)."""
+
+    backend_url: str = "127.0.0.1:8000"
+    """``host:port`` (or ``http://host:port``) of the remote backend; unused by ``onnx``."""
+
+    home: Path = Field(default=Path(".medops"))
+    """The medops home (``MEDOPS_HOME`` is read by the entry point): credentials live here."""
+
+    tracking_uri: str | None = None
+    """MLflow tracking URI of the model registry; defaults to ``sqlite:///<home>/mlflow.db``."""
+
+    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
+    """The registered models this gateway serves."""
+
+    model_files: dict[str, Path] = Field(default_factory=dict)
+    """Serve these ONNX files (model name -> path) as version ``1`` instead of asking the
+    registry; for a laptop without a registry and for tests."""
+
+    poll_seconds: float = 10.0
+    """How often the registry aliases are checked; a moved alias is loaded and swapped in
+    without a restart. ``0`` disables hot reload."""
+
+    max_request_bytes: int = 256 * 1024 * 1024
+    """Largest accepted request body; larger ones get 413."""
+
+    request_timeout_s: float = 30.0
+    """Deadline of one backend call; past it the caller gets 504."""
+
+    auth_enabled: bool = True
+    """Require ``Authorization: Bearer KEY`` on every endpoint but health."""
+
+    api_keys_file: Path | None = None
+    """JSON file of hashed API keys (``{"keys": [{"role": ..., "sha256": ...}]}``); defaults to
+    ``<home>/gateway/api-keys.json``."""
+
+    credentials_file: Path | None = None
+    """Where local mode writes the plain keys for the user (mode 0600); defaults to
+    ``<home>/credentials.json``."""
+
+    local_mode: bool = True
+    """Generate a client and an admin key on the first start when no key exists."""
+
+    routing_file: Path | None = None
+    """Routing document (JSON or YAML) loaded at start; defaults to champion-only routing."""
+
+    routing_audit_file: Path | None = None
+    """Where the routing audit trail is appended (JSON lines); none when unset."""
+
+    onnx_threads: int = 2
+    """Intra-op threads of each in-process ONNX Runtime session."""
+
+    analyze_batch_size: int = 16
+    """Slices per backend call when analysing a volume."""
+
+    deid_key: str | None = None
+    """Secret keying the pseudonymous UIDs of de-identified uploads: the same upload gets the
+    same UIDs in every answer (JSON, DICOM SEG) and across replicas sharing the key. A random
+    key per start when unset."""
+
+    log_level: str = "INFO"
+    """Level of the JSON log lines written to stderr."""
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.api_keys_file or self.home / "gateway" / "api-keys.json"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.credentials_file or self.home / "credentials.json"

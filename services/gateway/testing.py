@@ -1,0 +1,303 @@
+"""Support for tests and benchmarks: tiny contract-abiding models, and real servers on free
+ports (Triton from ``.venv-triton``, the gateway itself) started and stopped by PID.
+
+Not used when serving; torch is imported only by :func:`write_tiny_model`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from medops.modelspec import (
+    CLASSIFIER,
+    INPUT_NAME,
+    META_CLASSES,
+    META_DATASET_VERSION,
+    META_INPUT_SIZE,
+    META_TASK,
+    META_THRESHOLD,
+    OUTPUT_NAME,
+    SEGMENTER,
+    TYPE_CLASSIFIER,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TRITON_VENV = Path(os.environ.get("MEDOPS_TRITON_VENV", ROOT / ".venv-triton"))
+START_TRITON = ROOT / "infra" / "triton" / "start-triton.sh"
+
+TASKS = {
+    CLASSIFIER: ("classification", ["no tumour", "tumour"]),
+    SEGMENTER: ("segmentation", ["tumour"]),
+    TYPE_CLASSIFIER: ("classification", ["glioma", "meningioma", "notumor", "pituitary"]),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_tiny_model(
+    name: str, path: Path, *, size: int = 64, threshold: float = 0.5, seed: int = 0
+) -> Path:
+    """A small seeded conv net obeying the ONNX contract of ``medops.modelspec``."""
+    import onnx
+    import torch
+    from torch import nn
+
+    task, classes = TASKS[name]
+    torch.manual_seed(seed)
+
+    class Classifier(nn.Module):
+        """Tumour-ish when much of the FLAIR channel is bright; other classes get noise."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = nn.Linear(4, len(classes))
+            with torch.no_grad():
+                self.conv.weight.normal_(0.0, 0.05)
+                self.conv.weight[0, 1] += 1.0 / 9.0
+                self.conv.bias.zero_()
+                self.conv.bias[0] = -0.55
+                self.head.weight.normal_(0.0, 0.1)
+                self.head.weight[-1, 0] = 60.0
+                self.head.bias.zero_()
+                self.head.bias[-1] = -1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.conv(x)).mean(dim=(2, 3))
+            return torch.softmax(self.head(h), dim=1)
+
+    class Segmenter(nn.Module):
+        """Marks bright FLAIR neighbourhoods, which is where these tumours show."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 1, 3, padding=1)
+            with torch.no_grad():
+                self.conv1.weight.normal_(0.0, 0.02)
+                self.conv1.weight[0, 1] += 1.0 / 9.0
+                self.conv1.bias.zero_()
+                self.conv2.weight.normal_(0.0, 0.02)
+                self.conv2.weight[0, 0, 1, 1] = 1.0
+                self.conv2.bias.fill_(-0.6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.conv2(torch.relu(self.conv1(x))) * 30.0)
+
+    net = Segmenter() if task == "segmentation" else Classifier()
+    net.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but needs no onnxscript run and is fast.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, size, size),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    model = onnx.load(str(path))
+    for key, value in {
+        META_TASK: task,
+        META_INPUT_SIZE: str(size),
+        META_CLASSES: json.dumps(classes),
+        META_THRESHOLD: str(threshold),
+        META_DATASET_VERSION: "test",
+    }.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def write_repository(repo: Path, models: dict[str, tuple[Path, int]]) -> Path:
+    """A Triton repository as the pipeline publishes it (``medops.export``): name ->
+    (ONNX file, version)."""
+    from medops.export.triton import TritonModel, write_triton_repository
+
+    return write_triton_repository(
+        [TritonModel(name=n, version=v, onnx_path=p) for n, (p, v) in models.items()], repo
+    )
+
+
+def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+class TritonServer:
+    """A real Triton on free loopback ports, stopped by PID."""
+
+    def __init__(self, repository: Path, *, poll_secs: int = 0, log_path: Path | None = None):
+        self.repository = repository
+        self.poll_secs = poll_secs
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.work_dir = Path(tempfile.mkdtemp(prefix="medops-triton-"))
+        self.log_path = log_path or self.work_dir / "triton.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout_s: float = 120.0) -> TritonServer:
+        if not (TRITON_VENV / "bin" / "python").exists():
+            raise RuntimeError(f"{TRITON_VENV} is missing: run infra/triton/setup.sh")
+        cmd = [
+            "bash",
+            str(START_TRITON),
+            "--repository", str(self.repository),
+            "--http-port", str(self.http_port),
+            "--grpc-port", str(self.grpc_port),
+            "--metrics-port", str(self.metrics_port),
+            "--work-dir", str(self.work_dir),
+            "--poll-secs", str(self.poll_secs),
+        ]  # fmt: skip
+        env = {**os.environ, "MEDOPS_ORT_THREADS": os.environ.get("MEDOPS_ORT_THREADS", "1")}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        try:
+            _wait_http(f"http://{self.http_url}/v2/health/ready", timeout_s, self.proc)
+        except Exception as exc:
+            self.stop()
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"Triton did not start: {exc}\n{tail}") from exc
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # The process group: Triton and the Python backend stubs it spawned.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class GatewayThread:
+    """The real gateway (REST + gRPC) on free ports in a background thread of this process."""
+
+    def __init__(self, settings: Any) -> None:
+        import asyncio
+
+        from .app import build_gateway
+
+        self.settings = settings.model_copy(
+            update={"port": free_port(), "grpc_port": free_port(), "host": "127.0.0.1"}
+        )
+        self.gateway = build_gateway(self.settings)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._task: Any = None
+        self.error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.settings.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.settings.grpc_port}"
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self._loop)
+        self._task = self._loop.create_task(self.gateway.serve())
+        try:
+            self._loop.run_until_complete(self._task)
+        except BaseException as exc:  # reported to the test through .error
+            self.error = exc
+
+    def start(self, timeout_s: float = 60.0) -> GatewayThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise RuntimeError(f"gateway failed to start: {self.error!r}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://{self.url}/v2/health/live", timeout=1):
+                    return self
+            time.sleep(0.05)
+        raise TimeoutError("gateway did not start")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(timeout=15)
+
+    def __enter__(self) -> GatewayThread:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def gateway_process(args: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``medops serve`` as a separate process (for benchmarks), stopped by PID."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.gateway", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 120.0, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

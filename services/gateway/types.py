@@ -1,0 +1,82 @@
+"""Transport-neutral request and response types of the Open Inference Protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medops.errors import InvalidInputError
+
+DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+_DATATYPES = {v: k for k, v in DTYPES.items()}
+
+
+def numpy_dtype(datatype: str, where: str) -> np.dtype[Any]:
+    """The numpy dtype of a V2 datatype; BYTES and unknown names are a 400."""
+    try:
+        return DTYPES[datatype]
+    except KeyError:
+        raise InvalidInputError(
+            f"{where}: unsupported datatype {datatype!r}; expected one of {sorted(DTYPES)}"
+        ) from None
+
+
+def v2_datatype(dtype: np.dtype[Any]) -> str:
+    try:
+        return _DATATYPES[np.dtype(dtype)]
+    except KeyError:
+        raise InvalidInputError(f"unsupported tensor dtype {dtype}") from None
+
+
+@dataclass
+class Tensor:
+    """One named tensor; ``data`` is a numpy array of ``shape``."""
+
+    name: str
+    data: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def datatype(self) -> str:
+        return v2_datatype(self.data.dtype)
+
+    @property
+    def shape(self) -> list[int]:
+        return [int(d) for d in self.data.shape]
+
+
+@dataclass
+class InferRequest:
+    model: str
+    inputs: list[Tensor]
+    version: str | None = None
+    """Pinned model version; ``None`` lets routing choose."""
+    id: str | None = None
+    outputs: list[str] | None = None
+    """Requested output names; ``None`` means all."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferResponse:
+    model: str
+    version: str
+    outputs: list[Tensor]
+    id: str | None = None
+    variant: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
