@@ -255,10 +255,10 @@ def _apply(
         if elem.is_empty:
             return None
         if isinstance(elem.value, bytes):  # read as UN (implicit VR, unknown tag): parse it
-            parts = [p for p in elem.value.decode("ascii", "replace").split("\\") if p.strip()]
-            elem.VR = "UI"
-            elem.value = (
-                [uid_map.uid(p) for p in parts] if len(parts) > 1 else uid_map.uid(parts[0])
+            parts = [p.strip("\x00 ") for p in elem.value.decode("ascii", "replace").split("\\")]
+            mapped = [uid_map.uid(p) for p in parts if p]
+            ds[elem.tag] = pydicom.DataElement(
+                elem.tag, "UI", mapped[0] if len(mapped) == 1 else mapped
             )
         elif isinstance(elem.value, (list, MultiValue)):
             elem.value = [uid_map.uid(v) for v in elem.value]
