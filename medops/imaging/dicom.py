@@ -330,6 +330,9 @@ def _slices_of(ds: Dataset, name: str) -> list[_Slice]:
             spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
             thick = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
             slope, icpt = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+            if slope is None:
+                slope = ds.get("DoseGridScaling")  # RT dose: stored value x scaling = Gy
+            pos = _grid_frame_position(ds, f, pos, ori)
         sp = _vec(spacing, 2)
         out.append(
             _Slice(
@@ -344,6 +347,17 @@ def _slices_of(ds: Dataset, name: str) -> list[_Slice]:
             )
         )
     return out
+
+
+def _grid_frame_position(ds: Dataset, frame: int, pos: Any, ori: Any) -> Any:
+    """RT dose and similar multi-frame files place frame ``f`` at GridFrameOffsetVector[f]
+    along the normal (relative to the first frame, whichever interpretation is used)."""
+    offsets = ds.get("GridFrameOffsetVector")
+    p, o = _vec(pos, 3), _vec(ori, 6)
+    if offsets is None or p is None or o is None or frame >= len(offsets):
+        return pos
+    normal = np.cross(o[:3], o[3:])
+    return p + (float(offsets[frame]) - float(offsets[0])) * normal
 
 
 def _assemble(

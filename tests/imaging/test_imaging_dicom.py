@@ -308,3 +308,18 @@ def test_multi_frame_rgb_file_gives_three_channels_per_frame(
     image = read_image(dicom_testfile("SC_rgb_rle_2frame.dcm"))
     assert image.array.shape == (3, 2, 100, 100)
     assert np.array_equal(image.array, np.moveaxis(raw, -1, 0))
+
+
+def test_rt_dose_frames_are_placed_by_grid_frame_offsets_and_scaled_to_gray(
+    dicom_testfile: Callable[[str], Path],
+):
+    ds = pydicom.dcmread(dicom_testfile("rtdose.dcm"))
+    offsets = [float(v) for v in ds.GridFrameOffsetVector]
+
+    image = read_image(dicom_testfile("rtdose.dcm"))
+
+    assert image.array.shape == (1, len(offsets), int(ds.Rows), int(ds.Columns))
+    assert np.allclose(image.array[0], ds.pixel_array * float(ds.DoseGridScaling))
+    assert image.spacing[2] == pytest.approx(offsets[1] - offsets[0])
+    origin_lps = np.array(ds.ImagePositionPatient, float)
+    assert np.allclose(image.affine[:3, 3], LPS_TO_RAS[:3, :3] @ origin_lps)
