@@ -310,6 +310,7 @@ def test_multi_frame_rgb_file_gives_three_channels_per_frame(
     assert np.array_equal(image.array, np.moveaxis(raw, -1, 0))
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # a malformed UID in the test file
 def test_rt_dose_frames_are_placed_by_grid_frame_offsets_and_scaled_to_gray(
     dicom_testfile: Callable[[str], Path],
 ):
