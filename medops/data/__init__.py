@@ -8,11 +8,11 @@ load cached, preprocessed arrays for training.
 """
 
 from medops.data.arrays import ArraySet, cache_dir, load_arrays
-from medops.data.ingest import ingest
+from medops.data.ingestion import ingest
 from medops.data.layouts import detect_layout
 from medops.data.manifest import Manifest, Sample, load_manifest
 from medops.data.splits import Splits, split_dataset
-from medops.data.validate import Issue, ValidationReport, validate
+from medops.data.validation import Issue, ValidationReport, validate
 
 __all__ = [
     "ArraySet",

@@ -372,6 +372,10 @@ def _report_stray(ck: _Checker, path: Path, rel: str) -> None:
         ck.add("warning", "non-image-file", f"{rel} is not an image; it was not ingested")
 
 
+def _in_order(splits: set[str | None]) -> list[str]:
+    return [name for name in SPLIT_NAMES if name in splits]
+
+
 def _check_duplicates(ck: _Checker, split_of: dict[str, str]) -> int:
     m = ck.m
     by_hash: dict[str, dict[str, Sample]] = defaultdict(dict)
@@ -397,7 +401,7 @@ def _check_duplicates(ck: _Checker, split_of: dict[str, str]) -> int:
             ck.add(
                 "error",
                 "duplicate-across-splits",
-                f"{names} are identical but sit in {' and '.join(sorted(str(x) for x in splits))}",
+                f"{names} are identical but sit in {' and '.join(_in_order(splits))}",
             )
         else:
             ck.add("warning", "duplicate-image", f"{names} are identical", samples[1].sample_id)
