@@ -56,7 +56,8 @@ def read_nibabel(path: Path, name: str, source_format: str) -> Image:
     except ImageReadError:
         raise
     except Exception as exc:  # nibabel raises HeaderDataError, ImageFileError, EOFError, ...
-        raise ImageReadError(f"{name}: cannot read {source_format} ({_short(exc)})") from None
+        reason = _short(exc).replace(str(path), name)  # no server paths in messages
+        raise ImageReadError(f"{name}: cannot read {source_format} ({reason})") from None
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise ImageReadError(f"{name}: the {source_format} header gives no valid affine")
     array = xyz_to_image_array(np.asarray(data), name)
@@ -115,7 +116,8 @@ def read_nrrd(path: Path, name: str) -> Image:
     try:
         data, header = nrrd.read(str(path))
     except Exception as exc:  # pynrrd raises NRRDError, ValueError, OSError, ...
-        raise ImageReadError(f"{name}: cannot read NRRD ({_short(exc)})") from None
+        reason = _short(exc).replace(str(path), name)
+        raise ImageReadError(f"{name}: cannot read NRRD ({reason})") from None
     ndim = data.ndim
     directions = header.get("space directions")
     kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * ndim)]

@@ -202,3 +202,11 @@ def test_analyze_header_alone_is_refused_as_an_upload(tmp_path: Path):
     raw[344:348] = b"ni1\x00"
     with pytest.raises(UnsupportedMediaTypeError, match=r"scan\.hdr: .*needs its \.img"):
         read_image_bytes(bytes(raw), filename="scan.hdr")
+
+
+def test_upload_errors_do_not_reveal_server_paths(tmp_path: Path):
+    raw = nifti_bytes(tmp_path)
+    with pytest.raises(ImageReadError) as info:
+        read_image_bytes(bytes(raw[:-50]), filename="scan.nii")
+    assert "scan.nii" in info.value.message
+    assert "/" not in info.value.message.replace("scan.nii", "")
