@@ -22,6 +22,19 @@ if TYPE_CHECKING:
     from .analyze import Upload
 
 
+_TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
 def read_with_sources(upload: Upload, uid_map: UIDMap) -> tuple[Image, list[Dataset]]:
     """The image and its de-identified source datasets, one per slice in slice order."""
     from medops.deid import deidentify_dataset
@@ -51,6 +64,11 @@ def read_with_sources(upload: Upload, uid_map: UIDMap) -> tuple[Image, list[Data
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise NotAcceptableError("a DICOM SEG answer for multi-frame uploads is not supported")
         deidentify_dataset(ds, uid_map=uid_map)
+        for keyword in _TYPE2_PATIENT_STUDY:
+            # highdicom copies these into the SEG and needs them present; empty is what the
+            # de-identification profile leaves anyway.
+            if keyword not in ds:
+                setattr(ds, keyword, "")
         sources.append(ds)
     # Put each source at the slice index its position falls on in the image.
     to_index = np.linalg.inv(image.affine)

@@ -11,10 +11,10 @@ SIZE = 64
 CLASSIFIER_THRESHOLD = 0.4
 
 
-def make_settings(home: Path, models: dict[str, Path], **overrides: object) -> GatewaySettings:
+def make_settings(home: Path, files: dict[str, Path], **overrides: object) -> GatewaySettings:
     values: dict[str, object] = {
         "home": home,
-        "model_files": models,
+        "model_files": files,
         "poll_seconds": 0,
         "onnx_threads": 1,
         "deid_key": "test-deid-key",
