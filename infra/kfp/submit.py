@@ -81,7 +81,9 @@ def plan(args: argparse.Namespace) -> Plan:
         spec = yaml.safe_load(package.read_text(encoding="utf-8"))
         name = str(spec["pipelineInfo"]["name"])
     except (yaml.YAMLError, KeyError, TypeError) as exc:
-        raise SystemExit(f"pipeline package {package} is not a compiled KFP pipeline: {exc}") from None
+        raise SystemExit(
+            f"pipeline package {package} is not a compiled KFP pipeline: {exc}"
+        ) from None
     inputs = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
     params = parse_params(args.param)
     unknown = sorted(set(params) - set(inputs))
@@ -130,7 +132,9 @@ def submit(p: Plan, client: KfpClient, *, wait_seconds: int = 0) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--package", required=True, help="compiled pipeline YAML")
     ap.add_argument("--host", default=os.environ.get("KFP_HOST"), help="KFP API address (KFP_HOST)")
     ap.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", "kubeflow"))
