@@ -139,8 +139,8 @@ def preprocess_slice(
     """Turn one slice of any dtype into the model input: float32 ``(channels, size, size)``.
 
     Steps: optional N4 bias correction; per-channel robust normalisation to [0, 1]
-    (:func:`normalise_intensity`); channel adaptation (extra channels such as alpha are
-    dropped, a single channel is repeated); bilinear antialiased resize to ``size``.
+    (:func:`normalise_intensity`); bilinear antialiased resize to ``size``; channel
+    adaptation (extra channels such as alpha are dropped, missing ones repeat the last).
     ``slice_`` is ``(C, H, W)`` (or ``(H, W)`` for grey).
     """
     if not isinstance(size, int | np.integer) or size < 1:
@@ -148,17 +148,16 @@ def preprocess_slice(
     if channels < 1:
         raise InvalidInputError(f"channels must be positive, got {channels}")
     arr = _as_chw(slice_)
-    c = arr.shape[0]
-    if c > channels:
+    if arr.shape[0] > channels:
         arr = arr[:channels]
-    elif c != channels and c != 1:
-        raise InvalidInputError(f"cannot adapt a {c}-channel slice to {channels} channels")
     if bias_correction:
         arr = n4_bias_correction(arr)
     out = _resize_float(normalise_intensity(arr), int(size))
     np.clip(out, 0.0, 1.0, out=out)
-    if out.shape[0] != channels:
-        out = np.repeat(out, channels, axis=0)
+    missing = channels - out.shape[0]
+    if missing > 0:
+        # repeat the last channel: grey gives three equal channels, two modalities (a, b, b)
+        out = np.concatenate([out, np.repeat(out[-1:], missing, axis=0)])
     return out
 
 

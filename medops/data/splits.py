@@ -83,39 +83,34 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return fr[0], fr[1], fr[2]
 
 
-def _apportion(n: int, fractions: tuple[float, float, float]) -> list[int]:
-    """Largest-remainder rounding of ``n * fractions`` (ties favour the earlier split)."""
-    raw = [n * f for f in fractions]
-    counts = [math.floor(r) for r in raw]
-    order = sorted(range(3), key=lambda i: (-(raw[i] - counts[i]), i))
-    for i in order[: n - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
 def split_dataset(
     manifest: Manifest, *, seed: int = 0, fractions: Sequence[float] = (0.7, 0.15, 0.15)
 ) -> Splits:
     """Split the patients of ``manifest`` into train/val/test.
 
-    Patients are grouped by their label (has-tumour for segmentation, class otherwise); each
-    group is shuffled with ``seed`` and cut by ``fractions``, so every split has about the
-    same label mix. Deterministic for a seed. Saved as ``splits-<seed>.json`` beside the
-    manifest when the manifest was saved.
+    Patients are grouped by their label (has-tumour for segmentation, class otherwise) and
+    shuffled with ``seed`` within each group; every split gets its fraction of every group,
+    to within one patient, so all splits have the same label mix. Deterministic for a seed.
+    Saved as ``splits-<seed>.json`` beside the manifest when the manifest was saved.
     """
     fr = _check_fractions(fractions)
     labels = manifest.patient_labels()
     if not labels:
         raise DatasetError(f"dataset {manifest.name} has no patients to split")
     rng = np.random.default_rng(seed)
-    out: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
+    order: list[str] = []
     for label in sorted(set(labels.values())):
         group = sorted(p for p, lab in labels.items() if lab == label)
-        group = [group[i] for i in rng.permutation(len(group))]
-        n_train, n_val, _ = _apportion(len(group), fr)
-        out["train"] += group[:n_train]
-        out["val"] += group[n_train : n_train + n_val]
-        out["test"] += group[n_train + n_val :]
+        order += [group[i] for i in rng.permutation(len(group))]
+    # Deal the patients, stratum after stratum, each to the split furthest below its share:
+    # every stratum and the whole set then match the fractions to within one patient, even
+    # for strata too small to cut on their own.
+    out: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
+    counts = [0, 0, 0]
+    for n, patient in enumerate(order, 1):
+        j = max(range(3), key=lambda k: (fr[k] * n - counts[k], -k))
+        counts[j] += 1
+        out[SPLIT_NAMES[j]].append(patient)
     splits = Splits(
         train=sorted(out["train"]),
         val=sorted(out["val"]),

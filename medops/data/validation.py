@@ -267,8 +267,6 @@ def _check_samples(ck: _Checker, progress: bool) -> dict[str, Any]:
         shape = facts["shape"]
         shapes[_shape_text(shape, volume)] += 1
         dtypes[facts["dtype"]] += 1
-        if shape[0] not in (1, 3, 4):
-            ck.add("error", "channels", f"{s.image} has {shape[0]} channels (1, 3 or 4)", sid)
         if not facts["finite"]:
             ck.add("error", "non-finite", f"{s.image} holds NaN or infinite values", sid)
         if facts["min"] == facts["max"]:

@@ -66,11 +66,21 @@ def test_positive_and_negative_patients_are_spread_evenly_over_the_splits() -> N
     _assert_partition(manifest, splits)
     labels = manifest.patient_labels()
     names = ("train", "val", "test")
+    sizes = [len(getattr(splits, n)) for n in names]
     positives = [sum(labels[p] for p in getattr(splits, n)) for n in names]
-    negatives = [sum(1 - labels[p] for p in getattr(splits, n)) for n in names]
-    # 30 x (0.7, 0.15, 0.15) = 21, 4.5, 4.5 and 20 x ... = 14, 3, 3 (largest remainder)
-    assert positives == [21, 5, 4]
-    assert negatives == [14, 3, 3]
+    # 50 x (0.7, 0.15, 0.15) = 35, 7.5, 7.5 and per stratum 21, 4.5, 4.5 / 14, 3, 3
+    assert sizes[0] == 35 and sorted(sizes[1:]) == [7, 8]
+    for got, ideal in zip(positives, (21, 4.5, 4.5), strict=True):
+        assert abs(got - ideal) <= 1
+    for size, got in zip(sizes, positives, strict=True):
+        assert 0.5 <= got / size <= 0.72
+
+
+def test_tiny_datasets_still_fill_the_held_out_splits() -> None:
+    splits = split_dataset(_synthetic(positive=2, negative=1), seed=0)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (2, 1, 0)
+    splits = split_dataset(_synthetic(positive=4, negative=3), seed=0)
+    assert len(splits.val) >= 1 and len(splits.test) >= 1
 
 
 def test_split_is_deterministic_for_a_seed_and_differs_across_seeds(
