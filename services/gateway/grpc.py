@@ -92,7 +92,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         """Request id, authentication, error mapping and an access line, once for every RPC."""
         start = time.perf_counter()
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        REQUEST_ID.set(metadata.get("x-request-id") or uuid.uuid4().hex)
+        rid = metadata.get("x-request-id") or uuid.uuid4().hex
+        REQUEST_ID.set(rid)
         MODEL.set(None)
         VARIANT.set(None)
         code = grpc.StatusCode.OK
@@ -109,6 +110,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             log.info(
                 "rpc",
                 extra={
+                    "request_id": rid,
+                    "model": MODEL.get(),
+                    "variant": VARIANT.get(),
                     "method": name,
                     "code": code.name,
                     "duration_ms": round((time.perf_counter() - start) * 1000, 3),

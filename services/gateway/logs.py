@@ -34,7 +34,8 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 line[key] = value
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            # Explicit fields win over the context (a record may be formatted elsewhere).
+            if key not in _STANDARD and not key.startswith("_") and value is not None:
                 line[key] = value
         if record.exc_info:
             # The exception type and where, not its message: messages may quote input.

@@ -115,6 +115,9 @@ class GatewayMiddleware:
             log.info(
                 "request",
                 extra={
+                    "request_id": rid,
+                    "model": MODEL.get(),
+                    "variant": VARIANT.get(),
                     "method": method,
                     "path": path,
                     "status": status,
