@@ -141,21 +141,38 @@ def test_kind_cpu_profile_serves_the_cpu_model_configs_without_gpus() -> None:
     assert not spec.get("tolerations")
 
 
-def test_model_repository_is_synced_from_the_object_store_before_triton_starts() -> None:
-    spec = _triton(render_profile("kind-cpu"))
-    (init,) = spec["initContainers"]
-    assert init["args"][-2:] == ["store/models/triton/", "/models/"]
-    env = {e["name"]: e for e in init["env"]}
+@pytest.mark.parametrize(("profile", "watch"), [("kind-cpu", True), ("external-mlflow", False)])
+def test_model_repository_is_synced_from_the_object_store(profile: str, watch: bool) -> None:
+    spec = _triton(render_profile(profile))
+    (sync,) = spec["initContainers"]
+    assert sync["args"][-2:][1] == "/models/"
+    assert sync["args"][-2].startswith("store/") and sync["args"][-2].endswith("/triton/")
+    # watching: a native sidecar that keeps mirroring; otherwise a one-off copy before Triton
+    assert ("--watch" in sync["args"]) is watch
+    assert (sync.get("restartPolicy") == "Always") is watch
+    env = {e["name"]: e for e in sync["env"]}
+    names = [e["name"] for e in sync["env"]]
+    # credentials come from a Secret and are defined before MC_HOST_store refers to them
+    assert names.index("AWS_ACCESS_KEY_ID") < names.index("MC_HOST_store")
+    assert "$(AWS_ACCESS_KEY_ID):$(AWS_SECRET_ACCESS_KEY)@" in env["MC_HOST_store"]["value"]
+    assert "valueFrom" in env["AWS_SECRET_ACCESS_KEY"]
+    triton = _container(spec, "triton")
+    mounts = {m["name"]: m["mountPath"] for m in triton["volumeMounts"]}
+    assert mounts["models"] == "/models"
+    assert "--model-repository=/models" in triton["args"]
+    assert "--model-control-mode=poll" in triton["args"]
+
+
+def test_bundled_minio_credentials_reach_the_model_sync() -> None:
+    (sync,) = _triton(render_profile("kind-cpu"))["initContainers"]
+    env = {e["name"]: e for e in sync["env"]}
     assert env["MC_HOST_store"]["value"] == (
         "http://$(AWS_ACCESS_KEY_ID):$(AWS_SECRET_ACCESS_KEY)@medops-minio:9000"
     )
-    # credentials come from the Secret and are defined before MC_HOST_store refers to them
-    names = [e["name"] for e in init["env"]]
-    assert names.index("AWS_ACCESS_KEY_ID") < names.index("MC_HOST_store")
-    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "medops-minio"
-    mounts = {m["name"]: m["mountPath"] for m in _container(spec, "triton")["volumeMounts"]}
-    assert mounts["models"] == "/models"
-    assert "--model-repository=/models" in _container(spec, "triton")["args"]
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "medops-minio",
+        "key": "root-user",
+    }
 
 
 def test_model_repository_can_come_from_a_volume() -> None:
@@ -196,6 +213,19 @@ def test_bundled_mlflow_uses_postgresql_and_minio() -> None:
     )
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://medops-minio:9000"
     assert "--artifacts-destination=s3://mlflow/" in c["args"]
+    # MLflow's DNS-rebinding guard must accept the Host the services and port-forwards send
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    (hosts,) = [
+        a.split("=", 1)[1].split(",") for a in c["args"] if a.startswith("--allowed-hosts=")
+    ]
+    for host in (
+        "medops-mlflow:5000",
+        "medops-mlflow.medops.svc.cluster.local:5000",
+        "127.0.0.1:5000",
+    ):
+        assert is_allowed_host_header(hosts, host), host
+    assert not is_allowed_host_header(hosts, "attacker.example:5000")
     (gateway,) = find(docs, "Deployment", "medops-gateway")
     genv = {
         e["name"]: e.get("value")
