@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medops.errors import InvalidInputError
+from medops.models import (
+    ServingWrapper,
+    build_classifier,
+    build_segmenter,
+    head_parameters,
+    set_backbone_frozen,
+)
+
+
+def test_classifier_outputs_one_logit_per_class() -> None:
+    model = build_classifier(4, arch="resnet10", widths=(8, 16, 32, 64)).eval()
+    assert model(torch.rand(3, 3, 64, 64)).shape == (3, 4)
+
+
+def test_segmenter_outputs_one_logit_channel_at_input_resolution() -> None:
+    model = build_segmenter(channels=(8, 16, 32), num_res_units=1).eval()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_serving_wrapper_turns_logits_into_probabilities() -> None:
+    cls = ServingWrapper(build_classifier(3, arch="resnet10", widths=(8, 8, 8, 8)), "type-classifier")
+    probs = cls.eval()(torch.rand(2, 3, 32, 32))
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(2))
+    seg = ServingWrapper(build_segmenter(channels=(8, 16)), "segmenter").eval()
+    out = seg(torch.rand(1, 3, 32, 32))
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_unknown_arch_and_task_are_rejected_by_name() -> None:
+    with pytest.raises(InvalidInputError, match="resnet99"):
+        build_classifier(arch="resnet99")
+    with pytest.raises(InvalidInputError, match="detector"):
+        ServingWrapper(build_segmenter(channels=(8, 16)), "detector")
+
+
+def test_freezing_leaves_only_the_head_trainable() -> None:
+    model = build_classifier(2, arch="resnet10", widths=(8, 8, 8, 8))
+    head = sum(p.numel() for p in head_parameters(model))
+    assert set_backbone_frozen(model, True) == head == 8 * 2 + 2
+    assert not model.conv1.weight.requires_grad and model.fc.weight.requires_grad
+    total = sum(p.numel() for p in model.parameters())
+    assert set_backbone_frozen(model, False) == total
+
+
+def test_segmenter_head_is_the_decoder() -> None:
+    model = build_segmenter(channels=(8, 16, 32), num_res_units=1)
+    trainable = set_backbone_frozen(model, True)
+    total = sum(p.numel() for p in model.parameters())
+    assert 0 < trainable < total
+    # the first encoder block is frozen, the last up-sampling block is not
+    down, up = model.model[0], model.model[2]
+    assert not any(p.requires_grad for p in down.parameters())
+    assert all(p.requires_grad for p in up.parameters())

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from synthetic_arrays import Arrays, make_arrays
+
+from medops.errors import DatasetError, InvalidInputError, TrainingError
+from medops.training import TrainConfig, load_weights, save_weights, train_model
+
+
+def tiny(task: str, **changes: object) -> TrainConfig:
+    return TrainConfig.preset(task, "tiny", **changes)  # type: ignore[arg-type]
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_classifier_learns_the_bright_square() -> None:
+    train, val = make_arrays(64, seed=0), make_arrays(32, seed=1)
+    result = train_model(tiny("classifier", epochs=5, max_steps_per_epoch=None), train, val)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.metric_name == "val_auc" and result.best_metric > 0.9
+    assert result.history[result.best_epoch - 1]["val_auc"] == result.best_metric
+
+
+def test_segmenter_loss_falls_and_dice_rises() -> None:
+    train, val = make_arrays(64, seed=0), make_arrays(16, seed=1)
+    config = tiny("segmenter", epochs=6, max_steps_per_epoch=None, lr=1e-2)
+    result = train_model(config, train, val)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert result.metric_name == "val_dice"
+    assert result.best_metric > result.history[0]["val_dice"]
+
+
+def test_same_seed_and_data_give_identical_weights(arrays: Arrays) -> None:
+    config = tiny("segmenter", augment=True)
+    first = train_model(config, arrays, arrays).model.state_dict()
+    second = train_model(config, arrays, arrays).model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = train_model(config.replace(seed=1), arrays, arrays).model.state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_exploding_loss_stops_training_and_names_epoch_and_step(arrays: Arrays) -> None:
+    with pytest.raises(TrainingError, match=r"epoch 1, step \d+"):
+        train_model(tiny("classifier", lr=1e30, epochs=3), arrays, arrays)
+
+
+def test_nan_pixels_are_refused_before_training(arrays: Arrays) -> None:
+    arrays.images[3, 0, 0, 0] = np.nan
+    with pytest.raises(DatasetError, match="train.images: slice index 3"):
+        train_model(tiny("classifier"), arrays, make_arrays(8, seed=2))
+
+
+def test_single_class_training_data_is_a_training_error(arrays: Arrays) -> None:
+    arrays.labels[:] = 0
+    with pytest.raises(TrainingError, match="single-class"):
+        train_model(tiny("classifier"), arrays, arrays)
+    assert arrays.masks is not None
+    arrays.masks[:] = 0
+    with pytest.raises(TrainingError, match="no tumour pixels"):
+        train_model(tiny("segmenter"), arrays, arrays)
+
+
+def test_masks_that_do_not_match_images_are_a_dataset_error(arrays: Arrays) -> None:
+    arrays.masks = np.zeros((32, 1, 16, 16), np.uint8)
+    with pytest.raises(DatasetError, match="masks do not match images"):
+        train_model(tiny("segmenter"), arrays, make_arrays(8, seed=3))
+
+
+def test_empty_and_wrongly_sized_datasets_are_refused(arrays: Arrays) -> None:
+    empty = make_arrays(8)
+    empty.images = empty.images[:0]
+    with pytest.raises(DatasetError, match="val: the dataset is empty"):
+        train_model(tiny("classifier"), arrays, empty)
+    with pytest.raises(DatasetError, match="image_size is 64"):
+        train_model(tiny("classifier", image_size=64), arrays, arrays)
+
+
+def test_invalid_configs_name_the_field() -> None:
+    with pytest.raises(InvalidInputError, match="lr"):
+        TrainConfig(task="classifier", lr=-1)
+    with pytest.raises(InvalidInputError, match="image_size: 100 is not a multiple of 16"):
+        TrainConfig(task="segmenter", image_size=100)
+    with pytest.raises(InvalidInputError, match="preset"):
+        TrainConfig.preset("segmenter", "huge")  # type: ignore[arg-type]
+
+
+def test_presets_exist_for_every_task_and_speed() -> None:
+    fast = TrainConfig.preset("segmenter", "fast")
+    full = TrainConfig.preset("segmenter", "full")
+    assert fast.image_size == 128 and full.image_size == 256 and full.epochs > fast.epochs
+    assert TrainConfig.preset("type-classifier", "fast").num_classes == 4
+    assert TrainConfig.preset("classifier", "tiny").max_steps_per_epoch is not None
+    assert fast.to_params()["channels"] == "16-32-64-128-256"
+
+
+def test_early_stopping_stops_when_validation_stops_improving(arrays: Arrays) -> None:
+    # a vanishing learning rate leaves the instance-normalised segmenter's Dice unchanged
+    config = tiny("segmenter", lr=1e-12, epochs=10, patience=2, augment=False)
+    result = train_model(config, arrays, arrays)
+    assert result.stopped_early
+    assert len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_warm_start_with_freeze_then_unfreeze(tmp_path: Path, arrays: Arrays) -> None:
+    base = train_model(tiny("classifier", epochs=1), arrays, arrays)
+    path = save_weights(base.model, tmp_path / "warm.pt")
+    seen: list[float] = []
+    config = tiny("classifier", warm_start=str(path), freeze_epochs=1, epochs=2, patience=0)
+    result = train_model(config, arrays, arrays, on_epoch=lambda e, m: seen.append(m["trainable_params"]))
+    head = sum(p.numel() for p in result.model.fc.parameters())
+    total = sum(p.numel() for p in result.model.parameters())
+    assert seen == [head, total]
+
+    frozen_only = train_model(config.replace(epochs=1), arrays, arrays).model.state_dict()
+    start = base.model.state_dict()
+    assert torch.equal(frozen_only["conv1.weight"], start["conv1.weight"])
+    assert not torch.equal(frozen_only["fc.weight"], start["fc.weight"])
+
+
+def test_warm_start_into_a_new_head_skips_only_the_head(tmp_path: Path, arrays: Arrays) -> None:
+    base = train_model(tiny("classifier", epochs=1), arrays, arrays)
+    path = save_weights(base.model, tmp_path / "binary.pt")
+    four = make_arrays(32)
+    four.labels = np.arange(32) % 4
+    result = train_model(
+        tiny("type-classifier", warm_start=str(path), epochs=1, freeze_epochs=1), four, four
+    )
+    assert result.warm_start_skipped == ["fc.bias", "fc.weight"]
+    assert torch.equal(result.model.state_dict()["conv1.weight"], base.model.state_dict()["conv1.weight"])
+
+
+def test_weights_round_trip_and_refuse_a_mismatched_model(tmp_path: Path, arrays: Arrays) -> None:
+    result = train_model(tiny("segmenter", epochs=1), arrays, arrays)
+    path = save_weights(result.model, tmp_path / "w.pt")
+    fresh = train_model(tiny("segmenter", epochs=1, seed=5), arrays, arrays).model
+    assert load_weights(fresh, path) == []
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), weights(result.model).values()))
+    other = train_model(tiny("classifier", epochs=1), arrays, arrays).model
+    with pytest.raises(InvalidInputError, match="does not fit the model"):
+        load_weights(other, path)
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        load_weights(other, tmp_path / "missing.pt")
