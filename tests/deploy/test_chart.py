@@ -283,9 +283,22 @@ def test_default_profile_autoscales_and_protects_the_gateway() -> None:
 def test_helm_test_pod_checks_gateway_readiness() -> None:
     (pod,) = find(render_profile("default"), "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    assert (
-        pod["spec"]["containers"][0]["command"][-1] == "http://medops-gateway:8080/v2/health/ready"
-    )
+    script = pod["spec"]["containers"][0]["command"][-1]
+    assert "http://medops-gateway:8080/v2/health/ready" in script
+    assert script.rstrip().endswith("exit $rc")
+    assert "quitquitquit" not in script
+
+
+def test_helm_test_pod_stops_its_istio_sidecar_in_the_mesh() -> None:
+    docs = render_profile("mesh")
+    (pod,) = find(docs, "Pod")
+    script = pod["spec"]["containers"][0]["command"][-1]
+    assert "http://127.0.0.1:15020/quitquitquit" in script
+    config = pod["metadata"]["annotations"]["proxy.istio.io/config"]
+    assert "holdApplicationUntilProxyStarts" in config
+    for policy in find(docs, "NetworkPolicy"):
+        ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert {15020, 15090} <= ports, policy["metadata"]["name"]
 
 
 # --- alerts and dashboards ---------------------------------------------------------------
