@@ -130,26 +130,32 @@ class _Cache:
         fresh = True
         with contextlib.suppress(OSError, ValueError):
             fresh = json.loads(meta_path.read_text()) != meta
-        if fresh:
-            _new_memmap(directory / "images.npy", np.float32, shapes["images"])
-            if self.segmentation:
-                _new_memmap(directory / "masks.npy", np.uint8, shapes["masks"])
-            _save_atomic(directory / "done.npy", np.zeros(n, dtype=bool))
-            write_json_atomic(meta_path, meta)
-        self.images = np.load(directory / "images.npy", mmap_mode="r+")
-        self.masks = np.load(directory / "masks.npy", mmap_mode="r+") if self.segmentation else None
-        try:
-            self.done = np.load(directory / "done.npy")
-        except (OSError, ValueError):
-            self.done = np.zeros(n, dtype=bool)
-        if self.images.shape != shapes["images"] or self.done.shape != (n,):
-            raise DatasetError(f"{directory}: cache does not match the manifest; delete it")
+        for attempt in range(2):
+            if fresh or attempt:
+                _new_memmap(directory / "images.npy", np.float32, shapes["images"])
+                if self.segmentation:
+                    _new_memmap(directory / "masks.npy", np.uint8, shapes["masks"])
+                _save_atomic(directory / "done.npy", np.zeros(n, dtype=bool))
+                write_json_atomic(meta_path, meta)
+            try:
+                self.images = np.load(directory / "images.npy", mmap_mode="r+")
+                self.masks = (
+                    np.load(directory / "masks.npy", mmap_mode="r+") if self.segmentation else None
+                )
+                self.done = np.load(directory / "done.npy")
+            except (OSError, ValueError):
+                continue  # damaged cache: build it again
+            if (
+                self.images.shape == shapes["images"]
+                and (self.masks is None or self.masks.shape == shapes["masks"])
+                and self.done.shape == (n,)
+            ):
+                return
+        raise DatasetError(f"{directory}: cannot build the array cache")
 
     def commit(self) -> None:
-        self.images.flush()
-        if self.masks is not None:
-            self.masks.flush()
-        # rows are flushed before they are marked done, so a crash loses work, never data
+        # Rows written through the maps reach the page cache at once, so a crashed process
+        # loses no row it marked done; no msync, which would stall on every commit.
         _save_atomic(self.dir / "done.npy", self.done)
 
 

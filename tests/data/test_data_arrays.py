@@ -135,3 +135,15 @@ def test_unknown_sample_ids_bad_sizes_and_missing_masks_are_refused(
     missing = next(s for s in manifest.samples if s.mask is None)
     with pytest.raises(DatasetError, match=f"{missing.image} has no mask"):
         load_arrays(manifest, [missing.sample_id], size=16, home=home)
+
+
+def test_damaged_cache_is_rebuilt_instead_of_served(lgg_copy: LggCopy, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    manifest = ingest(lgg_copy(patients=1, slices=[10, 11]), home)
+    ids = [s.sample_id for s in manifest.samples]
+    first = load_arrays(manifest, ids, size=16, home=home)
+    images = cache_dir(home, manifest.version, 16) / "images.npy"
+    images.write_bytes(images.read_bytes()[:100])
+    again = load_arrays(manifest, ids, size=16, home=home)
+    assert again.decoded == 2
+    np.testing.assert_array_equal(again.images, first.images)
