@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from medops.transforms import PREPROCESS_VERSION, preprocess_slice, resize_mask
 
 CHANNELS = 3
 _FLUSH_EVERY = 256
+_MAX_WORKERS = 4
 
 
 @dataclass
@@ -173,6 +175,15 @@ def _gather(source: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def _prepare(
+    sources: _Sources, s: Sample, size: int, segmentation: bool, bias_correction: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    image = preprocess_slice(
+        sources.image(s), size, channels=CHANNELS, bias_correction=bias_correction
+    )
+    return image, resize_mask(sources.mask(s), size) if segmentation else None
+
+
 def _fill(
     cache: _Cache,
     sources: _Sources,
@@ -182,17 +193,25 @@ def _fill(
     bias_correction: bool,
     bar: tqdm,
 ) -> None:
-    for n, row in enumerate(todo, 1):
-        s = manifest.samples[row]
-        cache.images[row] = preprocess_slice(
-            sources.image(s), size, channels=CHANNELS, bias_correction=bias_correction
-        )
-        if cache.masks is not None:
-            cache.masks[row] = resize_mask(sources.mask(s), size)
-        cache.done[row] = True
-        bar.update(1)
-        if n % _FLUSH_EVERY == 0:
-            cache.commit()
+    segmentation = cache.masks is not None
+
+    def prepare(row: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return _prepare(sources, manifest.samples[row], size, segmentation, bias_correction)
+
+    # 2D files decode and preprocess in threads (zlib, JPEG, numpy and torch release the
+    # GIL); slices of volumes share one open volume and stay in order on this thread.
+    volumes = any(manifest.samples[row].slice_index is not None for row in todo)
+    workers = 1 if volumes else min(_MAX_WORKERS, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(prepare, todo) if workers > 1 else map(prepare, todo)
+        for n, (row, (image, mask)) in enumerate(zip(todo, results, strict=True), 1):
+            cache.images[row] = image
+            if cache.masks is not None:
+                cache.masks[row] = mask
+            cache.done[row] = True
+            bar.update(1)
+            if n % _FLUSH_EVERY == 0:
+                cache.commit()
 
 
 def load_arrays(
