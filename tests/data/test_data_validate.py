@@ -199,3 +199,15 @@ def test_second_validation_reuses_decoded_facts_but_still_sees_changes(
     third = validate(manifest)
     assert calls == [f"{mask.parent.name}/{mask.name}"]
     assert {"changed-file", "non-binary-mask"} <= third.codes()
+
+
+def test_slice_file_holding_a_stack_instead_of_a_picture_is_unreadable(
+    lgg_copy: LggCopy, tmp_path: Path
+) -> None:
+    src = lgg_copy(patients=1, slices=[1, 2])
+    stack = _image_file(src, 2)
+    tifffile.imwrite(stack, np.zeros((10, 64, 64), np.uint8))
+    report = validate(ingest(src, tmp_path / "home"))
+    (message,) = _issues(report, "unreadable-image")
+    assert message.startswith(f"{stack.parent.name}/{stack.name}: expected a 2D image")
+    assert "(10, 64, 64)" in message and not report.ok
