@@ -55,8 +55,14 @@ def render(values: dict[str, Any] | None = None) -> list[Manifest]:
     return docs
 
 
-def render_profile(profile: str) -> list[Manifest]:
+@functools.cache
+def _rendered_profile(profile: str) -> list[Manifest]:
     return render(profile_values(profile))
+
+
+def render_profile(profile: str) -> list[Manifest]:
+    """The objects of one profile (rendered once per run; callers get their own copy)."""
+    return copy.deepcopy(_rendered_profile(profile))
 
 
 def kustomize(overlay: Path) -> list[Manifest]:

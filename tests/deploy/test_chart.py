@@ -496,3 +496,34 @@ def test_chart_refuses_routing_splits_the_gateway_would_refuse(
     values["routing"]["models"]["brain-tumor-classifier"]["variants"][1].update(change)
     with pytest.raises(helm_python.HelmError, match=message):
         render(values)
+
+
+# --- the validators themselves ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "mutate", "message"),
+    [
+        (
+            "VirtualService",
+            lambda d: d["spec"]["http"][0].update(retries={"atempts": 3}),
+            "atempts",
+        ),
+        ("PeerAuthentication", lambda d: d["spec"]["mtls"].update(mode=7), "mode"),
+        ("Deployment", lambda d: d["spec"].update(replica=2), "replica"),
+        ("NetworkPolicy", lambda d: d["spec"]["ingress"][0]["ports"][0].update(port=[1]), "port"),
+        ("PrometheusRule", lambda d: d["spec"]["groups"][0].update(rulez=[]), "rulez"),
+    ],
+)
+def test_validation_catches_unknown_fields_and_wrong_types(
+    kind: str, mutate: Any, message: str
+) -> None:
+    doc = copy.deepcopy(find(render_profile("mesh"), kind)[0])
+    mutate(doc)
+    with pytest.raises(AssertionError, match=message):
+        validate(doc)
+
+
+def test_validation_fails_for_a_kind_without_any_schema() -> None:
+    with pytest.raises(AssertionError, match="no schema"):
+        validate({"apiVersion": "example.org/v1", "kind": "Widget", "metadata": {"name": "w"}})
