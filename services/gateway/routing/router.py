@@ -122,6 +122,7 @@ class Router:
         self._counters: dict[tuple[str, str], _Counters] = {}
         self._posteriors: dict[tuple[str, str], tuple[Target, list[float]]] = {}
         self._decisions: deque[dict[str, Any]] = deque(maxlen=max_decisions)
+        self._decision_counts: dict[tuple[str, str], int] = {}
         self._progressive = ProgressiveController()
         self._audit = AuditTrail(audit_path)
         self._lock = threading.RLock()
@@ -142,7 +143,8 @@ class Router:
         """Choose the variant for one request of ``model`` (headers with lowercase names).
 
         ``x-medops-variant`` forces a variant; otherwise ``x-medops-route-key`` picks a stable
-        slot from its sha256, else the slot is drawn at random. Raises NotFoundError for an
+        slot from its sha256, else the slot is drawn at random. A bandit samples its arms
+        (Thompson) and ignores the routing key. Raises NotFoundError for an
         unknown model and InvalidInputError for an override naming no variant of the model.
         """
         plan = self._plans.get(model)
@@ -305,6 +307,10 @@ class Router:
         """Recent analysis decisions (decision, reason, metrics, weights), oldest first."""
         return [d for d in self._decisions if model is None or d["model"] == model]
 
+    def decision_counts(self) -> dict[tuple[str, str], int]:
+        """How many analysis decisions of each kind were made, per (model, decision)."""
+        return dict(self._decision_counts)
+
     def stats(self) -> list[dict[str, Any]]:
         """Per-variant counters and gauges for a metrics exporter.
 
@@ -460,6 +466,8 @@ class Router:
                 continue
             self._apply(decision)
             self._decisions.append(decision)
+            key = (model, decision["decision"])
+            self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
             made.append(decision)
         return made
 
