@@ -142,6 +142,17 @@ def test_explicit_variant_header_is_obeyed_before_any_split() -> None:
     assert "headers" not in override["route"][0]
 
 
+def test_requests_with_a_routing_key_stay_sticky_through_the_gateway() -> None:
+    docs = render(profile_values("mesh"))
+    (vs,) = find(docs, "VirtualService", "medops-gateway")
+    names = [r["name"] for r in vs["spec"]["http"]]
+    sticky = vs["spec"]["http"][names.index("sticky-route-key")]
+    assert names.index("sticky-route-key") < names.index("brain-tumor-type-classifier")
+    assert sticky["match"] == [{"headers": {"x-medops-route-key": {"regex": ".+"}}}]
+    # no variant header: the gateway assigns the variant from the key's hash
+    assert _split(sticky) == {None: 100}
+
+
 def test_gateway_mode_leaves_the_split_to_the_gateway() -> None:
     values = profile_values("mesh")
     values["routing"]["mode"] = "gateway"

@@ -23,6 +23,18 @@
         host: {{ $host }}
         port:
           number: {{ $svc.httpPort }}
+# A routing key (study or user) makes the assignment sticky: the gateway hashes it, so keyed
+# requests keep the same variant instead of Istio's per-request draw.
+- name: sticky-route-key
+  match:
+    - headers:
+        x-medops-route-key:
+          regex: ".+"
+  route:
+    - destination:
+        host: {{ $host }}
+        port:
+          number: {{ $svc.httpPort }}
 {{- range $model, $spec := .Values.routing.models }}
 - name: {{ $model }}
   match:
