@@ -115,6 +115,7 @@ class _Checker:
         self.facts: dict[str, dict[str, Any]] = {}
         self.memo: dict[str, tuple[str | None, dict[str, Any]]] = {}
         self.checked: dict[str, str | None] = {}
+        self.used: set[str] = set()
         self.facts_path = manifest.directory / _FACTS_FILE if manifest.directory else None
         if self.facts_path is not None and self.facts_path.is_file():
             try:
@@ -131,7 +132,8 @@ class _Checker:
         if self.facts_path is not None:
             # a cache that cannot be written only costs time
             with contextlib.suppress(OSError):
-                write_json_atomic(self.facts_path, {"schema": _FACTS_SCHEMA, "facts": self.facts})
+                facts = {k: v for k, v in self.facts.items() if k in self.used}  # drop stale
+                write_json_atomic(self.facts_path, {"schema": _FACTS_SCHEMA, "facts": facts})
 
     # -- reading with hash verification --------------------------------------------------
 
@@ -162,6 +164,7 @@ class _Checker:
             facts: dict[str, Any] = {"error": f"{rel}: file not found", "missing": True}
         elif f"{role}:{sha}" in self.facts:
             facts = self.facts[f"{role}:{sha}"]
+            self.used.add(f"{role}:{sha}")
         else:
             try:
                 arr = decode_2d(data, rel)
@@ -169,6 +172,7 @@ class _Checker:
             except MedopsError as exc:
                 facts = {"error": str(exc)}
             self.facts[f"{role}:{sha}"] = facts
+            self.used.add(f"{role}:{sha}")
         self.memo[key] = (sha, facts)
         return facts
 
@@ -188,6 +192,7 @@ class _Checker:
             sha_all = None
         else:
             sha_all = sha256_bytes("\n".join(shas).encode())
+            self.used.add(f"{role}:{sha_all}")
             cached = self.facts.get(f"{role}:{sha_all}")
             if cached is not None:
                 facts = cached
