@@ -143,7 +143,7 @@ def test_seldon_experiments_split_between_models_that_exist() -> None:
 @pytest.mark.parametrize("folder", ["katib", "trainer"])
 def test_training_manifests_beside_the_overlays_validate_against_their_crds(folder: str) -> None:
     assert CRDS.is_dir()
-    files = sorted((K8S / folder).glob("*.yaml"))
+    files = sorted(p for p in (K8S / folder).glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
     assert files, f"k8s/{folder} has no manifests"
     for doc in load_manifests(files):
         validate(doc)
