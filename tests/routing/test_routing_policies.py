@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from routing_support import MODEL, canary_doc
 from scipy.stats import binom
 
@@ -245,3 +247,21 @@ def test_stats_count_routed_and_shadowed_requests_per_variant(make_router: MakeR
     assert rows["challenger"]["shadowed"] == rows["champion"]["routed"]
     assert rows["challenger"]["errors"] == 1 and rows["challenger"]["disagreements"] == 1
     assert (rows["champion"]["weight"], rows["challenger"]["weight"]) == (90, 10)
+
+
+@given(
+    low=st.integers(0, 100),
+    high=st.integers(0, 100),
+    key=st.text(min_size=1, max_size=64),
+)
+def test_any_weight_increase_keeps_every_challenger_key_on_the_challenger(
+    low: int, high: int, key: str
+) -> None:
+    low, high = min(low, high), max(low, high)
+    slot = bucket(key)
+    for order in ((0, 1), (1, 0)):  # challenger listed last or first
+        before = split_table([100 - low, low] if order == (0, 1) else [low, 100 - low])
+        after = split_table([100 - high, high] if order == (0, 1) else [high, 100 - high])
+        challenger = order[1]
+        if before[slot] == challenger:
+            assert after[slot] == challenger
