@@ -83,7 +83,8 @@ def _shapes(manifest: Manifest) -> Counter[str]:
         else:
             if s.image not in volumes:
                 arr = read_volume(manifest.root, s.image)
-                volumes[s.image] = f"{arr.shape[3]}x{arr.shape[2]}x{arr.shape[0]} {arr.dtype}"
+                c, _, y, x = arr.shape
+                volumes[s.image] = f"{y}x{x}x{c} {arr.dtype}"
             shapes[volumes[s.image]] += 1
             continue
         shapes[f"{h}x{w}x{c} {dtype}"] += 1

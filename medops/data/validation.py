@@ -242,12 +242,10 @@ def _label_facts(arr: np.ndarray) -> dict[str, Any]:
     return facts
 
 
-def _shape_text(shape: list[int], volume: bool) -> str:
-    if volume:
-        c, z, y, x = shape
-        return f"{x}x{y}x{z}" + (f"x{c}ch" if c > 1 else "")
-    c, h, w = shape
-    return f"{h}x{w}" + (f"x{c}" if c > 1 else "")
+def _shape_text(shape: list[int]) -> str:
+    # spatial axes in array order (slices, rows, columns), then channels: 256x256x3
+    c, *spatial = shape
+    return "x".join(str(n) for n in spatial) + (f"x{c}" if c > 1 else "")
 
 
 def _check_samples(ck: _Checker, progress: bool) -> dict[str, Any]:
@@ -270,7 +268,7 @@ def _check_samples(ck: _Checker, progress: bool) -> dict[str, Any]:
                 ck.add("error", "unreadable-image", facts["error"], sid)
             continue
         shape = facts["shape"]
-        shapes[_shape_text(shape, volume)] += 1
+        shapes[_shape_text(shape)] += 1
         dtypes[facts["dtype"]] += 1
         if not facts["finite"]:
             ck.add("error", "non-finite", f"{s.image} holds NaN or infinite values", sid)

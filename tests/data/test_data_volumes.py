@@ -87,7 +87,7 @@ def test_msd_dataset_validates_and_loads_as_arrays(msd_dir: Path, tmp_path: Path
     manifest = ingest(msd_dir, home)
     report = validate(manifest, split_dataset(manifest, seed=0))
     assert report.ok, report.to_text()
-    assert report.stats["image_shapes"] == {"24x20x5x2ch": 3}
+    assert report.stats["image_shapes"] == {"5x20x24x2": 3}
     ids = ["BRATS_001/1", "BRATS_001/3", "BRATS_002/4"]
     arrays = load_arrays(manifest, ids, size=16, home=home)
     assert arrays.images.shape == (3, 3, 16, 16) and arrays.masks is not None
@@ -185,3 +185,15 @@ def test_truncated_dicom_file_in_a_series_is_refused_naming_the_patient_folder(
     with pytest.raises(MedopsError, match="patient-b") as info:
         ingest(dicom_dir, tmp_path / "home")
     assert info.value.status_code == 400
+
+
+def test_describe_reports_volume_slices_and_their_shape(msd_dir: Path, medops_home: Path) -> None:
+    from click.testing import CliRunner
+
+    from medops.cli import cli
+
+    result = CliRunner().invoke(cli, ["data", "describe", str(msd_dir)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "patients  3\n" in result.stdout and "slices    15\n" in result.stdout
+    assert "tumour-positive slices  5 (33.3%)" in result.stdout
+    assert "image     20x24x2 float32 (15 slices)" in result.stdout
