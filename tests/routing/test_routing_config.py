@@ -14,7 +14,7 @@ import pytest
 import yaml
 from routing_support import MODEL, canary_doc
 
-from medops.errors import InvalidInputError
+from medops.errors import InvalidInputError, MedopsError
 from services.gateway.routing import Router, RoutingConfig
 
 MakeRouter = Callable[..., Router]
@@ -333,3 +333,17 @@ def test_the_served_document_validates_against_the_helm_charts_routing_schema(
         served = router.replace(doc, actor="admin")
         body = {k: v for k, v in served.items() if k not in ("revision", "updatedAt")}
         jsonschema.validate(body, schema)
+
+
+def test_a_change_that_cannot_be_audited_is_not_made(
+    make_router: MakeRouter, tmp_path: Path
+) -> None:
+    path = tmp_path / "routing.jsonl"
+    router = make_router(canary_doc(10), audit_path=path)
+    before = router.document()
+    path.unlink()
+    path.mkdir()  # unwritable even for root
+    with pytest.raises(MedopsError, match=r"routing audit trail routing\.jsonl cannot be written"):
+        router.replace(canary_doc(50), actor="admin")
+    assert router.document() == before
+    assert router.revision == before["revision"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -234,3 +235,31 @@ def test_the_window_slides_so_old_answers_stop_counting() -> None:
     assert summary["errorRate"] == 0.0
     assert summary["p99LatencySeconds"] == pytest.approx(0.1)
     assert summary["disagreementRate"] == 0.0
+
+
+def test_a_rollback_goes_ahead_even_when_the_audit_trail_cannot_be_written(
+    make_router: MakeRouter, clock: FakeClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "routing.jsonl"
+    router = make_router(progressive_doc(), audit_path=path)
+    serve(router, clock, 30)
+    path.unlink()
+    path.mkdir()  # the trail is now unwritable
+    serve(router, clock, INTERVAL, error_rate=0.5)
+    assert weight_of(router, "challenger") == 0
+    assert router.decisions(MODEL)[-1]["decision"] == "rollback"
+
+
+def test_a_step_that_cannot_be_audited_is_not_taken_and_is_retried(
+    make_router: MakeRouter, clock: FakeClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "routing.jsonl"
+    router = make_router(progressive_doc(), audit_path=path)
+    path.unlink()
+    path.mkdir()
+    serve(router, clock, INTERVAL + 1)
+    assert weight_of(router, "challenger") == 5
+    assert router.decisions(MODEL)[-1]["decision"] == "step-failed"
+    path.rmdir()
+    serve(router, clock, INTERVAL)
+    assert weight_of(router, "challenger") == 25

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from medops.errors import InvalidInputError
+from medops.errors import InvalidInputError, MedopsError
 
 from .config import ModelRouting, RoutingConfig
 
@@ -57,8 +57,14 @@ class AuditTrail:
             if self._path is None:
                 self._memory.append(json.loads(line))
                 return
-            with self._path.open("a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+            try:
+                with self._path.open("a", encoding="utf-8") as fh:
+                    fh.write(line + "\n")
+            except OSError as exc:
+                raise MedopsError(
+                    f"routing audit trail {self._path.name} cannot be written ({exc.strerror})",
+                    status_code=503,
+                ) from None
 
 
 def diff(old: RoutingConfig | None, new: RoutingConfig) -> list[dict[str, Any]]:

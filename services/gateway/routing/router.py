@@ -9,6 +9,7 @@ revision and writes the audit trail.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -26,6 +27,8 @@ from . import policies
 from .audit import AuditTrail, diff
 from .config import ModelRouting, RoutingConfig, Variant
 from .progressive import ProgressiveController
+
+log = logging.getLogger("medops.gateway.routing")
 
 ROUTE_KEY_HEADER = "x-medops-route-key"
 """Sticky assignment: the variant is a pure function of sha256 of this header."""
@@ -136,6 +139,7 @@ class Router:
             raise InvalidInputError(f"unknown model(s) in routing config: {', '.join(unknown)}")
         with self._lock:
             self._install(initial, actor="system", action="load", previous=None)
+            self._tick_locked()
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -430,19 +434,26 @@ class Router:
         reason: str | None = None,
     ) -> None:
         now = self._clock()
-        self._revision += 1
-        self._updated_at = datetime.now(UTC).isoformat(timespec="seconds")
-        self._config = config
+        revision = self._revision + 1
+        updated_at = datetime.now(UTC).isoformat(timespec="seconds")
         entry: dict[str, Any] = {
-            "revision": self._revision,
-            "time": self._updated_at,
+            "revision": revision,
+            "time": updated_at,
             "actor": actor,
             "action": action,
             "changes": diff(previous, config),
         }
         if reason is not None:
             entry["reason"] = reason
-        self._audit.append(entry)
+        # recorded first: a change that cannot be audited is not made, except a rollback,
+        # which protects patients from a failing model and so goes ahead regardless
+        try:
+            self._audit.append(entry)
+        except MedopsError as exc:
+            if action != "rollback":
+                raise
+            log.error("rollback not audited", extra={"reason": exc.message})
+        self._revision, self._updated_at, self._config = revision, updated_at, config
         changed = [
             m
             for m in set(config.models) | (set(previous.models) if previous else set())
@@ -464,7 +475,12 @@ class Router:
             decision = self._progressive.analyse(model, now, ready=self.is_ready(model, canary))
             if decision is None:
                 continue
-            self._apply(decision)
+            try:
+                self._apply(decision)
+            except MedopsError as exc:
+                # on the request path (from observe): record it and retry next interval
+                decision["decision"] += "-failed"
+                decision["reason"] += f"; not applied: {exc.message}"
             self._decisions.append(decision)
             key = (model, decision["decision"])
             self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
