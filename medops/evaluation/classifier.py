@@ -131,7 +131,7 @@ def evaluate_classifier(
     positive_class: int = 1,
     min_specificity: float | None = None,
 ) -> ClassifierEvaluation:
-    """Evaluate a classifier (a model, or its (N, K) / positive-class (N,) probabilities) on ``data``.
+    """Evaluate a classifier (a model, or its (N, K) or P(positive) (N,) probabilities) on ``data``.
 
     The binary operating threshold is, in order: ``threshold`` if given; else chosen on the
     validation set (``val`` run through the model, or ``val_probs`` with ``val``'s labels) by
@@ -141,9 +141,8 @@ def evaluate_classifier(
     check_arrays(data, name="data")
     n = len(data.labels)
     model = model_or_probs if isinstance(model_or_probs, nn.Module) else None
-    probs = _as_probs(
-        predict_probs(model, data.images) if model is not None else model_or_probs, n, "probs"
-    )
+    raw = predict_probs(model, data.images) if model is not None else np.asarray(model_or_probs)
+    probs = _as_probs(raw, n, "probs")
     labels = np.asarray(data.labels, dtype=np.int64)
     k = probs.shape[1]
     if labels.min() < 0 or labels.max() >= k:
@@ -173,6 +172,7 @@ def evaluate_classifier(
         pred_positive = scores >= threshold
         predictions = np.where(pred_positive, positive_class, 1 - positive_class)
         ece, curve = metrics.calibration(scores, truth)
+        scores_at = binary_scores(labels, probs, positive_class, threshold)
         return ClassifierEvaluation(
             labels=labels,
             probs=probs,
@@ -190,7 +190,9 @@ def evaluate_classifier(
             pr=metrics.pr_curve(truth, scores),
             sample_ids=list(data.sample_ids),
             patient_ids=list(data.patient_ids),
-            **binary_scores(labels, probs, positive_class, threshold),
+            sensitivity=scores_at["sensitivity"],
+            specificity=scores_at["specificity"],
+            accuracy=scores_at["accuracy"],
         )
     predictions = probs.argmax(axis=1)
     per_class = [metrics.roc_auc(labels == c, probs[:, c]) for c in range(k)]

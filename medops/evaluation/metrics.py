@@ -85,7 +85,7 @@ def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
 def choose_threshold(
     y_true: np.ndarray, scores: np.ndarray, *, min_specificity: float | None = None
 ) -> float:
-    """The operating threshold (predict positive when score >= threshold), chosen on validation data.
+    """The operating threshold (positive when score >= threshold), chosen on validation data.
 
     Default: Youden's J, the threshold maximising sensitivity + specificity - 1 (ties: the
     higher threshold). With ``min_specificity``: the threshold with the highest sensitivity

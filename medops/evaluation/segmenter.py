@@ -45,11 +45,11 @@ class SegmenterEvaluation:
 
     @property
     def tumour_slices(self) -> np.ndarray:
-        return self.truth.reshape(len(self.truth), -1).any(axis=1)
+        return np.asarray(self.truth.reshape(len(self.truth), -1).any(axis=1))
 
     @property
     def predicted_slices(self) -> np.ndarray:
-        return self.pred.reshape(len(self.pred), -1).any(axis=1)
+        return np.asarray(self.pred.reshape(len(self.pred), -1).any(axis=1))
 
     def headline(self) -> dict[str, float]:
         """Flat metrics for tracking (mm, mm², ml)."""
@@ -78,7 +78,7 @@ class SegmenterEvaluation:
         return [{"patient_id": pid} | values for pid, values in self.patients.items()]
 
     def worst_slices(self, k: int = 6) -> list[int]:
-        """Indices of the ``k`` tumour slices with the lowest Dice (largest tumours first on ties)."""
+        """Indices of the ``k`` tumour slices with the lowest Dice (larger tumours first)."""
         tumour = np.flatnonzero(self.tumour_slices)
         area = self.truth.reshape(len(self.truth), -1).sum(axis=1)
         order = sorted(tumour, key=lambda i: (self.slice_dice[i], -area[i]))

@@ -114,7 +114,8 @@ def export_onnx(
         diff = max(diff, float(np.abs(got - expected).max()))
     if diff > tolerance:
         raise ExportError(
-            f"onnx: ONNX Runtime differs from PyTorch by {diff:.3g} (tolerance {tolerance:g}) in {path.name}"
+            f"onnx: ONNX Runtime differs from PyTorch by {diff:.3g} "
+            f"(tolerance {tolerance:g}) in {path.name}"
         )
     log.info("exported %s (opset %d, max abs diff %.2e)", path.name, opset, diff)
     return ExportResult(path=path, max_abs_diff=diff, opset=opset, input_size=input_size)

@@ -1,7 +1,8 @@
 """A Triton Inference Server model repository for exported medops models.
 
-Layout: ``<out>/<name>/config.pbtxt`` (GPU instances), ``<out>/<name>/configs/cpu.pbtxt`` (the
-same model on CPU: ``tritonserver --model-config-name=cpu``) and ``<out>/<name>/<version>/model.onnx``.
+Layout: ``<out>/<name>/config.pbtxt`` (GPU instances), ``<out>/<name>/configs/cpu.pbtxt``
+(the same model on CPU: ``tritonserver --model-config-name=cpu``) and
+``<out>/<name>/<version>/model.onnx``.
 The configs are built as Triton ``ModelConfig`` protobufs, so they always parse.
 """
 

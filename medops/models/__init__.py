@@ -8,7 +8,7 @@ Nothing here downloads weights: warm starts come from local files (see ``medops.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Final
+from typing import Final, cast
 
 import torch
 from monai.networks.nets import ResNet, UNet
@@ -28,7 +28,7 @@ CLASSIFIER_TASKS: Final = frozenset({"classifier", "type-classifier", "classific
 
 
 def spec_task(task: str) -> str:
-    """Map a training task name (or a modelspec one) to ``medops.task``: classification|segmentation."""
+    """Map a training (or modelspec) task name to ``medops.task``: classification|segmentation."""
     if task in SEGMENTER_TASKS:
         return "segmentation"
     if task in CLASSIFIER_TASKS:
@@ -120,6 +120,7 @@ def head_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     if isinstance(model, ServingWrapper):
         model = model.model
     if isinstance(model, ResNet):
+        assert model.fc is not None
         yield from model.fc.parameters()
     elif isinstance(model, UNet):
         for module in _unet_up_path(model):
@@ -129,7 +130,7 @@ def head_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
 
 
 def set_backbone_frozen(model: nn.Module, frozen: bool) -> int:
-    """Freeze (or unfreeze) everything except :func:`head_parameters`; return the trainable count."""
+    """Freeze (or unfreeze) all but :func:`head_parameters`; return the trainable count."""
     head = {id(p) for p in head_parameters(model)}
     for p in model.parameters():
         p.requires_grad_(not frozen or id(p) in head)
@@ -143,7 +144,7 @@ def _unet_up_path(model: UNet) -> list[nn.Module]:
     level: nn.Module = model.model
     while isinstance(level, nn.Sequential) and len(level) == 3:
         ups.append(level[2])
-        level = level[1].submodule
+        level = cast(nn.Module, level[1].submodule)
     return ups
 
 

@@ -17,7 +17,7 @@ PRESETS: tuple[str, ...] = ("tiny", "fast", "full")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run; two runs with equal configs and data are identical."""
+    """Everything that decides a training run: equal configs and data give identical weights."""
 
     task: Task
     """classifier (tumour yes/no), type-classifier (tumour type) or segmenter (tumour mask)."""
@@ -41,11 +41,11 @@ class TrainConfig:
     """Segmenter (ResUNet) level widths."""
     num_res_units: int = 2
     augment: bool = True
-    """MONAI flips, small affine, intensity scale/shift and gaussian noise (image and mask together)."""
+    """MONAI flips, small affine, intensity scale/shift, gaussian noise (image and mask alike)."""
     loss: Literal["dice_bce", "dice_focal"] = "dice_bce"
     """Segmenter loss; classifiers use cross-entropy."""
     warm_start: str | None = None
-    """A local state_dict file to start from (tensors whose shape differs, e.g. a new head, are skipped)."""
+    """A local state_dict file to start from; tensors of another shape (a new head) stay fresh."""
     freeze_epochs: int = 0
     """After a warm start, train only the head (classifier fc / segmenter decoder) for this many
     epochs, then unfreeze everything. Ignored without a warm start."""

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 from torch import nn
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from medops.errors import InvalidInputError, TrainingError
 from medops.evaluation.metrics import dice, roc_auc
@@ -45,7 +45,7 @@ class TrainResult:
     model: nn.Module
     history: list[dict[str, float]]
     """One dict per epoch: epoch, train_loss, val_loss, val_metric, <metric_name>, lr,
-    trainable_params, seconds."""
+    trainable_params, seconds (wall), cpu_seconds (this process, all threads)."""
     best_epoch: int
     best_metric: float
     stopped_early: bool
@@ -223,8 +223,12 @@ def fit(
     loss_fn = _loss_fn(config)
     n = len(train.labels)
     local_batch = config.batch_size // world_size
-    sampler = DistributedSampler(
-        range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed
+    sampler: DistributedSampler[int] = DistributedSampler(
+        cast(Dataset[int], range(n)),
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=True,
+        seed=config.seed,
     )
     steps = math.ceil(len(sampler) / local_batch)
     if config.max_steps_per_epoch is not None:
@@ -247,7 +251,7 @@ def fit(
 
         epochs = tqdm(epochs, desc=f"train {config.task}", unit="epoch")
     for epoch in epochs:
-        epoch_started = time.perf_counter()
+        epoch_started, epoch_cpu = time.perf_counter(), time.process_time()
         now_frozen = warm and epoch <= config.freeze_epochs
         if now_frozen != frozen:
             frozen = now_frozen
@@ -291,6 +295,7 @@ def fit(
         val_loss, metric = float(verdict[0]), float(verdict[1])
         record |= {"val_loss": val_loss, "val_metric": metric, metric_name: metric}
         record["seconds"] = time.perf_counter() - epoch_started
+        record["cpu_seconds"] = time.process_time() - epoch_cpu
         history.append(record)
         if rank == 0:
             log.info("epoch %d %s", epoch, {k: round(v, 4) for k, v in record.items()})

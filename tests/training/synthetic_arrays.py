@@ -1,4 +1,4 @@
-"""Small seeded synthetic slices for training tests: a bright square marks the tumour (label 1) and its mask."""
+"""Small seeded synthetic slices: a bright square marks the tumour (label 1) and its mask."""
 
 from __future__ import annotations
 
@@ -36,5 +36,3 @@ def make_arrays(n: int = 32, size: int = 32, *, seed: int = 0, patients: int = 4
         sample_ids=[f"case{i % patients}_{i}" for i in range(n)],
         patient_ids=[f"case{i % patients}" for i in range(n)],
     )
-
-

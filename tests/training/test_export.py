@@ -24,7 +24,9 @@ from medops.models import ServingWrapper, build_classifier, build_segmenter
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[torch.nn.Module, ExportResult]]:
+def exported(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[torch.nn.Module, ExportResult]]:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("onnx")
     classifier = build_classifier(2, arch="resnet10", widths=(8, 16, 32, 64)).eval()
@@ -33,15 +35,25 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[torch.
         "classifier": (
             classifier,
             export_onnx(
-                classifier, folder / "cls.onnx", task="classifier", input_size=32,
-                classes=["no tumour", "tumour"], threshold=0.42, dataset_version="lgg-abc123",
+                classifier,
+                folder / "cls.onnx",
+                task="classifier",
+                input_size=32,
+                classes=["no tumour", "tumour"],
+                threshold=0.42,
+                dataset_version="lgg-abc123",
             ),
         ),
         "segmenter": (
             segmenter,
             export_onnx(
-                segmenter, folder / "seg.onnx", task="segmenter", input_size=32,
-                classes=["tumour"], threshold=0.5, dataset_version="lgg-abc123",
+                segmenter,
+                folder / "seg.onnx",
+                task="segmenter",
+                input_size=32,
+                classes=["tumour"],
+                threshold=0.5,
+                dataset_version="lgg-abc123",
             ),
         ),
     }
@@ -84,15 +96,30 @@ def test_serving_metadata_is_stored_in_the_model(exported: dict) -> None:
 def test_parity_beyond_the_tolerance_raises(tmp_path: Path) -> None:
     model = build_classifier(2, arch="resnet10", widths=(4, 4, 4, 4))
     with pytest.raises(ExportError, match="differs from PyTorch"):
-        export_onnx(model, tmp_path / "m.onnx", task="classifier", input_size=32, classes=["a", "b"],
-                    threshold=0.5, dataset_version="v", tolerance=-1.0)
+        export_onnx(
+            model,
+            tmp_path / "m.onnx",
+            task="classifier",
+            input_size=32,
+            classes=["a", "b"],
+            threshold=0.5,
+            dataset_version="v",
+            tolerance=-1.0,
+        )
 
 
 def test_bad_export_arguments_are_refused(tmp_path: Path) -> None:
     seg = build_segmenter(channels=(8, 16, 32))
     with pytest.raises(InvalidInputError, match="multiple of 4"):
-        export_onnx(seg, tmp_path / "s.onnx", task="segmenter", input_size=30, classes=["t"],
-                    threshold=0.5, dataset_version="v")
+        export_onnx(
+            seg,
+            tmp_path / "s.onnx",
+            task="segmenter",
+            input_size=30,
+            classes=["t"],
+            threshold=0.5,
+            dataset_version="v",
+        )
     with pytest.raises(InvalidInputError, match="does not exist"):
         read_model_metadata(tmp_path / "missing.onnx")
 
@@ -124,7 +151,10 @@ def test_triton_repository_layout_and_configs(exported: dict, tmp_path: Path) ->
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
     assert config.dynamic_batching.max_queue_delay_microseconds > 0
     assert config.parameters[modelspec.META_THRESHOLD].string_value == "0.42"
-    assert json.loads(config.parameters[modelspec.META_CLASSES].string_value) == ["no tumour", "tumour"]
+    assert json.loads(config.parameters[modelspec.META_CLASSES].string_value) == [
+        "no tumour",
+        "tumour",
+    ]
 
     seg = read_model_config(seg_dir / "configs" / "cpu.pbtxt")
     assert [list(o.dims) for o in seg.output] == [[1, 32, 32]]

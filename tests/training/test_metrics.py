@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from synthetic_arrays import Arrays
 
 from medops.evaluation import (
     average_precision,
@@ -19,8 +20,6 @@ from medops.evaluation import (
     subgroup_metrics,
 )
 from medops.evaluation.subgroups import age_band
-
-from synthetic_arrays import Arrays
 
 
 def _labels_only(labels: list[int], patients: list[str] | None = None) -> Arrays:
@@ -175,5 +174,10 @@ def test_subgroups_group_by_sex_age_band_and_institution() -> None:
 
 def test_age_bands() -> None:
     assert [age_band(a) for a in (12, 40, 59.9, 60, None, "n/a")] == [
-        "<40", "40-59", "40-59", "60+", "unknown", "unknown"
+        "<40",
+        "40-59",
+        "40-59",
+        "60+",
+        "unknown",
+        "unknown",
     ]

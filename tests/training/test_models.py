@@ -24,7 +24,9 @@ def test_segmenter_outputs_one_logit_channel_at_input_resolution() -> None:
 
 
 def test_serving_wrapper_turns_logits_into_probabilities() -> None:
-    cls = ServingWrapper(build_classifier(3, arch="resnet10", widths=(8, 8, 8, 8)), "type-classifier")
+    cls = ServingWrapper(
+        build_classifier(3, arch="resnet10", widths=(8, 8, 8, 8)), "type-classifier"
+    )
     probs = cls.eval()(torch.rand(2, 3, 32, 32))
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(2))
     seg = ServingWrapper(build_segmenter(channels=(8, 16)), "segmenter").eval()
@@ -43,7 +45,8 @@ def test_freezing_leaves_only_the_head_trainable() -> None:
     model = build_classifier(2, arch="resnet10", widths=(8, 8, 8, 8))
     head = sum(p.numel() for p in head_parameters(model))
     assert set_backbone_frozen(model, True) == head == 8 * 2 + 2
-    assert not model.conv1.weight.requires_grad and model.fc.weight.requires_grad
+    assert not model.get_parameter("conv1.weight").requires_grad
+    assert model.get_parameter("fc.weight").requires_grad
     total = sum(p.numel() for p in model.parameters())
     assert set_backbone_frozen(model, False) == total
 
@@ -54,6 +57,6 @@ def test_segmenter_head_is_the_decoder() -> None:
     total = sum(p.numel() for p in model.parameters())
     assert 0 < trainable < total
     # the first encoder block is frozen, the last up-sampling block is not
-    down, up = model.model[0], model.model[2]
+    down, up = model.get_submodule("model.0"), model.get_submodule("model.2")
     assert not any(p.requires_grad for p in down.parameters())
     assert all(p.requires_grad for p in up.parameters())
