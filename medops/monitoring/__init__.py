@@ -1,0 +1,39 @@
+"""Monitoring: Prometheus metrics, the prediction log, drift, quality and the retraining policy.
+
+Imports no web framework: the gateway and the monitor service wire these parts together.
+"""
+
+from medops.monitoring.drift import (
+    DriftResult,
+    FeatureScore,
+    Reference,
+    build_reference,
+    compute_drift,
+    load_reference,
+    reference_dir,
+)
+from medops.monitoring.features import FEATURE_NAMES, EmbeddingReducer, image_features
+from medops.monitoring.metrics import STAGES, GatewayMetrics, MonitorMetrics
+from medops.monitoring.rle import dice, rle_decode, rle_encode
+from medops.monitoring.store import PredictionRecord, PredictionStore
+
+__all__ = [
+    "FEATURE_NAMES",
+    "STAGES",
+    "DriftResult",
+    "EmbeddingReducer",
+    "FeatureScore",
+    "GatewayMetrics",
+    "MonitorMetrics",
+    "PredictionRecord",
+    "PredictionStore",
+    "Reference",
+    "build_reference",
+    "compute_drift",
+    "dice",
+    "image_features",
+    "load_reference",
+    "reference_dir",
+    "rle_decode",
+    "rle_encode",
+]

@@ -1,0 +1,261 @@
+"""Image statistics and a low-dimensional embedding for drift monitoring.
+
+Evidently cannot read pixels, so every prediction is logged with a handful of numbers that
+move when scanners, protocols or populations change: intensity percentiles, contrast, a noise
+estimate, a bias-field estimate, the image size, the foreground fraction, and a few principal
+components of a pooled image (the embedding). Compute them on the same representation at
+training time (the reference) and at serving time: the model input from
+``medops.transforms.preprocess_slice``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medops.errors import InvalidInputError
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "p1",
+    "p5",
+    "p50",
+    "p95",
+    "p99",
+    "mean",
+    "std",
+    "contrast",
+    "noise",
+    "bias_field",
+    "gradient",
+    "channel_spread",
+    "foreground_fraction",
+    "rows",
+    "cols",
+)
+"""Keys of :func:`image_features`, in a stable order."""
+
+_IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+
+
+def _channels_first(image: np.ndarray, name: str) -> np.ndarray:
+    """(C, H, W) float64 from (H, W), (H, W, C) or (C, H, W)."""
+    arr = np.asarray(image)
+    if arr.size == 0:
+        raise InvalidInputError(f"{name}: empty image")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise InvalidInputError(f"{name}: pixels must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 3:
+        if arr.shape[-1] in (1, 3, 4) and arr.shape[0] not in (1, 3, 4):
+            arr = np.moveaxis(arr, -1, 0)
+    else:
+        raise InvalidInputError(
+            f"{name}: expected a 2D slice (H, W), (H, W, C) or (C, H, W), got shape {arr.shape}"
+        )
+    if arr.shape[1] < 3 or arr.shape[2] < 3:
+        raise InvalidInputError(f"{name}: image too small for statistics: shape {arr.shape}")
+    out = arr.astype(np.float64)
+    if not np.isfinite(out).all():
+        raise InvalidInputError(f"{name}: image contains NaN or infinite values")
+    return out
+
+
+def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, cols) of a 2D, channel-last or channel-first shape."""
+    if len(shape) == 3 and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+        return int(shape[0]), int(shape[1])
+    return int(shape[-2]), int(shape[-1])
+
+
+def _noise_sigma(gray: np.ndarray) -> float:
+    """Immerkær's fast noise estimate (1996): the Laplacian-difference residual's mean magnitude.
+
+    The 3x3 kernel cancels planar structure, so what remains is mostly noise; edges add a
+    little, which is fine for a drift signal.
+    """
+    h, w = gray.shape
+    acc = np.zeros((h - 2, w - 2))
+    for dy in range(3):
+        for dx in range(3):
+            acc += _IMMERKAER[dy, dx] * gray[dy : dy + h - 2, dx : dx + w - 2]
+    return float(np.sqrt(np.pi / 2.0) * np.abs(acc).mean() / 6.0)
+
+
+def _bias_field(gray: np.ndarray, foreground: np.ndarray, scale: float) -> float:
+    """Strength of a smooth intensity ramp over the foreground, relative to the contrast.
+
+    A least-squares plane I = a + b*x + c*y over foreground pixels; a scanner's bias field
+    (or a coil problem) shows as a large slope across the field of view.
+    """
+    ys, xs = np.nonzero(foreground)
+    if ys.size < 16 or scale <= 0:
+        return 0.0
+    h, w = gray.shape
+    design = np.column_stack([np.ones(ys.size), xs / w - 0.5, ys / h - 0.5])
+    coef, *_ = np.linalg.lstsq(design, gray[ys, xs], rcond=None)
+    return float(np.hypot(coef[1], coef[2]) / scale)
+
+
+def image_features(
+    image: np.ndarray,
+    *,
+    original_shape: tuple[int, ...] | None = None,
+    name: str = "image",
+) -> dict[str, float]:
+    """Statistics of one slice for drift monitoring; keys are :data:`FEATURE_NAMES`.
+
+    ``image`` is the model input (``(3, S, S)`` float from ``preprocess_slice``) or a raw
+    slice (``(H, W)``, ``(H, W, C)`` or ``(C, H, W)``, any numeric dtype). ``original_shape``
+    (the decoded image's shape, before resizing) feeds ``rows``/``cols``; without it they are
+    the given array's. Raises :class:`InvalidInputError` naming ``name`` for unusable input.
+    """
+    chw = _channels_first(image, name)
+    gray = chw.mean(axis=0)
+    p1, p5, p50, p95, p99 = np.percentile(gray, [1, 5, 50, 95, 99])
+    contrast = float(p99 - p1)
+    scale = contrast if contrast > 0 else 1.0
+    foreground = gray > p1 + 0.1 * contrast
+    gy, gx = np.gradient(gray)
+    spread = float(chw.std(axis=0).mean() / scale) if chw.shape[0] > 1 else 0.0
+    rows, cols = _rows_cols(original_shape) if original_shape else chw.shape[1:]
+    return {
+        "p1": float(p1),
+        "p5": float(p5),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "mean": float(gray.mean()),
+        "std": float(gray.std()),
+        "contrast": contrast,
+        "noise": _noise_sigma(gray),
+        "bias_field": _bias_field(gray, foreground, scale),
+        "gradient": float(np.hypot(gx, gy).mean() / scale),
+        "channel_spread": spread,
+        "foreground_fraction": float(foreground.mean()),
+        "rows": float(rows),
+        "cols": float(cols),
+    }
+
+
+def pooled_vector(image: np.ndarray, *, grid: int = 16, name: str = "image") -> np.ndarray:
+    """The image average-pooled to ``grid`` x ``grid`` per channel, flattened (3 * grid²).
+
+    Grey images are repeated to three channels so every source gives the same length. This
+    is the vector :class:`EmbeddingReducer` projects when the serving backend exposes no
+    penultimate-layer output (ONNX models here return only probabilities).
+    """
+    chw = _channels_first(image, name)
+    if chw.shape[0] == 1:
+        chw = np.repeat(chw, 3, axis=0)
+    chw = chw[:3]
+    _, h, w = chw.shape
+    ys = np.linspace(0, h, grid + 1).astype(int)
+    xs = np.linspace(0, w, grid + 1).astype(int)
+    # mean over each cell via cumulative sums: exact area pooling for any size
+    integral = np.pad(chw.cumsum(axis=1).cumsum(axis=2), ((0, 0), (1, 0), (1, 0)))
+    cells = (
+        integral[:, ys[1:]][:, :, xs[1:]]
+        - integral[:, ys[:-1]][:, :, xs[1:]]
+        - integral[:, ys[1:]][:, :, xs[:-1]]
+        + integral[:, ys[:-1]][:, :, xs[:-1]]
+    )
+    area = np.outer(np.diff(ys), np.diff(xs))
+    return (cells / area).reshape(-1)
+
+
+@dataclass(frozen=True)
+class EmbeddingReducer:
+    """PCA of embedding vectors, fitted on the reference and stored with the model version.
+
+    ``source`` says what the vectors are: ``"pooled16"`` (the default, :func:`pooled_vector`
+    of the model input) or ``"penultimate"`` (a backbone's pooled features, when the backend
+    can return them). Serving calls :meth:`embed` (images) or :meth:`transform` (vectors).
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    """(k, d) principal axes, rows of unit length."""
+    explained_variance: np.ndarray
+    source: str = "pooled16"
+    grid: int = 16
+
+    @classmethod
+    def fit(
+        cls,
+        vectors: np.ndarray,
+        *,
+        n_components: int = 4,
+        source: str = "pooled16",
+        grid: int = 16,
+    ) -> EmbeddingReducer:
+        """Fit a PCA on (N, d) reference vectors."""
+        x = np.asarray(vectors, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise InvalidInputError(f"embedding vectors: need (N>=2, d), got shape {x.shape}")
+        k = min(n_components, x.shape[0], x.shape[1])
+        mean = x.mean(axis=0)
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        # a fixed sign per axis, so refits on the same data give the same coordinates
+        signs = np.sign(vt[:k, np.abs(vt[:k]).argmax(axis=1)].diagonal())
+        signs[signs == 0] = 1.0
+        return cls(
+            mean=mean,
+            components=vt[:k] * signs[:, None],
+            explained_variance=(s[:k] ** 2) / (x.shape[0] - 1),
+            source=source,
+            grid=grid,
+        )
+
+    @classmethod
+    def fit_images(cls, images: list[np.ndarray], *, n_components: int = 4, grid: int = 16):
+        """Fit on the pooled vectors of reference images."""
+        vectors = np.stack([pooled_vector(im, grid=grid) for im in images])
+        return cls.fit(vectors, n_components=n_components, source=f"pooled{grid}", grid=grid)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"emb_{i}" for i in range(self.components.shape[0])]
+
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
+        """(N, d) or (d,) vectors -> (N, k) or (k,) coordinates."""
+        x = np.asarray(vectors, dtype=np.float64)
+        if x.shape[-1] != self.mean.shape[0]:
+            raise InvalidInputError(
+                f"embedding: expected vectors of length {self.mean.shape[0]}, got {x.shape[-1]}"
+            )
+        return (x - self.mean) @ self.components.T
+
+    def embed(self, image: np.ndarray) -> dict[str, float]:
+        """``{"emb_0": ..., ...}`` for one model input (pooled-image reducers only)."""
+        if not self.source.startswith("pooled"):
+            raise InvalidInputError(f"embedding: reducer of source {self.source!r} takes vectors")
+        coords = self.transform(pooled_vector(image, grid=self.grid))
+        return dict(zip(self.names, map(float, coords), strict=True))
+
+    def save(self, path: Path) -> None:
+        """Write an ``.npz`` (arrays) with a JSON header; :meth:`load` reads it back."""
+        header = json.dumps({"source": self.source, "grid": self.grid})
+        with open(path, "wb") as fh:
+            np.savez(
+                fh,
+                mean=self.mean,
+                components=self.components,
+                explained_variance=self.explained_variance,
+                header=np.array(header),
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> EmbeddingReducer:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data["header"]))
+            return cls(
+                mean=data["mean"],
+                components=data["components"],
+                explained_variance=data["explained_variance"],
+                source=header["source"],
+                grid=int(header["grid"]),
+            )

@@ -1,0 +1,70 @@
+"""Run-length encoded masks as in COCO's uncompressed RLE: ``{"size": [h, w], "counts": [...]}``.
+
+Pixels are read in column-major (Fortran) order; ``counts`` alternate runs of 0 and 1,
+starting with 0 (a mask whose first pixel is set starts with a zero-length run). The same
+format pycocotools reads, so reviewers' tools can produce it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from medops.errors import InvalidInputError
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+    """Encode a 2D boolean/0-1 mask."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise InvalidInputError(f"mask: expected a 2D array, got shape {m.shape}")
+    flat = (m != 0).reshape(-1, order="F").astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0, *counts]
+    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": [int(c) for c in counts]}
+
+
+def validate_rle(rle: Any, *, field: str = "mask_rle") -> dict[str, Any]:
+    """Check shape and counts; return a clean copy or raise :class:`InvalidInputError`."""
+    if not isinstance(rle, Mapping):
+        raise InvalidInputError(f"{field}: expected an object with 'size' and 'counts'")
+    size, counts = rle.get("size"), rle.get("counts")
+    if (
+        not isinstance(size, list | tuple)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise InvalidInputError(f"{field}.size: expected [rows, cols] of positive integers")
+    if not isinstance(counts, list | tuple) or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts
+    ):
+        raise InvalidInputError(f"{field}.counts: expected a list of non-negative integers")
+    total = int(size[0]) * int(size[1])
+    if sum(counts) != total:
+        raise InvalidInputError(
+            f"{field}.counts: runs cover {sum(counts)} pixels, size {size[0]}x{size[1]} has {total}"
+        )
+    return {"size": [int(size[0]), int(size[1])], "counts": [int(c) for c in counts]}
+
+
+def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
+    """Decode to a boolean (rows, cols) mask."""
+    clean = validate_rle(rle)
+    h, w = clean["size"]
+    values = np.arange(len(clean["counts"])) % 2
+    flat = np.repeat(values, clean["counts"]).astype(bool)
+    return flat.reshape((h, w), order="F")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two masks of one shape; two empty masks agree perfectly (1.0)."""
+    if a.shape != b.shape:
+        raise InvalidInputError(f"mask: shapes differ, {a.shape} vs {b.shape}")
+    a, b = a.astype(bool), b.astype(bool)
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
