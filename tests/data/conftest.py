@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from data_helpers import LggCopy
+from data_constants import LggCopy
 
 from medops.data import Manifest, ingest
 

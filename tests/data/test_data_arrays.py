@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from data_helpers import LggCopy
+from data_constants import LggCopy
 
 from medops.data import Manifest, cache_dir, ingest, load_arrays
 from medops.data.reading import read_2d

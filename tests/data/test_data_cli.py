@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from click.testing import CliRunner
-from data_helpers import LggCopy
+from data_constants import LggCopy
 
 from medops.cli import cli
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from data_helpers import LGG_PATIENTS, LGG_SLICES, LggCopy
+from data_constants import LGG_PATIENTS, LGG_SLICES, LggCopy
 from PIL import Image as PILImage
 
 from medops.data import Manifest, detect_layout, ingest, load_manifest

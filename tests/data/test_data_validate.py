@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from data_helpers import LGG_SLICES, LggCopy
+from data_constants import LGG_SLICES, LggCopy
 
 from medops.data import Manifest, Splits, ValidationReport, ingest, split_dataset, validate
 
