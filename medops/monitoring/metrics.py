@@ -40,9 +40,10 @@ _MODEL_LABELS: Final = ("model", "version", "variant")
 class GatewayMetrics:
     """Request, latency and prediction metrics of the serving path.
 
-    - ``medops_requests_total{model,version,variant,status}``: ``status`` is the HTTP
+    - ``medops_requests_total{model,version,variant,stage,status}``: ``status`` is the HTTP
       status code as text (``"200"``, ``"400"``, ``"503"``...), so error rates are
-      ``status=~"5.."``.
+      ``status=~"5.."``; ``stage`` is always ``total`` (the end-to-end count; dashboards and
+      alerts select ``stage="total"``, the same label set as the latency histogram).
     - ``medops_request_duration_seconds{model,version,variant,stage}``: one histogram per
       stage of :data:`STAGES`; ``total`` is the whole request.
     - ``medops_predictions_total{model,version,variant,class}``: the class answered.
@@ -54,7 +55,7 @@ class GatewayMetrics:
         self.requests = Counter(
             "medops_requests",
             "Inference requests by outcome (HTTP status code).",
-            (*_MODEL_LABELS, "status"),
+            (*_MODEL_LABELS, "stage", "status"),
             registry=registry,
         )
         self.duration = Histogram(
@@ -88,7 +89,7 @@ class GatewayMetrics:
         seconds: float | None = None,
     ) -> None:
         """Count one finished request; ``seconds`` (if given) feeds the ``total`` stage."""
-        self.requests.labels(model, version, variant, str(status)).inc()
+        self.requests.labels(model, version, variant, "total", str(status)).inc()
         if seconds is not None:
             self.observe_stage(
                 model=model, version=version, variant=variant, stage="total", seconds=seconds
@@ -133,7 +134,9 @@ class MonitorMetrics:
     - ``medops_drift_score{model,feature}``: the per-column drift statistic.
     - ``medops_drift_window_size{model}``: predictions in the latest window.
     - ``medops_quality_accuracy{model}``, ``medops_quality_sensitivity{model}``,
-      ``medops_quality_dice{model}``: over reviewed predictions of the latest window.
+      ``medops_quality_dice{model}``: over reviewed predictions of the latest window; the same
+      values as ``medops_quality_score{model,metric}`` (``metric`` = accuracy, sensitivity,
+      dice) for rules that treat every quality figure alike.
     - ``medops_feedback_window_size{model}``: reviewed predictions in the window.
     - ``medops_retrain_triggers_total{model}``: retraining triggers fired.
     - ``medops_monitor_last_evaluation_timestamp_seconds{model}``.
@@ -170,6 +173,12 @@ class MonitorMetrics:
             "medops_quality_dice", "Mean Dice against reviewers' masks.", ("model",),
             registry=registry,
         )  # fmt: skip
+        self.quality_score = Gauge(
+            "medops_quality_score",
+            "Quality on reviewed predictions, by metric.",
+            ("model", "metric"),
+            registry=registry,
+        )
         self.feedback_size = Gauge(
             "medops_feedback_window_size", "Reviewed predictions in the window.", ("model",),
             registry=registry,

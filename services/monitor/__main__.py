@@ -1,0 +1,3 @@
+from services.monitor.cli import monitor
+
+monitor()

@@ -1,0 +1,34 @@
+"""``medops monitor``: run the monitor service."""
+
+from __future__ import annotations
+
+import click
+
+from services.monitor.settings import MonitorSettings
+
+
+@click.command("monitor")
+@click.option("--host", default=None, help="Bind address (MEDOPS_MONITOR_HOST).")
+@click.option("--port", type=int, default=None, help="HTTP port (MEDOPS_MONITOR_PORT).")
+@click.option("--interval", type=float, default=None, help="Seconds between evaluations.")
+@click.option("--store-url", default=None, help="Prediction log URL (MEDOPS_MONITOR_STORE_URL).")
+def monitor(
+    host: str | None, port: int | None, interval: float | None, store_url: str | None
+) -> None:
+    """Serve drift and quality monitoring, feedback and /metrics."""
+    import uvicorn
+
+    from services.monitor.app import create_app
+
+    overrides = {
+        k: v
+        for k, v in {
+            "host": host,
+            "port": port,
+            "interval_s": interval,
+            "store_url": store_url,
+        }.items()
+        if v is not None
+    }
+    settings = MonitorSettings(**overrides)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
