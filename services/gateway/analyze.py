@@ -133,7 +133,9 @@ class Analyzer:
             try:
                 form = await request.form()
             except Exception as exc:  # the multipart parser raises its own types
-                raise InvalidInputError(f"malformed multipart body ({type(exc).__name__})") from None
+                raise InvalidInputError(
+                    f"malformed multipart body ({type(exc).__name__})"
+                ) from None
             parts = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
             if not parts:
                 raise InvalidInputError("multipart body holds no file part")
@@ -155,7 +157,9 @@ class Analyzer:
 
     # ------------------------------------------------------------------ the flow
 
-    async def _predict(self, model: str, batch: list[np.ndarray], headers: Mapping[str, str]) -> Prediction:
+    async def _predict(
+        self, model: str, batch: list[np.ndarray], headers: Mapping[str, str]
+    ) -> Prediction:
         """Batches of one volume all go to the variant the first batch was routed to."""
         parts = []
         first: Prediction | None = None
@@ -207,7 +211,12 @@ class Analyzer:
     def _model(p: Prediction | None) -> dict[str, Any] | None:
         if p is None:
             return None
-        return {"name": p.info.name, "version": p.version, "variant": p.variant, "threshold": p.info.threshold}
+        return {
+            "name": p.info.name,
+            "version": p.version,
+            "variant": p.variant,
+            "threshold": p.info.threshold,
+        }
 
     def to_json(self, a: Analysis) -> dict[str, Any]:
         image = a.image
@@ -220,14 +229,19 @@ class Analyzer:
                 "format": image.source_format,
                 "shape": list(image.shape),
                 "spacing_mm": [round(s, 6) for s in image.spacing],
-                "deidentified": bool(image.metadata.get("deidentified", image.source_format != "dicom")),
+                "deidentified": bool(
+                    image.metadata.get("deidentified", image.source_format != "dicom")
+                ),
                 **{
                     key: image.metadata[key]
                     for key in ("study_instance_uid", "series_instance_uid")
                     if key in image.metadata
                 },
             },
-            "models": {"classifier": self._model(a.classifier), "segmenter": self._model(a.segmenter)},
+            "models": {
+                "classifier": self._model(a.classifier),
+                "segmenter": self._model(a.segmenter),
+            },
             "decision": "tumour" if bool(a.positive.any()) else "no tumour",
             "threshold": a.classifier.info.threshold,
             "slices": [
@@ -303,7 +317,9 @@ class Analyzer:
         from .seg import build_seg
 
         assert sources is not None
-        body = await asyncio.to_thread(build_seg, result.mask, result.image, sources, self._model(result.segmenter))
+        body = await asyncio.to_thread(
+            build_seg, result.mask, result.image, sources, self._model(result.segmenter)
+        )
         headers["content-disposition"] = 'attachment; filename="mask-seg.dcm"'
         return Response(body, media_type=DICOM, headers=headers)
 

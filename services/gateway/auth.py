@@ -57,11 +57,15 @@ class Authenticator:
             doc = json.loads(path.read_text())
             entries = [(str(k["role"]), str(k["sha256"])) for k in doc["keys"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InvalidInputError(f"API keys file {path.name} is unreadable or malformed ({exc})") from None
+            raise InvalidInputError(
+                f"API keys file {path.name} is unreadable or malformed ({exc})"
+            ) from None
         return cls(entries, enabled=enabled)
 
     @classmethod
-    def local(cls, keys_path: Path, credentials_path: Path, *, enabled: bool = True) -> Authenticator:
+    def local(
+        cls, keys_path: Path, credentials_path: Path, *, enabled: bool = True
+    ) -> Authenticator:
         """Load the hashed keys; on the first start make a client and an admin key."""
         if keys_path.is_file():
             return cls.from_file(keys_path, enabled=enabled)

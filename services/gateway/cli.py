@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -66,7 +67,5 @@ def serve(
     settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level)
     gateway = build_gateway(settings)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(gateway.serve())
-    except KeyboardInterrupt:
-        pass

@@ -40,14 +40,12 @@ def _tensor_from_json(item: dict[str, Any], binary: memoryview, offset: int) -> 
     if "data" not in item:
         raise InvalidInputError(f"input {name!r}: neither 'data' nor binary_data_size given")
     try:
-        array = np.asarray(item["data"], dtype=dtype)
+        values: np.ndarray = np.asarray(item["data"], dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"input {name!r}: data is not {item['datatype']}: {exc}") from None
-    if array.size != count:
-        raise InvalidInputError(
-            f"input {name!r}: {array.size} values do not match shape {shape}"
-        )
-    return Tensor(name, array.reshape(shape), params), offset
+    if values.size != count:
+        raise InvalidInputError(f"input {name!r}: {values.size} values do not match shape {shape}")
+    return Tensor(name, values.reshape(shape), params), offset
 
 
 def decode_request(
@@ -92,6 +90,7 @@ def decode_request(
         id=doc.get("id"),
         outputs=outputs,
         parameters=params,
+        wire=("rest", body, header_length),
     )
     return request, binary_out
 
@@ -143,7 +142,9 @@ def encode_request(request: InferRequest, *, binary: bool) -> tuple[bytes, int |
     if request.id is not None:
         doc["id"] = request.id
     if request.outputs is not None:
-        doc["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in request.outputs]
+        doc["outputs"] = [
+            {"name": n, "parameters": {"binary_data": binary}} for n in request.outputs
+        ]
     elif binary:
         doc["parameters"] = {"binary_data_output": True}
     header = json.dumps(doc, separators=(",", ":")).encode()

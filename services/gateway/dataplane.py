@@ -11,11 +11,12 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _pkg_version
 from typing import Any
 
 import numpy as np
 
-from importlib.metadata import PackageNotFoundError, version as _pkg_version
 from medops.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
@@ -41,6 +42,7 @@ def _medops_version() -> str:
         return _pkg_version("medops")
     except PackageNotFoundError:
         return "unknown"
+
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "medops_analyze", "medops_routing"]
 
@@ -170,28 +172,25 @@ class DataPlane:
         if missing:
             raise InvalidInputError(f"model {request.model}: missing input(s) {sorted(missing)}")
         for t in request.inputs:
+            what = f"model {request.model}: input {t.name!r}"
             spec = declared.get(t.name)
             if spec is None:
-                raise InvalidInputError(
-                    f"model {request.model}: unexpected input {t.name!r}; expected {sorted(declared)}"
-                )
+                raise InvalidInputError(f"{what} is unexpected; expected {sorted(declared)}")
             if spec.get("datatype") and t.datatype != spec["datatype"]:
-                raise InvalidInputError(
-                    f"model {request.model}: input {t.name!r} must be {spec['datatype']}, got {t.datatype}"
-                )
+                raise InvalidInputError(f"{what} must be {spec['datatype']}, got {t.datatype}")
             shape = list(spec.get("shape", []))
             ok = len(shape) == len(t.shape) and all(
                 d < 0 or d == g for d, g in zip(shape, t.shape, strict=True)
             )
             if shape and not ok:
-                raise InvalidInputError(
-                    f"model {request.model}: input {t.name!r} has shape {t.shape}, expected {shape} (-1: any)"
-                )
+                raise InvalidInputError(f"{what} has shape {t.shape}, expected {shape} (-1: any)")
         if request.outputs is not None:
             known = {o["name"] for o in entry.metadata.get("outputs", [])}
             unknown = set(request.outputs) - known
             if unknown:
-                raise InvalidInputError(f"model {request.model}: unknown output(s) {sorted(unknown)}")
+                raise InvalidInputError(
+                    f"model {request.model}: unknown output(s) {sorted(unknown)}"
+                )
 
     async def choose(
         self, model: str, version: str | None, headers: Mapping[str, str]
@@ -276,15 +275,27 @@ class DataPlane:
             self.router.observe(
                 request.model, variant, ok=False, latency_s=time.perf_counter() - start
             )
-            log.warning("shadow request failed", extra={"model": request.model, "variant": variant, "reason": exc.message})
+            log.warning(
+                "shadow request failed",
+                extra={"model": request.model, "variant": variant, "reason": exc.message},
+            )
             return
         disagreed = _disagree(primary, answer)
         self.router.observe(
-            request.model, variant, ok=True, latency_s=time.perf_counter() - start, disagreed=disagreed
+            request.model,
+            variant,
+            ok=True,
+            latency_s=time.perf_counter() - start,
+            disagreed=disagreed,
         )
         log.info(
             "shadow compared",
-            extra={"model": request.model, "variant": variant, "version": entry.version, "disagreed": disagreed},
+            extra={
+                "model": request.model,
+                "variant": variant,
+                "version": entry.version,
+                "disagreed": disagreed,
+            },
         )
 
     async def predict(
@@ -297,7 +308,9 @@ class DataPlane:
     ) -> tuple[Prediction, tuple[LoadedModel, str]]:
         """Run the contract's input (N, 3, S, S); returns the probabilities and the choice
         made, to pass back as ``chosen`` for the next batch of the same volume."""
-        request = InferRequest(model=model, inputs=[Tensor(INPUT_NAME, batch)], outputs=[OUTPUT_NAME])
+        request = InferRequest(
+            model=model, inputs=[Tensor(INPUT_NAME, batch)], outputs=[OUTPUT_NAME]
+        )
         if chosen is None:
             entry, variant, _ = await self.choose(model, None, headers or {})
             chosen = (entry, variant)

@@ -55,13 +55,16 @@ def _tensor(spec: Any, raw: bytes | None) -> Tensor:
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise InvalidInputError(
-                f"input {spec.name!r}: {len(raw)} bytes do not match shape {shape} of {spec.datatype}"
+                f"input {spec.name!r}: {len(raw)} bytes do not match "
+                f"shape {shape} of {spec.datatype}"
             )
         return Tensor(spec.name, np.frombuffer(raw, dtype=dtype).reshape(shape))
     field = _CONTENTS_FIELD.get(spec.datatype)
     values = getattr(spec.contents, field) if field else []
     if len(values) != count:
-        raise InvalidInputError(f"input {spec.name!r}: {len(values)} values do not match shape {shape}")
+        raise InvalidInputError(
+            f"input {spec.name!r}: {len(values)} values do not match shape {shape}"
+        )
     return Tensor(spec.name, np.asarray(values, dtype=dtype).reshape(shape))
 
 
@@ -78,20 +81,26 @@ def decode_infer(request: Any) -> InferRequest:
         inputs=inputs,
         id=request.id or None,
         outputs=[o.name for o in request.outputs] or None,
+        wire=request,
     )
 
 
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane, auth: Authenticator) -> None:
         self.dataplane = dataplane
         self.auth = auth
 
     async def _call(
-        self, name: str, context: grpc.aio.ServicerContext, body: Callable[[dict[str, str]], Awaitable[T]]
+        self,
+        name: str,
+        context: grpc.aio.ServicerContext,
+        body: Callable[[dict[str, str]], Awaitable[T]],
     ) -> T:
         """Request id, authentication, error mapping and an access line, once for every RPC."""
         start = time.perf_counter()
-        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        metadata = {
+            k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
+        }
         rid = metadata.get("x-request-id") or uuid.uuid4().hex
         REQUEST_ID.set(rid)
         MODEL.set(None)
@@ -170,6 +179,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                     ("x-medops-model-version", response.version),
                 )
             )
+            if isinstance(response.wire, service_pb2.ModelInferResponse):
+                return response.wire
             r = service_pb2.ModelInferResponse(
                 model_name=response.model, model_version=response.version, id=response.id or ""
             )

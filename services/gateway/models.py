@@ -71,7 +71,9 @@ class FileSource:
         path = self.files.get(name)
         if path is None:
             raise NotFoundError(f"model {name} has no ONNX file configured")
-        return Resolved(version="1", info=read_onnx_info(path, name=name, version="1"), onnx_path=path)
+        return Resolved(
+            version="1", info=read_onnx_info(path, name=name, version="1"), onnx_path=path
+        )
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,9 @@ class ModelManager:
                 )
                 await self._unload_if_unused(name, current.version)
             else:
-                log.info("model loaded", extra={"model": name, "ref": ref, "version": entry.version})
+                log.info(
+                    "model loaded", extra={"model": name, "ref": ref, "version": entry.version}
+                )
             return entry
 
     async def _unload_if_unused(self, name: str, version: str) -> None:
@@ -154,7 +158,9 @@ class ModelManager:
                 await self.ensure(name, ref)
             except MedopsError as exc:
                 if self._errors.get((name, ref)) != exc.message:
-                    log.warning("model not loaded", extra={"model": name, "ref": ref, "reason": exc.message})
+                    log.warning(
+                        "model not loaded", extra={"model": name, "ref": ref, "reason": exc.message}
+                    )
                 self._errors[(name, ref)] = exc.message
         stale = [key for key in self._loaded if key not in set(wanted)]
         for key in stale:

@@ -230,7 +230,10 @@ def create_app(
             model, version, body, int(length) if length is not None else None
         )
         response = await dataplane.infer(infer_request, headers)
-        payload, header_length = encode_response(response, binary)
+        if isinstance(response.wire, tuple) and response.wire[0] == "rest":
+            _, payload, header_length = response.wire
+        else:
+            payload, header_length = encode_response(response, binary)
         out_headers = {
             "x-medops-variant": response.variant or "",
             "x-medops-model-version": response.version,
@@ -269,7 +272,5 @@ def create_app(
         audit = getattr(dataplane.router, "audit", None)
         return _json({"entries": audit() if audit else []})
 
-    app.add_middleware(
-        GatewayMiddleware, auth=auth, max_request_bytes=settings.max_request_bytes
-    )
+    app.add_middleware(GatewayMiddleware, auth=auth, max_request_bytes=settings.max_request_bytes)
     return app

@@ -76,12 +76,14 @@ def read_with_sources(upload: Upload, uid_map: UIDMap) -> tuple[Image, list[Data
     for ds in sources:
         if "ImagePositionPatient" in ds and image.num_slices > 1:
             ras = LPS_TO_RAS @ np.array([*map(float, ds.ImagePositionPatient), 1.0])
-            k = int(round(float((to_index @ ras)[2])))
+            k = round(float((to_index @ ras)[2]))
         else:
             k = 0
         by_slice[k] = ds
     if sorted(by_slice) != list(range(image.num_slices)):
-        raise MedopsError("<upload>: source files do not map one-to-one onto the image slices", status_code=400)
+        raise MedopsError(
+            "<upload>: source files do not map one-to-one onto the image slices", status_code=400
+        )
     return image, [by_slice[k] for k in range(image.num_slices)]
 
 

@@ -64,6 +64,11 @@ def write_tiny_model(
     task, classes = TASKS[name]
     torch.manual_seed(seed)
 
+    def bias(layer: nn.Module) -> torch.Tensor:
+        value = layer.bias
+        assert isinstance(value, torch.Tensor)
+        return value
+
     class Classifier(nn.Module):
         """Tumour-ish when much of the FLAIR channel is bright; other classes get noise."""
 
@@ -74,12 +79,12 @@ def write_tiny_model(
             with torch.no_grad():
                 self.conv.weight.normal_(0.0, 0.05)
                 self.conv.weight[0, 1] += 1.0 / 9.0
-                self.conv.bias.zero_()
-                self.conv.bias[0] = -0.55
+                bias(self.conv).zero_()
+                bias(self.conv)[0] = -0.55
                 self.head.weight.normal_(0.0, 0.1)
                 self.head.weight[-1, 0] = 60.0
-                self.head.bias.zero_()
-                self.head.bias[-1] = -1.0
+                bias(self.head).zero_()
+                bias(self.head)[-1] = -1.0
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h = torch.relu(self.conv(x)).mean(dim=(2, 3))
@@ -95,10 +100,10 @@ def write_tiny_model(
             with torch.no_grad():
                 self.conv1.weight.normal_(0.0, 0.02)
                 self.conv1.weight[0, 1] += 1.0 / 9.0
-                self.conv1.bias.zero_()
+                bias(self.conv1).zero_()
                 self.conv2.weight.normal_(0.0, 0.02)
                 self.conv2.weight[0, 0, 1, 1] = 1.0
-                self.conv2.bias.fill_(-0.6)
+                bias(self.conv2).fill_(-0.6)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(self.conv2(torch.relu(self.conv1(x))) * 30.0)
@@ -148,10 +153,9 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[Any] | None = 
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout_s} s")
 
@@ -263,9 +267,9 @@ class GatewayThread:
         while time.monotonic() < deadline:
             if self.error is not None:
                 raise RuntimeError(f"gateway failed to start: {self.error!r}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://{self.url}/v2/health/live", timeout=1):
-                    return self
+            url = f"http://{self.url}/v2/health/live"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):
+                return self
             time.sleep(0.05)
         raise TimeoutError("gateway did not start")
 
@@ -282,15 +286,18 @@ class GatewayThread:
 
 
 @contextlib.contextmanager
-def gateway_process(args: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+def gateway_process(
+    args: list[str], env: dict[str, str], port: int, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """``medops serve`` as a separate process (for benchmarks), stopped by PID."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.gateway", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.gateway", *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 120.0, proc)
         yield proc

@@ -70,6 +70,9 @@ class InferRequest:
     outputs: list[str] | None = None
     """Requested output names; ``None`` means all."""
     parameters: dict[str, Any] = field(default_factory=dict)
+    wire: Any = None
+    """The request as it arrived (REST: ``(body, header_length)``; gRPC: the protobuf), so a
+    backend speaking the same wire format forwards it untouched instead of re-encoding."""
 
 
 @dataclass
@@ -80,3 +83,5 @@ class InferResponse:
     id: str | None = None
     variant: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    wire: Any = None
+    """The backend's answer in the caller's wire format, when it was forwarded untouched."""

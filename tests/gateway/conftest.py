@@ -6,12 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 from gateway_support import CLASSIFIER_THRESHOLD, SIZE, make_settings, read_keys
 
+from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 from services.gateway.testing import GatewayThread, TritonServer, write_repository, write_tiny_model
-
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +25,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def triton(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def triton(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
     """Real Triton 2.51 on CPU serving the repository the pipeline's export writes."""
     repo = write_repository(
         tmp_path_factory.mktemp("triton") / "repository",

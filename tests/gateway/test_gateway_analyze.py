@@ -60,7 +60,10 @@ def dicom_series(lgg_patient: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def test_an_lgg_slice_gives_the_models_own_probability_and_mask(
-    onnx_gateway: GatewayThread, tiny_models: dict[str, Path], lgg_slice: Path, client_headers: dict[str, str]
+    onnx_gateway: GatewayThread,
+    tiny_models: dict[str, Path],
+    lgg_slice: Path,
+    client_headers: dict[str, str],
 ) -> None:
     pixels = tifffile.imread(lgg_slice).transpose(2, 0, 1)[None]  # (1, 3, H, W)
     probs, masks = direct(tiny_models, pixels)
@@ -79,7 +82,12 @@ def test_an_lgg_slice_gives_the_models_own_probability_and_mask(
     np.testing.assert_array_equal(mask, masks)
     assert doc["tumour_area_mm2"] == pytest.approx(float(masks.sum()) * 1.0)
     assert doc["tumour_volume_ml"] is None  # one slice: an area, not a volume
-    assert doc["models"]["classifier"] == {"name": CLASSIFIER, "version": "1", "variant": "champion", "threshold": CLASSIFIER_THRESHOLD}
+    assert doc["models"]["classifier"] == {
+        "name": CLASSIFIER,
+        "version": "1",
+        "variant": "champion",
+        "threshold": CLASSIFIER_THRESHOLD,
+    }
     assert doc["models"]["segmenter"]["name"] == SEGMENTER
     assert doc["request_id"] == r.headers["x-request-id"]
 
@@ -90,7 +98,9 @@ def test_an_lgg_slice_gives_the_models_own_probability_and_mask(
         timeout=60,
     )
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
-    np.testing.assert_array_equal(np.asarray(PILImage.open(io.BytesIO(png.content))) > 0, masks[0] > 0)
+    np.testing.assert_array_equal(
+        np.asarray(PILImage.open(io.BytesIO(png.content))) > 0, masks[0] > 0
+    )
 
 
 def _zip(paths: list[Path]) -> bytes:
@@ -115,9 +125,17 @@ def test_a_dicom_series_of_an_lgg_patient_gives_the_models_own_masks_slice_by_sl
     assert 0 < positive.sum() < len(positive), "the test needs positive and negative slices"
     expected = np.where(positive[:, None, None], masks, 0)
 
-    multipart = [("files", (f"{i}.dcm", p.read_bytes(), "application/dicom")) for i, p in enumerate(dicom_series)]
+    multipart = [
+        ("files", (f"{i}.dcm", p.read_bytes(), "application/dicom"))
+        for i, p in enumerate(dicom_series)
+    ]
     answers = [
-        httpx.post(f"http://{onnx_gateway.url}/v1/analyze", files=multipart, headers=client_headers, timeout=120),
+        httpx.post(
+            f"http://{onnx_gateway.url}/v1/analyze",
+            files=multipart,
+            headers=client_headers,
+            timeout=120,
+        ),
         httpx.post(
             f"http://{onnx_gateway.url}/v1/analyze",
             content=_zip(dicom_series),
@@ -136,7 +154,9 @@ def test_a_dicom_series_of_an_lgg_patient_gives_the_models_own_masks_slice_by_sl
         voxel_ml = 1.0 * 1.0 * 2.5 / 1000.0
         assert doc["tumour_volume_ml"] == pytest.approx(expected.sum() * voxel_ml, rel=1e-4)
         assert doc["decision"] == "tumour"
-        assert doc["image"]["series_instance_uid"] != str(pydicom.dcmread(dicom_series[0]).SeriesInstanceUID)
+        assert doc["image"]["series_instance_uid"] != str(
+            pydicom.dcmread(dicom_series[0]).SeriesInstanceUID
+        )
         assert "MRN-123456" not in r.text and "Doe" not in r.text
 
     nifti = httpx.post(
@@ -163,7 +183,11 @@ def test_the_dicom_seg_answer_reads_back_and_references_the_deidentified_source_
     r = httpx.post(
         f"http://{onnx_gateway.url}/v1/analyze?segment=always",
         content=_zip(dicom_series),
-        headers={**client_headers, "content-type": "application/zip", "accept": "application/dicom"},
+        headers={
+            **client_headers,
+            "content-type": "application/zip",
+            "accept": "application/dicom",
+        },
         timeout=120,
     )
     assert r.status_code == 200, r.text
@@ -182,7 +206,7 @@ def test_the_dicom_seg_answer_reads_back_and_references_the_deidentified_source_
     assert b"MRN-123456" not in r.content and b"Doe^Jane" not in r.content
     # The mask of every source slice comes back from the SEG.
     for k, ds in enumerate(originals):
-        z = int(round(float(ds.ImagePositionPatient[2]) / 2.5))
+        z = round(float(ds.ImagePositionPatient[2]) / 2.5)
         got = seg.get_pixels_by_source_instance(
             source_sop_instance_uids=[uids.uid(str(ds.SOPInstanceUID))],
             segment_numbers=[1],
@@ -214,7 +238,11 @@ def test_segment_never_skips_the_segmenter_and_auto_segments_only_flagged_slices
 
 
 def test_rle_round_trips_masks_that_start_with_either_value() -> None:
-    for mask in (np.array([[1, 1, 0], [0, 1, 1]]), np.array([[0, 0, 1], [1, 1, 0]]), np.zeros((2, 2))):
+    for mask in (
+        np.array([[1, 1, 0], [0, 1, 1]]),
+        np.array([[0, 0, 1], [1, 1, 0]]),
+        np.zeros((2, 2)),
+    ):
         counts = rle_encode(mask)
         assert sum(counts) == mask.size
         np.testing.assert_array_equal(rle_decode(counts, mask.shape), mask.astype(np.uint8))

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import numpy as np
 import pytest
@@ -25,11 +24,26 @@ X = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
 
 
 def infer_body(x: np.ndarray = X, **extra: Any) -> dict[str, Any]:
-    return {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}], **extra}
+    return {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "data": x.ravel().tolist(),
+            }
+        ],
+        **extra,
+    }
 
 
 def still_serving(gw: GatewayThread, headers: dict[str, str]) -> None:
-    r = httpx.post(f"http://{gw.url}/v2/models/{CLASSIFIER}/infer", json=infer_body(), headers=headers, timeout=30)
+    r = httpx.post(
+        f"http://{gw.url}/v2/models/{CLASSIFIER}/infer",
+        json=infer_body(),
+        headers=headers,
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
 
 
@@ -38,33 +52,74 @@ def error_of(r: httpx.Response) -> str:
     return message
 
 
-def test_bad_input_is_a_400_that_says_what_is_wrong(onnx_gateway: GatewayThread, client_headers: dict[str, str]) -> None:
+def test_bad_input_is_a_400_that_says_what_is_wrong(
+    onnx_gateway: GatewayThread, client_headers: dict[str, str]
+) -> None:
     url = f"http://{onnx_gateway.url}/v2/models/{CLASSIFIER}/infer"
     cases = [
         (b"{not json", "not valid JSON"),
-        (json.dumps(infer_body(np.zeros((1, 3, 32, 32), np.float32))).encode(), "shape [1, 3, 32, 32]"),
-        (json.dumps({"inputs": [{"name": "image", "datatype": "INT8", "shape": [1], "data": [1]}]}).encode(), "must be FP32"),
-        (json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1], "data": [1.0]}]}).encode(), "missing input"),
-        (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, SIZE, SIZE], "data": [1.0, 2.0]}]}).encode(), "values do not match"),
+        (
+            json.dumps(infer_body(np.zeros((1, 3, 32, 32), np.float32))).encode(),
+            "shape [1, 3, 32, 32]",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "image", "datatype": "INT8", "shape": [1], "data": [1]}]}
+            ).encode(),
+            "must be FP32",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+            ).encode(),
+            "missing input",
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "datatype": "FP32",
+                            "shape": [1, 3, SIZE, SIZE],
+                            "data": [1.0, 2.0],
+                        }
+                    ]
+                }
+            ).encode(),
+            "values do not match",
+        ),
         (json.dumps({"outputs": []}).encode(), "non-empty 'inputs'"),
     ]
     for body, fragment in cases:
-        r = httpx.post(url, content=body, headers={**client_headers, "content-type": "application/json"})
+        r = httpx.post(
+            url, content=body, headers={**client_headers, "content-type": "application/json"}
+        )
         assert r.status_code == 400, (fragment, r.text)
         assert fragment in error_of(r)
-    r = httpx.post(url, content=b"{}", headers={**client_headers, "inference-header-content-length": "99"})
+    r = httpx.post(
+        url, content=b"{}", headers={**client_headers, "inference-header-content-length": "99"}
+    )
     assert r.status_code == 400 and "larger than the body" in error_of(r)
-    r = httpx.post(f"http://{onnx_gateway.url}/v1/analyze?segment=sometimes", content=b"x", headers=client_headers)
+    r = httpx.post(
+        f"http://{onnx_gateway.url}/v1/analyze?segment=sometimes",
+        content=b"x",
+        headers=client_headers,
+    )
     assert r.status_code == 400 and "segment must be one of" in error_of(r)
     r = httpx.post(f"http://{onnx_gateway.url}/v1/analyze", content=b"", headers=client_headers)
     assert r.status_code == 400 and "empty body" in error_of(r)
     broken_tiff = b"II*\x00" + b"\x00" * 40
-    r = httpx.post(f"http://{onnx_gateway.url}/v1/analyze", content=broken_tiff, headers=client_headers)
+    r = httpx.post(
+        f"http://{onnx_gateway.url}/v1/analyze", content=broken_tiff, headers=client_headers
+    )
     assert r.status_code == 400, r.text
     still_serving(onnx_gateway, client_headers)
 
 
-def test_grpc_bad_input_is_invalid_argument(onnx_gateway: GatewayThread, client_headers: dict[str, str]) -> None:
+def test_grpc_bad_input_is_invalid_argument(
+    onnx_gateway: GatewayThread, client_headers: dict[str, str]
+) -> None:
     client = tgrpc.InferenceServerClient(onnx_gateway.grpc_url)
     inp = tgrpc.InferInput("image", [1, 3, 32, 32], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float32))
@@ -82,7 +137,11 @@ def test_unsupported_media_is_a_415_and_unacceptable_answers_a_406(
         headers={**client_headers, "content-type": "text/plain"},
     )
     assert r.status_code == 415 and "unrecognised image format" in error_of(r)
-    r = httpx.post(f"http://{onnx_gateway.url}/v1/analyze", content=b"x", headers={**client_headers, "accept": "text/csv"})
+    r = httpx.post(
+        f"http://{onnx_gateway.url}/v1/analyze",
+        content=b"x",
+        headers={**client_headers, "accept": "text/csv"},
+    )
     assert r.status_code == 406 and "offered" in error_of(r)
     still_serving(onnx_gateway, client_headers)
 
@@ -94,9 +153,14 @@ def test_unknown_models_and_versions_are_404_on_both_transports(
     r = httpx.post(f"{base}/no-such-model/infer", json=infer_body(), headers=client_headers)
     assert r.status_code == 404 and "unknown model 'no-such-model'" in error_of(r)
     assert httpx.get(f"{base}/no-such-model", headers=client_headers).status_code == 404
-    r = httpx.post(f"{base}/{CLASSIFIER}/versions/42/infer", json=infer_body(), headers=client_headers)
+    r = httpx.post(
+        f"{base}/{CLASSIFIER}/versions/42/infer", json=infer_body(), headers=client_headers
+    )
     assert r.status_code == 404 and "version 42" in error_of(r)
-    assert httpx.get(f"http://{onnx_gateway.url}/v2/nowhere", headers=client_headers).status_code == 404
+    assert (
+        httpx.get(f"http://{onnx_gateway.url}/v2/nowhere", headers=client_headers).status_code
+        == 404
+    )
     client = tgrpc.InferenceServerClient(onnx_gateway.grpc_url)
     with pytest.raises(InferenceServerException) as err:
         client.get_model_metadata("no-such-model", headers=dict(client_headers))
@@ -114,13 +178,20 @@ def test_a_missing_key_is_401_a_wrong_key_403_and_a_client_key_cannot_change_rou
     assert r.status_code == 403 and "not recognised" in error_of(r)
     r = httpx.post(url, json=infer_body(), headers={"authorization": "Basic abc"})
     assert r.status_code == 401
-    assert httpx.get(f"http://{onnx_gateway.url}/v2/health/ready").status_code == 200  # health is open
+    assert (
+        httpx.get(f"http://{onnx_gateway.url}/v2/health/ready").status_code == 200
+    )  # health is open
     assert httpx.get(f"http://{onnx_gateway.url}/v1/routing").status_code == 401
-    r = httpx.put(f"http://{onnx_gateway.url}/v1/routing", json={"models": {}}, headers=client_headers)
+    r = httpx.put(
+        f"http://{onnx_gateway.url}/v1/routing", json={"models": {}}, headers=client_headers
+    )
     assert r.status_code == 403 and "admin" in error_of(r)
     client = tgrpc.InferenceServerClient(onnx_gateway.grpc_url)
     assert client.is_server_live()
-    for headers, code in [({}, "UNAUTHENTICATED"), ({"authorization": "Bearer wrong"}, "PERMISSION_DENIED")]:
+    for headers, code in [
+        ({}, "UNAUTHENTICATED"),
+        ({"authorization": "Bearer wrong"}, "PERMISSION_DENIED"),
+    ]:
         with pytest.raises(InferenceServerException) as err:
             client.get_model_metadata(CLASSIFIER, headers=headers)
         assert err.value.status() == f"StatusCode.{code}"
@@ -142,7 +213,9 @@ def test_too_large_bodies_are_413_whether_declared_or_streamed(
 
         r = httpx.post(url, content=chunks(), headers=client_headers)  # chunked: no Content-Length
         assert r.status_code == 413
-        r = httpx.post(f"http://{gw.url}/v1/analyze", content=b"\0" * 400_000, headers=client_headers)
+        r = httpx.post(
+            f"http://{gw.url}/v1/analyze", content=b"\0" * 400_000, headers=client_headers
+        )
         assert r.status_code == 413
         grpc_client = tgrpc.InferenceServerClient(gw.grpc_url)
         inp = tgrpc.InferInput("image", list(big.shape), "FP32")
@@ -169,8 +242,15 @@ class SlowV2Server:
         if doc.get("id") == "slow":
             await asyncio.sleep(3)
         n = doc["inputs"][0]["shape"][0]
-        out = {"name": "probabilities", "datatype": "FP32", "shape": [n, 2], "data": [0.5] * (2 * n)}
-        return web.json_response({"model_name": request.match_info["m"], "model_version": "1", "outputs": [out]})
+        out = {
+            "name": "probabilities",
+            "datatype": "FP32",
+            "shape": [n, 2],
+            "data": [0.5] * (2 * n),
+        }
+        return web.json_response(
+            {"model_name": request.match_info["m"], "model_version": "1", "outputs": [out]}
+        )
 
     async def _meta(self, request: web.Request) -> web.Response:
         return web.json_response({
@@ -212,7 +292,11 @@ def test_a_backend_past_its_deadline_is_a_504_and_the_next_request_succeeds(
 ) -> None:
     with SlowV2Server() as slow:
         settings = make_settings(
-            gateway_home, tiny_models, backend="v2-http", backend_url=f"127.0.0.1:{slow.port}", request_timeout_s=0.5
+            gateway_home,
+            tiny_models,
+            backend="v2-http",
+            backend_url=f"127.0.0.1:{slow.port}",
+            request_timeout_s=0.5,
         )
         with GatewayThread(settings) as gw:
             url = f"http://{gw.url}/v2/models/{CLASSIFIER}/infer"
@@ -236,13 +320,21 @@ def test_a_backend_that_goes_down_makes_requests_503_and_readiness_false_but_liv
     triton = TritonServer(repo).start()
     try:
         settings = make_settings(
-            gateway_home, settings_models, models=[CLASSIFIER], backend="triton-http", backend_url=triton.http_url
+            gateway_home,
+            settings_models,
+            models=[CLASSIFIER],
+            backend="triton-http",
+            backend_url=triton.http_url,
         )
         with GatewayThread(settings) as gw:
             assert httpx.get(f"http://{gw.url}/v2/health/ready").status_code == 200
             still_serving(gw, client_headers)
             triton.stop()
-            r = httpx.post(f"http://{gw.url}/v2/models/{CLASSIFIER}/infer", json=infer_body(), headers=client_headers)
+            r = httpx.post(
+                f"http://{gw.url}/v2/models/{CLASSIFIER}/infer",
+                json=infer_body(),
+                headers=client_headers,
+            )
             assert r.status_code == 503 and "unreachable" in error_of(r)
             client = tgrpc.InferenceServerClient(gw.grpc_url)
             inp = tgrpc.InferInput("image", list(X.shape), "FP32")
@@ -259,18 +351,27 @@ def test_a_backend_that_goes_down_makes_requests_503_and_readiness_false_but_liv
 def test_a_gateway_whose_backend_never_came_up_is_live_but_not_ready(
     tiny_models: dict[str, Path], gateway_home: Path, client_headers: dict[str, str]
 ) -> None:
-    settings = make_settings(gateway_home, tiny_models, backend="triton-grpc", backend_url=f"127.0.0.1:{free_port()}")
+    settings = make_settings(
+        gateway_home, tiny_models, backend="triton-grpc", backend_url=f"127.0.0.1:{free_port()}"
+    )
     with GatewayThread(settings) as gw:
         assert httpx.get(f"http://{gw.url}/v2/health/live").status_code == 200
         r = httpx.get(f"http://{gw.url}/v2/health/ready")
         assert r.status_code == 503 and r.json()["ready"] is False
-        r = httpx.post(f"http://{gw.url}/v2/models/{CLASSIFIER}/infer", json=infer_body(), headers=client_headers)
+        r = httpx.post(
+            f"http://{gw.url}/v2/models/{CLASSIFIER}/infer",
+            json=infer_body(),
+            headers=client_headers,
+        )
         assert r.status_code == 503
         assert tgrpc.InferenceServerClient(gw.grpc_url).is_server_ready() is False
 
 
 def test_an_unexpected_failure_is_a_500_that_reveals_nothing_and_is_logged(
-    tiny_models: dict[str, Path], gateway_home: Path, client_headers: dict[str, str], caplog: pytest.LogCaptureFixture
+    tiny_models: dict[str, Path],
+    gateway_home: Path,
+    client_headers: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = make_settings(gateway_home, tiny_models)
     with GatewayThread(settings) as gw:
@@ -279,9 +380,13 @@ def test_an_unexpected_failure_is_a_500_that_reveals_nothing_and_is_logged(
         async def broken(*_: object, **__: object) -> None:
             raise RuntimeError("secret internal detail at /srv/models")
 
-        backend.infer = broken  # type: ignore[method-assign]
+        backend.infer = broken  # type: ignore[method-assign,assignment]
         with caplog.at_level("ERROR", logger="medops.gateway.errors"):
-            r = httpx.post(f"http://{gw.url}/v2/models/{CLASSIFIER}/infer", json=infer_body(), headers=client_headers)
+            r = httpx.post(
+                f"http://{gw.url}/v2/models/{CLASSIFIER}/infer",
+                json=infer_body(),
+                headers=client_headers,
+            )
         assert r.status_code == 500
         assert "secret" not in r.text and "internal error (id " in error_of(r)
         error_id = error_of(r).split("id ")[1].rstrip(")")

@@ -11,18 +11,19 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from gateway_support import SIZE, make_settings
 
 from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 from services.gateway.testing import GatewayThread, TritonServer
-
-from gateway_support import SIZE, make_settings
 
 
 def _batch(n: int = 3, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 3, SIZE, SIZE), dtype=np.float32)
 
 
-def _http_infer(url: str, model: str, x: np.ndarray, headers: dict[str, str] | None, binary: bool = True) -> np.ndarray:
+def _http_infer(
+    url: str, model: str, x: np.ndarray, headers: dict[str, str] | None, binary: bool = True
+) -> np.ndarray:
     client = thttp.InferenceServerClient(url)
     inp = thttp.InferInput("image", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
@@ -67,8 +68,12 @@ def test_the_embedded_onnx_backend_answers_what_onnx_runtime_computes(
 ) -> None:
     x = _batch(seed=7)
     expected = ort.InferenceSession(str(tiny_models[SEGMENTER])).run(None, {"image": x})[0]
-    np.testing.assert_allclose(_http_infer(onnx_gateway.url, SEGMENTER, x, client_headers), expected, rtol=1e-6)
-    np.testing.assert_allclose(_grpc_infer(onnx_gateway.grpc_url, SEGMENTER, x, client_headers), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        _http_infer(onnx_gateway.url, SEGMENTER, x, client_headers), expected, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        _grpc_infer(onnx_gateway.grpc_url, SEGMENTER, x, client_headers), expected, rtol=1e-6
+    )
 
 
 def test_json_tensors_and_binary_tensors_give_the_same_answer(
@@ -79,8 +84,19 @@ def test_json_tensors_and_binary_tensors_give_the_same_answer(
     as_json = _http_infer(onnx_gateway.url, CLASSIFIER, x, client_headers, binary=False)
     np.testing.assert_allclose(as_json, binary, rtol=1e-6)
     # A plain JSON client (no tritonclient) gets a plain JSON answer.
-    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-    r = httpx.post(f"http://{onnx_gateway.url}/v2/models/{CLASSIFIER}/infer", json=body, headers=client_headers)
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "data": x.ravel().tolist(),
+            }
+        ]
+    }
+    r = httpx.post(
+        f"http://{onnx_gateway.url}/v2/models/{CLASSIFIER}/infer", json=body, headers=client_headers
+    )
     assert r.status_code == 200, r.text
     doc = r.json()
     assert doc["model_name"] == CLASSIFIER and doc["model_version"] == "1"
@@ -91,8 +107,19 @@ def test_every_inference_answer_names_its_variant_and_model_version(
     onnx_gateway: GatewayThread, client_headers: dict[str, str]
 ) -> None:
     x = _batch(n=1)
-    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-    r = httpx.post(f"http://{onnx_gateway.url}/v2/models/{CLASSIFIER}/infer", json=body, headers=client_headers)
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "data": x.ravel().tolist(),
+            }
+        ]
+    }
+    r = httpx.post(
+        f"http://{onnx_gateway.url}/v2/models/{CLASSIFIER}/infer", json=body, headers=client_headers
+    )
     assert r.headers["x-medops-variant"] == "champion"
     assert r.headers["x-medops-model-version"] == "1"
     assert len(r.headers["x-request-id"]) >= 16
@@ -128,14 +155,22 @@ def test_health_and_metadata_speak_the_protocol_on_both_transports(
     assert grpc_client.is_model_ready(CLASSIFIER, headers=dict(client_headers))
     gmeta = grpc_client.get_model_metadata(CLASSIFIER, headers=dict(client_headers), as_json=True)
     assert gmeta["inputs"][0]["name"] == "image" and gmeta["outputs"][0]["name"] == "probabilities"
-    assert "binary_tensor_data" in grpc_client.get_server_metadata(headers=dict(client_headers)).extensions
+    assert (
+        "binary_tensor_data"
+        in grpc_client.get_server_metadata(headers=dict(client_headers)).extensions
+    )
 
 
 @pytest.mark.integration
 def test_any_v2_server_over_plain_json_works_as_a_backend(
-    tiny_models: dict[str, Path], gateway_home: Path, triton: TritonServer, client_headers: dict[str, str]
+    tiny_models: dict[str, Path],
+    gateway_home: Path,
+    triton: TritonServer,
+    client_headers: dict[str, str],
 ) -> None:
-    settings = make_settings(gateway_home, tiny_models, backend="v2-http", backend_url=triton.http_url)
+    settings = make_settings(
+        gateway_home, tiny_models, backend="v2-http", backend_url=triton.http_url
+    )
     x = _batch(n=2, seed=11)
     with GatewayThread(settings) as gw:
         got = _http_infer(gw.url, CLASSIFIER, x, client_headers)

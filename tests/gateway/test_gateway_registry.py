@@ -49,8 +49,19 @@ def registry_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[
 
 
 def _infer(url: str, headers: dict[str, str]) -> httpx.Response:
-    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(X.shape), "data": X.ravel().tolist()}]}
-    return httpx.post(f"http://{url}/v2/models/{CLASSIFIER}/infer", json=body, headers=headers, timeout=30)
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": list(X.shape),
+                "data": X.ravel().tolist(),
+            }
+        ]
+    }
+    return httpx.post(
+        f"http://{url}/v2/models/{CLASSIFIER}/infer", json=body, headers=headers, timeout=30
+    )
 
 
 def _expected(path: Path) -> np.ndarray:
@@ -63,20 +74,33 @@ def test_the_champion_is_served_and_a_moved_alias_is_picked_up_without_a_restart
     registry_setup: tuple[str, dict[str, Path]], tmp_path: Path
 ) -> None:
     uri, files = registry_setup
-    settings = GatewaySettings(home=tmp_path / "home", tracking_uri=uri, poll_seconds=0.2, auth_enabled=False)
+    settings = GatewaySettings(
+        home=tmp_path / "home", tracking_uri=uri, poll_seconds=0.2, auth_enabled=False
+    )
     with GatewayThread(settings) as gw:
         r = _infer(gw.url, {})
         assert r.headers["x-medops-model-version"] == "1"
-        np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"]).reshape(2, 2), _expected(files[CLASSIFIER]), rtol=1e-5)
+        np.testing.assert_allclose(
+            np.array(r.json()["outputs"][0]["data"]).reshape(2, 2),
+            _expected(files[CLASSIFIER]),
+            rtol=1e-5,
+        )
 
         registry = Registry(uri, cache_dir=tmp_path / "cache")
         registry.set_alias(CLASSIFIER, CHAMPION, "2")
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _infer(gw.url, {}).headers["x-medops-model-version"] != "2":
+        while (
+            time.monotonic() < deadline
+            and _infer(gw.url, {}).headers["x-medops-model-version"] != "2"
+        ):
             time.sleep(0.1)
         r = _infer(gw.url, {})
         assert r.status_code == 200 and r.headers["x-medops-model-version"] == "2"
-        np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"]).reshape(2, 2), _expected(files["v2"]), rtol=1e-5)
+        np.testing.assert_allclose(
+            np.array(r.json()["outputs"][0]["data"]).reshape(2, 2),
+            _expected(files["v2"]),
+            rtol=1e-5,
+        )
         meta = httpx.get(f"http://{gw.url}/v2/models/{CLASSIFIER}").json()
         assert meta["parameters"]["version"] == "2"
         registry.set_alias(CLASSIFIER, CHAMPION, "1")
@@ -109,7 +133,14 @@ def test_a_routing_change_by_an_admin_loads_the_challenger_and_splits_traffic(
                 }
             },
         }
-        bad = {"models": {CLASSIFIER: {"strategy": "canary", "variants": [{"name": "x", "alias": "champion", "weight": 30}]}}}
+        bad = {
+            "models": {
+                CLASSIFIER: {
+                    "strategy": "canary",
+                    "variants": [{"name": "x", "alias": "champion", "weight": 30}],
+                }
+            }
+        }
         r = httpx.put(f"http://{gw.url}/v1/routing", json=bad, headers=admin)
         assert r.status_code == 400 and "100" in r.json()["error"]
         r = httpx.put(f"http://{gw.url}/v1/routing", json=canary, headers=admin)
@@ -122,9 +153,16 @@ def test_a_routing_change_by_an_admin_loads_the_challenger_and_splits_traffic(
             seen[resp.headers["x-medops-variant"]] = resp.headers["x-medops-model-version"]
         assert seen == {"champion": "1", "challenger": "2"}
         # Sticky: the same key lands on the same variant every time.
-        variants = {_infer(gw.url, {**client, "x-medops-route-key": "study-7"}).headers["x-medops-variant"] for _ in range(5)}
+        variants = {
+            _infer(gw.url, {**client, "x-medops-route-key": "study-7"}).headers["x-medops-variant"]
+            for _ in range(5)
+        }
         assert len(variants) == 1
         forced = _infer(gw.url, {**client, "x-medops-variant": "challenger"})
-        np.testing.assert_allclose(np.array(forced.json()["outputs"][0]["data"]).reshape(2, 2), _expected(files["v2"]), rtol=1e-5)
+        np.testing.assert_allclose(
+            np.array(forced.json()["outputs"][0]["data"]).reshape(2, 2),
+            _expected(files["v2"]),
+            rtol=1e-5,
+        )
         audit = httpx.get(f"http://{gw.url}/v1/routing/audit", headers=admin).json()["entries"]
         assert audit[-1]["revision"] == revision + 1

@@ -44,12 +44,18 @@ def test_the_first_local_start_writes_a_client_and_an_admin_key_privately_and_ke
 
 
 def test_log_lines_are_json_with_the_request_id_and_never_carry_upload_names_or_keys(
-    tiny_models: dict[str, Path], gateway_home: Path, client_headers: dict[str, str], lgg_patient: Path,
+    tiny_models: dict[str, Path],
+    gateway_home: Path,
+    client_headers: dict[str, str],
+    lgg_patient: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tif = next(p for p in sorted(lgg_patient.glob("*.tif")) if not p.name.endswith("_mask.tif"))
     patient_name = lgg_patient.name  # TCGA_..._<date>: an identifier of the source study
-    with GatewayThread(make_settings(gateway_home, tiny_models)) as gw, caplog.at_level(logging.DEBUG):
+    with (
+        GatewayThread(make_settings(gateway_home, tiny_models)) as gw,
+        caplog.at_level(logging.DEBUG),
+    ):
         r = httpx.post(
             f"http://{gw.url}/v1/analyze",
             files={"file": (f"{patient_name}_DOE_JANE.tif", tif.read_bytes(), "image/tiff")},
@@ -59,7 +65,13 @@ def test_log_lines_are_json_with_the_request_id_and_never_carry_upload_names_or_
         assert r.status_code == 200 and r.headers["x-request-id"] == "req-abc-123"
         bad = httpx.post(
             f"http://{gw.url}/v1/analyze",
-            files={"file": (f"{patient_name}_DOE_JANE.tif", tifffile.imread(tif).tobytes()[:100], "image/tiff")},
+            files={
+                "file": (
+                    f"{patient_name}_DOE_JANE.tif",
+                    tifffile.imread(tif).tobytes()[:100],
+                    "image/tiff",
+                )
+            },
             headers=client_headers,
         )
         assert bad.status_code in (400, 415)

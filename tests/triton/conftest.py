@@ -21,7 +21,9 @@ def triton_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def triton_repository(triton_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def triton_repository(
+    triton_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """The repository as the pipeline's export writes it (KIND_GPU config + configs/cpu.pbtxt)."""
     return write_repository(
         tmp_path_factory.mktemp("triton-repo") / "repository",

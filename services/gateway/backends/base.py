@@ -19,10 +19,10 @@ class Backend(ABC):
 
     kind: str = "backend"
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, nothing to open by default
         """Open connections; called once before the first request."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and sessions."""
 
     @abstractmethod
@@ -33,7 +33,7 @@ class Backend(ABC):
     async def load(self, name: str, version: str, onnx_path: Path | None) -> dict[str, Any]:
         """Make ``name``/``version`` servable; returns its V2 model metadata."""
 
-    async def unload(self, name: str, version: str) -> None:
+    async def unload(self, name: str, version: str) -> None:  # noqa: B027 - optional hook
         """Forget a version that no variant serves any more."""
 
     @abstractmethod

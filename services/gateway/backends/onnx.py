@@ -61,8 +61,9 @@ class OnnxBackend(Backend):
         try:
             session = await loop.run_in_executor(self._pool, self._open, Path(onnx_path))
         except Exception as exc:  # ONNX Runtime raises its own types for corrupt files
+            reason = type(exc).__name__
             raise BackendUnavailableError(
-                f"model {name} version {version}: ONNX Runtime cannot load it ({type(exc).__name__})"
+                f"model {name} version {version}: ONNX Runtime cannot load it ({reason})"
             ) from exc
         self._sessions[(name, version)] = session
         return {
@@ -70,11 +71,19 @@ class OnnxBackend(Backend):
             "versions": [version],
             "platform": "onnxruntime_onnx",
             "inputs": [
-                {"name": i.name, "datatype": _ORT_TYPES.get(i.type, i.type), "shape": _shape(i.shape)}
+                {
+                    "name": i.name,
+                    "datatype": _ORT_TYPES.get(i.type, i.type),
+                    "shape": _shape(i.shape),
+                }
                 for i in session.get_inputs()
             ],
             "outputs": [
-                {"name": o.name, "datatype": _ORT_TYPES.get(o.type, o.type), "shape": _shape(o.shape)}
+                {
+                    "name": o.name,
+                    "datatype": _ORT_TYPES.get(o.type, o.type),
+                    "shape": _shape(o.shape),
+                }
                 for o in session.get_outputs()
             ],
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,11 @@ class TritonGrpcBackend(Backend):
     async def load(self, name: str, version: str, onnx_path: Path | None) -> dict[str, Any]:
         what = f"model {name} version {version}"
         if not await self.ready(name, version):
-            try:
+            # Loads only in explicit model-control mode; otherwise readiness below decides.
+            with contextlib.suppress(grpc.aio.AioRpcError):
                 await self._stub.RepositoryModelLoad(
                     service_pb2.RepositoryModelLoadRequest(model_name=name), timeout=60.0
                 )
-            except grpc.aio.AioRpcError:
-                pass  # not in explicit mode: readiness below decides
             if not await self.ready(name, version):
                 raise BackendUnavailableError(f"{what} is not ready on the backend")
         try:
@@ -96,14 +96,20 @@ class TritonGrpcBackend(Backend):
         return doc
 
     async def infer(self, request: InferRequest, version: str, timeout_s: float) -> InferResponse:
-        msg = service_pb2.ModelInferRequest(
-            model_name=request.model, model_version=version, id=request.id or ""
-        )
-        for t in request.inputs:
-            msg.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
-            msg.raw_input_contents.append(np.ascontiguousarray(t.data).tobytes())
-        for name in request.outputs or []:
-            msg.outputs.add(name=name)
+        wire = request.wire
+        if isinstance(wire, service_pb2.ModelInferRequest):
+            # The caller spoke gRPC too: forward its message (raw tensors and all) as is.
+            msg = wire
+            msg.model_version = version
+        else:
+            msg = service_pb2.ModelInferRequest(
+                model_name=request.model, model_version=version, id=request.id or ""
+            )
+            for t in request.inputs:
+                msg.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+                msg.raw_input_contents.append(np.ascontiguousarray(t.data).tobytes())
+            for name in request.outputs or []:
+                msg.outputs.add(name=name)
         try:
             r = await self._stub.ModelInfer(msg, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -116,5 +122,9 @@ class TritonGrpcBackend(Backend):
             for o, raw in zip(r.outputs, r.raw_output_contents, strict=True)
         ]
         return InferResponse(
-            model=request.model, version=r.model_version or version, id=request.id, outputs=outputs
+            model=request.model,
+            version=r.model_version or version,
+            id=request.id,
+            outputs=outputs,
+            wire=r if msg is wire else None,
         )

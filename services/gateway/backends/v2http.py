@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -84,10 +83,14 @@ class V2HttpBackend(Backend):
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 return resp.status, await resp.read(), resp.headers
-        except (TimeoutError, asyncio.TimeoutError):
-            raise BackendTimeoutError(f"{what}: backend did not answer within {timeout_s:g} s") from None
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"{what}: backend did not answer within {timeout_s:g} s"
+            ) from None
         except aiohttp.ClientError as exc:
-            raise BackendUnavailableError(f"{what}: backend unreachable ({type(exc).__name__})") from None
+            raise BackendUnavailableError(
+                f"{what}: backend unreachable ({type(exc).__name__})"
+            ) from None
 
     async def live(self) -> bool:
         try:
@@ -123,7 +126,12 @@ class V2HttpBackend(Backend):
 
     async def infer(self, request: InferRequest, version: str, timeout_s: float) -> InferResponse:
         what = f"model {request.model}"
-        body, header_length = encode_request(request, binary=self.binary)
+        wire = request.wire
+        if self.binary and isinstance(wire, tuple) and wire[0] == "rest":
+            # Same wire format both ways: forward the caller's body untouched.
+            body, header_length = wire[1], wire[2]
+        else:
+            body, header_length = encode_request(request, binary=self.binary)
         headers = {
             "Content-Type": "application/octet-stream" if self.binary else "application/json",
             # Compressing a tensor on loopback costs more than sending it.
@@ -132,15 +140,23 @@ class V2HttpBackend(Backend):
         if header_length is not None:
             headers["Inference-Header-Content-Length"] = str(header_length)
         status, payload, resp_headers = await self._call(
-            "POST", self._model_path(request.model, version) + "/infer", timeout_s, what, body, headers
+            "POST",
+            self._model_path(request.model, version) + "/infer",
+            timeout_s,
+            what,
+            body,
+            headers,
         )
         if status != 200:
             raise _error(status, payload, what)
         length = resp_headers.get(HEADER_LENGTH)
-        doc = decode_response(payload, int(length) if length is not None else None)
+        header_length = int(length) if length is not None else None
+        doc = decode_response(payload, header_length)
+        forwarded = isinstance(wire, tuple) and body is wire[1]
         return InferResponse(
             model=request.model,
             version=str(doc.get("model_version") or version),
             id=request.id,
             outputs=doc["outputs"],
+            wire=("rest", payload, header_length) if forwarded else None,
         )
