@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from services.monitor.settings import MonitorSettings
@@ -20,7 +22,7 @@ def monitor(
 
     from services.monitor.app import create_app
 
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in {
             "host": host,
