@@ -161,17 +161,26 @@ class _Cache:
         _save_atomic(self.dir / "done.npy", self.done)
 
 
-def _gather(source: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``source[rows]`` copied run by run: slicing a memory map is far cheaper than fancy
-    indexing it, and subsets are usually long runs of consecutive rows."""
+def _gather(source: np.memmap, rows: np.ndarray) -> np.ndarray:
+    """``source[rows]``, read from the file run by run: plain reads are several times
+    faster than faulting the pages of the memory map in, and subsets are usually long runs
+    of consecutive rows."""
     out = np.empty((len(rows), *source.shape[1:]), dtype=source.dtype)
     if not len(rows):
         return out
-    start = 0
-    for stop in [*(np.flatnonzero(np.diff(rows) != 1) + 1).tolist(), len(rows)]:
-        first = int(rows[start])
-        out[start:stop] = source[first : first + stop - start]
-        start = stop
+    row_bytes = out[0].nbytes
+    starts = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1).tolist()]
+    stops = [*starts[1:], len(rows)]
+    with open(str(source.filename), "rb", buffering=0) as fh:
+        for start, stop in zip(starts, stops, strict=True):
+            view = out[start:stop].data.cast("B")
+            fh.seek(source.offset + int(rows[start]) * row_bytes)
+            done = 0
+            while done < len(view):
+                got = fh.readinto(view[done:])
+                if not got:
+                    raise DatasetError(f"{source.filename}: array cache is truncated; delete it")
+                done += got
     return out
 
 
