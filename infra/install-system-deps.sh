@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests need; installs only what is missing, so a second run is instant.
 set -euo pipefail
-packages=()
+packages=(prometheus postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
