@@ -527,3 +527,57 @@ def test_validation_catches_unknown_fields_and_wrong_types(
 def test_validation_fails_for_a_kind_without_any_schema() -> None:
     with pytest.raises(AssertionError, match="no schema"):
         validate({"apiVersion": "example.org/v1", "kind": "Widget", "metadata": {"name": "w"}})
+
+
+def test_gpu_profile_monitor_triggers_retraining_through_github_with_a_secret_token() -> None:
+    (monitor,) = find(render_profile("gpu"), "Deployment", "medops-monitor")
+    c = monitor["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["MEDOPS_MONITOR_TRIGGERS"] == '["github"]'
+    assert env["MEDOPS_MONITOR_HOST"] == "0.0.0.0"
+    assert c["envFrom"] == [{"secretRef": {"name": "medops-monitor-secrets"}}]
+    assert not any("TOKEN" in name for name in env), "tokens come from the Secret only"
+
+
+def _plain_env(deployment: dict[str, Any]) -> dict[str, str]:
+    c = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in c["env"] if "value" in e}
+
+
+@pytest.mark.parametrize("profile", ["kind-cpu", "gpu"])
+def test_the_services_own_settings_accept_the_rendered_environment(
+    profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.gateway.settings import GatewaySettings
+    from services.monitor.settings import MonitorSettings
+
+    docs = render_profile(profile)
+    (gateway,) = find(docs, "Deployment", "medops-gateway")
+    for name, value in _plain_env(gateway).items():
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings()
+    assert settings.backend == "triton-grpc"
+    assert settings.backend_url == "medops-triton:8001"
+    assert settings.local_mode is False
+    assert str(settings.keys_path) == "/etc/medops/api-keys/api-keys.json"
+    assert str(settings.routing_file) == "/etc/medops/routing/routing.json"
+    assert settings.tracking_uri == "http://medops-mlflow:5000"
+    (monitor,) = find(docs, "Deployment", "medops-monitor")
+    for name, value in _plain_env(monitor).items():
+        monkeypatch.setenv(name, value)
+    m = MonitorSettings()
+    assert (m.host, m.port) == ("0.0.0.0", 8090)
+    if profile == "gpu":
+        assert m.triggers == ["github"]
+        assert m.github_repository == "medops/medops"
+
+
+def test_the_gateway_reads_the_rendered_routing_document(tmp_path: Any) -> None:
+    from services.gateway.routing import RoutingConfig
+
+    (cm,) = find(render_profile("mesh"), "ConfigMap", "medops-gateway-routing")
+    path = tmp_path / "routing.json"
+    path.write_text(cm["data"]["routing.json"])
+    config = RoutingConfig.from_file(path)
+    assert config.mode == "mesh"
+    assert config.for_model("brain-tumor-classifier").strategy == "canary"
