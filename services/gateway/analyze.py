@@ -34,6 +34,7 @@ from medops.transforms import preprocess_slice, restore_mask
 
 from .dataplane import DataPlane, Prediction
 from .logs import REQUEST_ID
+from .models import LoadedModel
 
 JSON = "application/json"
 PNG = "image/png"
@@ -158,30 +159,32 @@ class Analyzer:
     # ------------------------------------------------------------------ the flow
 
     async def _predict(
-        self, model: str, batch: list[np.ndarray], headers: Mapping[str, str]
+        self, model: str, batch: list[np.ndarray], chosen: tuple[LoadedModel, str]
     ) -> Prediction:
-        """Batches of one volume all go to the variant the first batch was routed to."""
+        """All batches of one image go to the variant routing chose for it."""
         parts = []
         first: Prediction | None = None
-        chosen = None
         for start in range(0, len(batch), self.batch_size):
             chunk = np.stack(batch[start : start + self.batch_size]).astype(np.float32, copy=False)
-            p, chosen = await self.dataplane.predict(model, chunk, headers, chosen=chosen)
+            p, chosen = await self.dataplane.predict(model, chunk, chosen=chosen)
             first = first or p
             parts.append(p.probabilities)
         assert first is not None
         return Prediction(np.concatenate(parts), first.info, first.version, first.variant)
 
-    def _size_of(self, model: str) -> int:
-        return int(self.dataplane.model_info(model).input_size)
+    async def _route(self, model: str, headers: Mapping[str, str]) -> tuple[LoadedModel, str]:
+        """Route once per image; the chosen version fixes the preprocessing size too."""
+        entry, variant, _ = await self.dataplane.choose(model, None, headers)
+        return entry, variant
 
     async def analyze(self, image: Image, mode: str, headers: Mapping[str, str]) -> Analysis:
         z, h, w = image.shape
-        cls_size = self._size_of(CLASSIFIER)
+        cls_route = await self._route(CLASSIFIER, headers)
+        cls_size = cls_route[0].info.input_size
         slices = await asyncio.to_thread(
             lambda: [preprocess_slice(image.slice(k), cls_size) for k in range(z)]
         )
-        classifier = await self._predict(CLASSIFIER, slices, headers)
+        classifier = await self._predict(CLASSIFIER, slices, cls_route)
         probs = classifier.probabilities
         if probs.ndim != 2 or probs.shape[1] < 2:
             raise MedopsError(f"{CLASSIFIER} answered shape {probs.shape}, expected (N, 2)")
@@ -192,7 +195,8 @@ class Analyzer:
         segmenter = None
         index = np.flatnonzero(wanted)
         if index.size:
-            seg_size = self._size_of(SEGMENTER)
+            seg_route = await self._route(SEGMENTER, headers)
+            seg_size = seg_route[0].info.input_size
             seg_in = (
                 [slices[k] for k in index]
                 if seg_size == cls_size
@@ -200,7 +204,7 @@ class Analyzer:
                     lambda: [preprocess_slice(image.slice(int(k)), seg_size) for k in index]
                 )
             )
-            segmenter = await self._predict(SEGMENTER, seg_in, headers)
+            segmenter = await self._predict(SEGMENTER, seg_in, seg_route)
             binary = (segmenter.probabilities[:, 0] >= segmenter.info.threshold).astype(np.uint8)
             mask[index] = restore_mask(binary, (h, w))
         return Analysis(image, tumour, positive, mask, wanted, classifier, segmenter)

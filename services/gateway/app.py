@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,16 @@ class Gateway:
             self._grpc = None
         await self.dataplane.close()
         await self.backend.close()
+        log.info("gateway stopped")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        """Start with the REST server, stop before it exits (signals included)."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
 
     async def serve(self) -> None:
         """Run until cancelled or interrupted."""
@@ -87,15 +98,10 @@ class Gateway:
             port=self.settings.port,
             log_config=None,
             access_log=False,
-            lifespan="off",
+            lifespan="on",
             timeout_keep_alive=30,
         )
-        server = uvicorn.Server(config)
-        await self.start()
-        try:
-            await server.serve()
-        finally:
-            await self.stop()
+        await uvicorn.Server(config).serve()
 
 
 def _source(settings: GatewaySettings) -> ModelSource:
@@ -149,4 +155,6 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         deid_key=settings.deid_key.encode() if settings.deid_key else None,
     )
     app = create_app(settings, dataplane, auth, analyzer)
-    return Gateway(settings=settings, backend=backend, dataplane=dataplane, auth=auth, app=app)
+    gateway = Gateway(settings=settings, backend=backend, dataplane=dataplane, auth=auth, app=app)
+    app.router.lifespan_context = gateway.lifespan
+    return gateway

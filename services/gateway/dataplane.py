@@ -207,10 +207,6 @@ class DataPlane:
             entry = await self.models.ensure(model, ref)
         return entry, decision.variant, tuple(decision.shadow)
 
-    def model_info(self, model: str) -> ModelInfo:
-        """Serving facts of the default variant of ``model``."""
-        return self._entry(model, None).info
-
     async def infer(
         self,
         request: InferRequest,
