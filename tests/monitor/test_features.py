@@ -1,0 +1,121 @@
+"""Image statistics, the embedding reducer and mask RLE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medops.errors import InvalidInputError
+from medops.monitoring.features import (
+    FEATURE_NAMES,
+    EmbeddingReducer,
+    image_features,
+    pooled_vector,
+)
+from medops.monitoring.rle import dice, rle_decode, rle_encode, validate_rle
+
+
+def _phantom(rng: np.random.Generator, size: int = 128) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    head = ((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.16).astype(float)
+    return np.stack([head * (0.5 + 0.1 * c) for c in range(3)]) + rng.normal(
+        0, 0.002, (3, size, size)
+    )
+
+
+def test_features_have_every_documented_key_as_floats() -> None:
+    feats = image_features(_phantom(np.random.default_rng(0)))
+    assert list(feats) == list(FEATURE_NAMES)
+    assert all(isinstance(v, float) for v in feats.values())
+    assert feats["rows"] == feats["cols"] == 128.0
+    assert 0.4 < feats["foreground_fraction"] < 0.6  # the disc covers pi*0.16 of the square
+
+
+def test_noise_estimate_tracks_the_added_gaussian_noise() -> None:
+    rng = np.random.default_rng(1)
+    flat = np.full((256, 256), 0.5)
+    for sigma in (0.01, 0.05):
+        est = image_features(flat + rng.normal(0, sigma, flat.shape))["noise"]
+        assert est == pytest.approx(sigma, rel=0.1)
+
+
+def test_bias_field_estimate_grows_with_an_intensity_ramp() -> None:
+    rng = np.random.default_rng(2)
+    img = _phantom(rng)
+    ramp = np.linspace(0.4, 1.6, img.shape[-1])[None, None, :]
+    assert image_features(img * ramp)["bias_field"] > 5 * image_features(img)["bias_field"]
+
+
+def test_original_shape_sets_rows_and_cols_in_any_layout() -> None:
+    img = _phantom(np.random.default_rng(3))
+    assert image_features(img, original_shape=(224, 200, 3))["rows"] == 224.0
+    assert image_features(img, original_shape=(3, 224, 200))["cols"] == 200.0
+
+
+@pytest.mark.parametrize(
+    ("bad", "fault"),
+    [
+        (np.zeros((0, 4)), "empty"),
+        (np.zeros((2, 2, 2, 2)), "expected a 2D slice"),
+        (np.array([[np.nan] * 4] * 4), "NaN"),
+        (np.array([["a"] * 4] * 4), "numeric"),
+    ],
+)
+def test_unusable_images_raise_a_named_input_error(bad: np.ndarray, fault: str) -> None:
+    with pytest.raises(InvalidInputError, match=f"upload.png: .*{fault}"):
+        image_features(bad, name="upload.png")
+
+
+def test_pooled_vector_averages_cells_exactly() -> None:
+    img = np.arange(16.0).reshape(4, 4)
+    vec = pooled_vector(img, grid=2)
+    assert vec.shape == (12,)  # grey repeated to three channels
+    assert vec[:4].tolist() == [2.5, 4.5, 10.5, 12.5]
+
+
+def test_embedding_reducer_round_trips_through_its_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    images = [_phantom(rng) * rng.uniform(0.5, 1.5) for _ in range(20)]
+    reducer = EmbeddingReducer.fit_images(images, n_components=3)
+    coords = reducer.embed(images[0])
+    assert list(coords) == ["emb_0", "emb_1", "emb_2"]
+    # the first axis carries the brightness scale the images differ by
+    assert reducer.explained_variance[0] > 10 * reducer.explained_variance[1]
+    reducer.save(tmp_path / "e.npz")
+    again = EmbeddingReducer.load(tmp_path / "e.npz")
+    assert again.embed(images[0]) == pytest.approx(coords)
+    with pytest.raises(InvalidInputError, match="length"):
+        reducer.transform(np.zeros(5))
+
+
+def test_rle_round_trips_and_scores_dice() -> None:
+    rng = np.random.default_rng(5)
+    mask = rng.random((17, 23)) > 0.7
+    mask[0, 0] = True  # a set first pixel starts with a zero-length background run
+    rle = rle_encode(mask)
+    assert rle["counts"][0] == 0
+    assert (rle_decode(rle) == mask).all()
+    assert dice(mask, mask) == 1.0
+    assert dice(mask, ~mask) == 0.0
+    assert dice(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0
+
+
+def test_rle_in_column_major_order_like_coco() -> None:
+    mask = np.array([[0, 1], [0, 1]], dtype=bool)
+    assert rle_encode(mask) == {"size": [2, 2], "counts": [2, 2]}
+
+
+@pytest.mark.parametrize(
+    ("rle", "fault"),
+    [
+        ({"size": [2, 2], "counts": [1, 1]}, "cover 2 pixels"),
+        ({"size": [2], "counts": [4]}, "size"),
+        ({"size": [2, 2], "counts": [-1, 5]}, "counts"),
+        ([1, 2], "object"),
+    ],
+)
+def test_malformed_rle_is_rejected_with_the_field_named(rle: object, fault: str) -> None:
+    with pytest.raises(InvalidInputError, match=fault):
+        validate_rle(rle)
