@@ -13,6 +13,7 @@ import click
 
 from medops.data.cli import data
 from medops.errors import MedopsError
+from medops.registry.cli import models
 from medops.settings import MedopsSettings
 
 
@@ -24,6 +25,7 @@ def cli(ctx: click.Context) -> None:
 
 
 cli.add_command(data)
+cli.add_command(models)
 
 
 def _register_plugins() -> None:

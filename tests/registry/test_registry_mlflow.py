@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import free_port, make_onnx
+from mlflow_helpers import free_port, make_onnx
 
 from medops.errors import InvalidInputError, NotFoundError, RegistryUnavailableError
 from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, TYPE_CLASSIFIER
@@ -146,7 +146,9 @@ def test_a_failure_after_the_version_exists_rolls_the_registration_back(tmp_path
     from mlflow import MlflowClient
 
     client = MlflowClient(registry.tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name(CLASSIFIER).experiment_id])
+    experiment = client.get_experiment_by_name(CLASSIFIER)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
 
     ok = _register(registry, tmp_path)

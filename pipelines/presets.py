@@ -1,0 +1,90 @@
+"""Pipeline presets: how much data, which training preset, and what the gate demands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from medops.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class PipelinePreset:
+    """Settings of one pipeline run on top of :meth:`medops.training.TrainConfig.preset`."""
+
+    name: str
+    train_preset: str
+    """The ``TrainConfig.preset`` name used for every task."""
+    max_patients: dict[str, int] | None = None
+    """Cap on patients per split (train/val/test) after the patient-level split; None: all."""
+    type_classifier: bool = False
+    """Also train brain-tumor-type-classifier on the 4-class folder data."""
+    type_max_patients: dict[str, int] | None = None
+    minimums: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per task: the gate's absolute floors (ceilings for ece)."""
+    tolerance: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per task: how much worse than the champion (same test patients) a challenger may be."""
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per task: TrainConfig fields changed from the training preset."""
+
+
+_TOLERANCE = {
+    "classifier": {"auc": 0.01, "sensitivity": 0.03},
+    "segmenter": {"dice_patient_mean": 0.01},
+    "type-classifier": {"accuracy": 0.01},
+}
+
+PRESETS: dict[str, PipelinePreset] = {
+    "tiny": PipelinePreset(
+        name="tiny",
+        train_preset="tiny",
+        max_patients={"train": 3, "val": 2, "test": 2},
+        type_max_patients={"train": 24, "val": 12, "test": 12},
+        # a tiny model proves the plumbing, not quality: floors that any finite result meets
+        minimums={
+            "classifier": {"auc": 0.0},
+            "segmenter": {"dice_patient_mean": 0.0},
+            "type-classifier": {"accuracy": 0.0},
+        },
+        # judged on the ranking metric alone: tiny models have arbitrary operating points
+        tolerance={
+            "classifier": {"auc": 0.01},
+            "segmenter": {"dice_patient_mean": 0.01},
+            "type-classifier": {"accuracy": 0.01},
+        },
+        overrides={
+            "classifier": {"epochs": 1},
+            "segmenter": {"epochs": 1},
+            "type-classifier": {"epochs": 1},
+        },
+    ),
+    "fast": PipelinePreset(
+        name="fast",
+        train_preset="fast",
+        type_max_patients={"train": 400, "val": 100, "test": 200},
+        minimums={
+            "classifier": {"auc": 0.85, "sensitivity": 0.7},
+            "segmenter": {"dice_patient_mean": 0.5},
+            "type-classifier": {"accuracy": 0.6},
+        },
+        tolerance=_TOLERANCE,
+    ),
+    "full": PipelinePreset(
+        name="full",
+        train_preset="full",
+        type_classifier=True,
+        minimums={
+            "classifier": {"auc": 0.95, "sensitivity": 0.85, "ece": 0.1},
+            "segmenter": {"dice_patient_mean": 0.8},
+            "type-classifier": {"accuracy": 0.85},
+        },
+        tolerance=_TOLERANCE,
+    ),
+}
+
+
+def get_preset(name: str) -> PipelinePreset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InvalidInputError(f"preset: {name!r} is not one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,80 @@
+"""The tiny pipeline end to end through kfp.local against a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from medops.cli import cli
+from medops.data import ingest
+from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER
+from medops.registry import CARD_PATH, GATE_PATH, REPORT_PATH, Registry
+from medops.settings import MedopsSettings
+from pipelines.cli import pipeline
+
+
+@pytest.mark.integration
+def test_the_tiny_pipeline_trains_registers_promotes_and_publishes_both_models(
+    mlflow_server: str,
+    data_dir: Path,
+    lgg_dir: Path,
+    medops_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = MedopsSettings(home=medops_home, data_dir=data_dir, tracking_uri=mlflow_server)
+    result = CliRunner().invoke(pipeline, ["run", "--preset", "tiny"], obj=settings)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "pipeline tiny finished" in result.output
+
+    registry = Registry(mlflow_server, cache_dir=tmp_path / "cache")
+    dataset_version = ingest(lgg_dir, medops_home).version
+    models = {m.name: m for m in registry.list_models()}
+    for name, output_shape in ((CLASSIFIER, (1, 2)), (SEGMENTER, (1, 1, 32, 32))):
+        summary = models[name]
+        assert [v.version for v in summary.versions] == ["1"]
+        assert summary.aliases == {CHAMPION: "1", CHALLENGER: "1"}
+        tags = registry.version_tags(name, "1")
+        assert tags["dataset_version"] == dataset_version
+        # other commits may land while the pipeline runs: the tag is a real commit of this repo
+        assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"])
+        assert subprocess.run(["git", "cat-file", "-e", tags["git_commit"]]).returncode == 0
+        assert tags["gate.promote"] == "true"
+        metrics = summary.versions[0].metrics
+        assert metrics["onnx_max_abs_diff"] < 1e-3
+        assert "train_seconds" in metrics
+
+        report = registry.download_artifact(name, CHAMPION, REPORT_PATH, tmp_path / name)
+        assert "plotly" in report.read_text().lower()
+        card = registry.download_artifact(name, CHAMPION, CARD_PATH, tmp_path / name).read_text()
+        assert "Intended use" in card and dataset_version in card and "Known limits" in card
+        gate = json.loads(
+            registry.download_artifact(name, CHAMPION, GATE_PATH, tmp_path / name).read_text()
+        )
+        assert gate["promote"] is True and gate["evidence"]["champion"] is None
+
+        resolved = registry.resolve(name, CHAMPION)
+        assert resolved.info.input_size == 32
+        out = ort.InferenceSession(str(resolved.onnx_path)).run(
+            None, {"image": np.zeros((1, 3, 32, 32), np.float32)}
+        )[0]
+        assert out.shape == output_shape
+
+        folder = medops_home / "triton-repo" / name
+        assert (folder / "1" / "model.onnx").read_bytes() == resolved.onnx_path.read_bytes()
+        assert "KIND_GPU" in (folder / "config.pbtxt").read_text()
+        assert "KIND_CPU" in (folder / "configs" / "cpu.pbtxt").read_text()
+    assert (medops_home / "pipeline-runs").is_dir()
+
+    monkeypatch.setenv("MEDOPS_TRACKING_URI", mlflow_server)
+    listed = CliRunner().invoke(cli, ["models", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert f"{CLASSIFIER}  (challenger -> v1, champion -> v1)" in listed.output
+    assert SEGMENTER in listed.output and "dice_patient_mean=" in listed.output
