@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,36 +94,57 @@ def search(
     return best
 
 
-def main(argv: list[str] | None = None) -> None:
-    """One Katib trial: train with the given point, print the objective for the collector."""
+def prepare_data(data: str, home: str, *, seed: int = 0) -> tuple[str, str]:
+    """Ingest ``data`` (idempotent) and split it by patient; return (manifest, splits) paths.
+
+    Cluster jobs start from the dataset folder: the same seed gives the pipeline's split.
+    """
+    from pathlib import Path
+
+    from pipelines import steps
+
+    manifest = steps.ingest_data(data, home)["manifest"]
+    splits = str(Path(home) / "splits" / f"{Path(manifest).parent.name}-seed{seed}.json")
+    steps.split_data(manifest, splits, seed=seed)
+    return manifest, splits
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of one trial (``python -m pipelines.hpo``)."""
     parser = argparse.ArgumentParser(description="one hyperparameter trial (Katib)")
     parser.add_argument("--task", required=True)
     parser.add_argument("--preset", default="fast")
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--splits", required=True)
+    parser.add_argument("--data", required=True, help="dataset folder (lgg-mri-segmentation)")
     parser.add_argument("--home", required=True)
+    parser.add_argument("--seed", type=int, default=0)
     for name, spec in SEARCH_SPACE.items():
         kind = float if spec["type"] == "double" else int
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One Katib trial: train with the given point, print the objective for the collector."""
+    args = build_parser().parse_args(argv)
     from pipelines import steps
 
+    manifest, splits = prepare_data(args.data, args.home, seed=args.seed)
     point = {name: getattr(args, name) for name in SEARCH_SPACE}
 
     def report(epoch: int, record: dict[str, float]) -> None:
         print(f"epoch={epoch} {OBJECTIVE}={record['val_metric']:.6f}", flush=True)
 
-    weights = f"{args.home}/hpo-trial-weights.pt"
-    summary = steps.train(
-        args.task,
-        args.preset,
-        args.manifest,
-        args.splits,
-        args.home,
-        weights,
-        overrides=point,
-        on_epoch=report,
-    )
+    with tempfile.TemporaryDirectory(prefix="medops-trial-") as tmp:
+        summary = steps.train(
+            args.task,
+            args.preset,
+            manifest,
+            splits,
+            args.home,
+            f"{tmp}/weights.pt",
+            overrides=point,
+            on_epoch=report,
+        )
     print(f"{OBJECTIVE}={summary['best_metric']:.6f}", flush=True)
     print(json.dumps({"params": point, "best_epoch": summary["best_epoch"]}), flush=True)
 
