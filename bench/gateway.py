@@ -1,7 +1,8 @@
 """Gateway overhead against calling Triton directly: same model, payload and run.
 
-Starts a real Triton (CPU, from .venv-triton) and two gateways in their own processes (one
-forwarding over HTTP, one over gRPC), then measures, for a 1x3x256x256 float32 tensor:
+Starts a real Triton (CPU, from .venv-triton) and three gateways in their own processes
+(forwarding over HTTP, over HTTP with input tensors in shared memory, over gRPC), then
+measures, for a 1x3x256x256 float32 tensor:
 p50/p99 latency over HTTP (binary tensors) and gRPC, direct and through the gateway, and
 throughput at concurrency 1, 8 and 32. Also ``/v1/analyze`` latency for one LGG slice and for
 one patient's DICOM series. Prints figures and ratios; asserts nothing.
@@ -195,7 +196,9 @@ def main() -> None:
             "MEDOPS_GATEWAY_LOG_LEVEL": "WARNING",
         }
         with TritonServer(repo) as triton:
-            ports = {k: free_port() for k in ("http_a", "grpc_a", "http_b", "grpc_b")}
+            ports = {
+                k: free_port() for k in ("http_a", "grpc_a", "http_b", "grpc_b", "http_c", "grpc_c")
+            }
             common = ["--host", "127.0.0.1", *model_args]
             with gateway_process(
                 [*common, "--port", str(ports["http_a"]), "--grpc-port", str(ports["grpc_a"]),
@@ -205,10 +208,16 @@ def main() -> None:
                 [*common, "--port", str(ports["http_b"]), "--grpc-port", str(ports["grpc_b"]),
                  "--backend", "triton-grpc", "--backend-url", triton.grpc_url],
                 env, ports["http_b"], folder / "gateway-grpc.log",
-            ) as proc_b:  # fmt: skip
+            ) as proc_b, gateway_process(
+                [*common, "--port", str(ports["http_c"]), "--grpc-port", str(ports["grpc_c"]),
+                 "--backend", "triton-http", "--backend-url", triton.http_url],
+                {**env, "MEDOPS_GATEWAY_SHARED_MEMORY": "true"}, ports["http_c"],
+                folder / "gateway-shm.log",
+            ) as proc_c:  # fmt: skip
                 key = json.loads((home / "credentials.json").read_text())["client"]
                 auth = {"authorization": f"Bearer {key}"}
                 gw_http, gw_grpc = f"127.0.0.1:{ports['http_a']}", f"127.0.0.1:{ports['grpc_b']}"
+                gw_shm = f"127.0.0.1:{ports['http_c']}"
                 print(f"model {CLASSIFIER}, input float32 {'x'.join(map(str, SHAPE))}, "
                       f"{'registry champions' if args.registry else 'tiny models'}; "
                       f"Triton {triton.http_url}; {os.cpu_count()} CPUs")  # fmt: skip
@@ -217,6 +226,11 @@ def main() -> None:
                         lambda: _http_caller(triton.http_url, CLASSIFIER, {}),
                         lambda: _http_caller(gw_http, CLASSIFIER, auth),
                         proc_a.pid,
+                    ),
+                    "HTTP+shm": (
+                        lambda: _http_caller(triton.http_url, CLASSIFIER, {}),
+                        lambda: _http_caller(gw_shm, CLASSIFIER, auth),
+                        proc_c.pid,
                     ),
                     "gRPC": (
                         lambda: _grpc_caller(triton.grpc_url, CLASSIFIER, {}),

@@ -39,6 +39,7 @@ class Gateway:
     grpc_port: int | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _grpc: Any = None
+    _server: uvicorn.Server | None = None
 
     async def start(self) -> None:
         """Connect the backend, load the models, start hot reload and the gRPC server."""
@@ -101,7 +102,13 @@ class Gateway:
             lifespan="on",
             timeout_keep_alive=30,
         )
-        await uvicorn.Server(config).serve()
+        self._server = uvicorn.Server(config)
+        await self._server.serve()
+
+    def request_exit(self) -> None:
+        """Ask a running :meth:`serve` to stop gracefully (what SIGTERM does)."""
+        if self._server is not None:
+            self._server.should_exit = True
 
 
 def _source(settings: GatewaySettings) -> ModelSource:

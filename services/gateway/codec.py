@@ -153,6 +153,31 @@ def encode_request(request: InferRequest, *, binary: bool) -> tuple[bytes, int |
     return b"".join([header, *chunks]), len(header)
 
 
+def encode_request_shm(request: InferRequest, placed: list[tuple[str, int, int]]) -> bytes:
+    """A JSON-only request whose inputs lie in registered shared memory regions."""
+    inputs = [
+        {
+            "name": t.name,
+            "datatype": t.datatype,
+            "shape": t.shape,
+            "parameters": {
+                "shared_memory_region": region,
+                "shared_memory_offset": offset,
+                "shared_memory_byte_size": size,
+            },
+        }
+        for t, (region, offset, size) in zip(request.inputs, placed, strict=True)
+    ]
+    doc: dict[str, Any] = {"inputs": inputs}
+    if request.id is not None:
+        doc["id"] = request.id
+    if request.outputs is not None:
+        doc["outputs"] = [{"name": n, "parameters": {"binary_data": True}} for n in request.outputs]
+    else:
+        doc["parameters"] = {"binary_data_output": True}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
 def decode_response(body: bytes, header_length: int | None) -> dict[str, Any]:
     """Parse a remote V2 response into ``{"model_version": ..., "outputs": [Tensor]}``."""
     view = memoryview(body)

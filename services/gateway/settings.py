@@ -33,6 +33,17 @@ class GatewaySettings(BaseSettings):
     backend_url: str = "127.0.0.1:8000"
     """``host:port`` (or ``http://host:port``) of the remote backend; unused by ``onnx``."""
 
+    shared_memory: bool = False
+    """Hand input tensors to Triton through POSIX shared memory instead of the socket. Only
+    when the gateway and Triton share a host and ``/dev/shm`` (a sidecar, or one machine);
+    ``triton-http`` and ``triton-grpc`` backends."""
+
+    shared_memory_slots: int = 32
+    """Shared memory regions (one per request in flight; busier requests go inline)."""
+
+    shared_memory_slot_bytes: int = 4 * 1024 * 1024
+    """Size of each region; larger requests go inline."""
+
     home: Path = Field(default=Path(".medops"))
     """The medops home (``MEDOPS_HOME`` is read by the entry point): credentials live here."""
 

@@ -275,8 +275,8 @@ class GatewayThread:
 
     def stop(self) -> None:
         if self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(timeout=15)
+            self._loop.call_soon_threadsafe(self.gateway.request_exit)
+        self._thread.join(timeout=30)
 
     def __enter__(self) -> GatewayThread:
         return self.start()

@@ -175,3 +175,40 @@ def test_any_v2_server_over_plain_json_works_as_a_backend(
     with GatewayThread(settings) as gw:
         got = _http_infer(gw.url, CLASSIFIER, x, client_headers)
     np.testing.assert_allclose(got, _http_infer(triton.http_url, CLASSIFIER, x, None), rtol=1e-6)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["triton-http", "triton-grpc"])
+def test_tensors_handed_to_triton_through_shared_memory_give_the_same_answers(
+    backend: str,
+    tiny_models: dict[str, Path],
+    gateway_home: Path,
+    triton: TritonServer,
+    client_headers: dict[str, str],
+) -> None:
+    # Slots of 100 kB: a 2-slice batch (98 kB) goes through shared memory, 3 slices go inline.
+    settings = make_settings(
+        gateway_home,
+        tiny_models,
+        backend=backend,
+        backend_url=triton.http_url if backend == "triton-http" else triton.grpc_url,
+        shared_memory=True,
+        shared_memory_slots=2,
+        shared_memory_slot_bytes=100_000,
+    )
+    with GatewayThread(settings) as gw:
+        status = httpx.get(f"http://{triton.http_url}/v2/systemsharedmemory/status").json()
+        ours = [r for r in status if r["name"].startswith("medops-")]
+        assert len(ours) == 2 and all(r["byte_size"] == 100_000 for r in ours)
+        for n in (2, 3):
+            x = _batch(n=n, seed=n)
+            direct = _http_infer(triton.http_url, SEGMENTER, x, None)
+            np.testing.assert_array_equal(_http_infer(gw.url, SEGMENTER, x, client_headers), direct)
+            np.testing.assert_array_equal(
+                _grpc_infer(gw.grpc_url, SEGMENTER, x, client_headers), direct
+            )
+            held = [Path("/dev/shm", r["name"]).read_bytes()[: x.nbytes] for r in ours]
+            # The 2-slice batch went through a region; the 3-slice one did not fit.
+            assert (x.tobytes() in held) == (n == 2)
+    status = httpx.get(f"http://{triton.http_url}/v2/systemsharedmemory/status").json()
+    assert not [r for r in status if r["name"].startswith("medops-")]  # unregistered on stop

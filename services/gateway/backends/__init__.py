@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..settings import GatewaySettings
 from .base import Backend
 from .onnx import OnnxBackend
+from .shm import SharedMemoryPool
 from .tritongrpc import TritonGrpcBackend
 from .v2http import V2HttpBackend
 
@@ -15,8 +16,13 @@ def make_backend(settings: GatewaySettings) -> Backend:
     """The backend the settings name."""
     if settings.backend == "onnx":
         return OnnxBackend(threads=settings.onnx_threads)
-    if settings.backend == "triton-grpc":
-        return TritonGrpcBackend(settings.backend_url)
     if settings.backend == "v2-http":
         return V2HttpBackend(settings.backend_url, binary=False, kind="v2-http")
-    return V2HttpBackend(settings.backend_url, binary=True, kind="triton-http")
+    pool = (
+        SharedMemoryPool(settings.shared_memory_slots, settings.shared_memory_slot_bytes)
+        if settings.shared_memory
+        else None
+    )
+    if settings.backend == "triton-grpc":
+        return TritonGrpcBackend(settings.backend_url, shared_memory=pool)
+    return V2HttpBackend(settings.backend_url, binary=True, kind="triton-http", shared_memory=pool)

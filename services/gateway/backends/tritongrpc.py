@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,9 @@ from medops.errors import (
 
 from ..types import InferRequest, InferResponse, Tensor, numpy_dtype
 from .base import Backend
+from .shm import SharedMemoryPool
+
+log = logging.getLogger("medops.gateway.backends")
 
 MAX_MESSAGE = 512 * 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -43,8 +48,11 @@ def _error(exc: grpc.aio.AioRpcError, what: str) -> MedopsError:
 class TritonGrpcBackend(Backend):
     kind = "triton-grpc"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, shared_memory: SharedMemoryPool | None = None) -> None:
         self.url = url.split("://", 1)[-1]
+        self.shm = shared_memory
+        self._shm_registered = False
+        self._shm_tried = 0.0
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
 
@@ -55,8 +63,48 @@ class TritonGrpcBackend(Backend):
 
     async def close(self) -> None:
         if self._channel is not None:
+            if self.shm is not None and self._shm_registered:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self._stub.SystemSharedMemoryUnregister(
+                        service_pb2.SystemSharedMemoryUnregisterRequest(), timeout=5.0
+                    )
             await self._channel.close()
             self._channel = None
+        if self.shm is not None:
+            self.shm.close()
+
+    async def _register_shm(self) -> None:
+        """Register every region with the server (again: it forgets them when it restarts)."""
+        assert self.shm is not None
+        self._shm_tried = time.monotonic()
+        try:
+            for region in self.shm.regions:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self._stub.SystemSharedMemoryUnregister(
+                        service_pb2.SystemSharedMemoryUnregisterRequest(name=region.name),
+                        timeout=5.0,
+                    )
+                await self._stub.SystemSharedMemoryRegister(
+                    service_pb2.SystemSharedMemoryRegisterRequest(
+                        name=region.name,
+                        key=self.shm.key(region),
+                        offset=0,
+                        byte_size=self.shm.slot_bytes,
+                    ),
+                    timeout=5.0,
+                )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("shared memory off: tensors go inline", extra={"reason": exc.details()})
+            self._shm_registered = False
+            return
+        self._shm_registered = True
+
+    async def _shm_ok(self) -> bool:
+        if self.shm is None:
+            return False
+        if not self._shm_registered and time.monotonic() - self._shm_tried >= 5.0:
+            await self._register_shm()
+        return self._shm_registered
 
     async def live(self) -> bool:
         try:
@@ -84,6 +132,8 @@ class TritonGrpcBackend(Backend):
                 )
             if not await self.ready(name, version):
                 raise BackendUnavailableError(f"{what} is not ready on the backend")
+        if self.shm is not None and not self._shm_registered:
+            await self._register_shm()
         try:
             meta = await self._stub.ModelMetadata(
                 service_pb2.ModelMetadataRequest(name=name, version=version), timeout=5.0
@@ -95,21 +145,47 @@ class TritonGrpcBackend(Backend):
             t["shape"] = [int(d) for d in t.get("shape", [])]
         return doc
 
-    async def infer(self, request: InferRequest, version: str, timeout_s: float) -> InferResponse:
+    def _message(
+        self, request: InferRequest, version: str, placed: list[tuple[str, int, int]] | None
+    ) -> Any:
         wire = request.wire
-        if isinstance(wire, service_pb2.ModelInferRequest):
+        if placed is None and isinstance(wire, service_pb2.ModelInferRequest):
             # The caller spoke gRPC too: forward its message (raw tensors and all) as is.
-            msg = wire
-            msg.model_version = version
-        else:
-            msg = service_pb2.ModelInferRequest(
-                model_name=request.model, model_version=version, id=request.id or ""
-            )
-            for t in request.inputs:
-                msg.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+            wire.model_version = version
+            return wire
+        msg = service_pb2.ModelInferRequest(
+            model_name=request.model, model_version=version, id=request.id or ""
+        )
+        for i, t in enumerate(request.inputs):
+            spec = msg.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+            if placed is None:
                 msg.raw_input_contents.append(np.ascontiguousarray(t.data).tobytes())
-            for name in request.outputs or []:
-                msg.outputs.add(name=name)
+            else:
+                region, offset, size = placed[i]
+                spec.parameters["shared_memory_region"].string_param = region
+                spec.parameters["shared_memory_offset"].int64_param = offset
+                spec.parameters["shared_memory_byte_size"].int64_param = size
+        for name in request.outputs or []:
+            msg.outputs.add(name=name)
+        return msg
+
+    async def infer(self, request: InferRequest, version: str, timeout_s: float) -> InferResponse:
+        if await self._shm_ok():
+            assert self.shm is not None
+            with self.shm.slot(request.inputs) as placed:
+                if placed is not None:
+                    try:
+                        return await self._infer(
+                            self._message(request, version, placed), request, timeout_s
+                        )
+                    except InvalidInputError as exc:
+                        if "shared memory" not in exc.message:
+                            raise
+                        self._shm_registered = False  # the server restarted: register again
+        return await self._infer(self._message(request, version, None), request, timeout_s)
+
+    async def _infer(self, msg: Any, request: InferRequest, timeout_s: float) -> InferResponse:
+        wire, version = request.wire, msg.model_version
         try:
             r = await self._stub.ModelInfer(msg, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:

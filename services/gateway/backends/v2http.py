@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +19,12 @@ from medops.errors import (
     NotFoundError,
 )
 
-from ..codec import HEADER_LENGTH, decode_response, encode_request
+from ..codec import HEADER_LENGTH, decode_response, encode_request, encode_request_shm
 from ..types import InferRequest, InferResponse
 from .base import Backend
+from .shm import SharedMemoryPool
+
+log = logging.getLogger("medops.gateway.backends")
 
 
 def base_url(url: str) -> str:
@@ -41,10 +47,20 @@ def _error(status: int, body: bytes, what: str) -> MedopsError:
 class V2HttpBackend(Backend):
     """One pooled ``aiohttp`` session (keep-alive connections) for every call."""
 
-    def __init__(self, url: str, *, binary: bool = True, kind: str = "triton-http") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        binary: bool = True,
+        kind: str = "triton-http",
+        shared_memory: SharedMemoryPool | None = None,
+    ) -> None:
         self.url = base_url(url)
         self.binary = binary
         self.kind = kind
+        self.shm = shared_memory
+        self._shm_registered = False
+        self._shm_tried = 0.0
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -56,8 +72,33 @@ class V2HttpBackend(Backend):
 
     async def close(self) -> None:
         if self._session is not None:
+            if self.shm is not None and self._shm_registered:
+                with contextlib.suppress(MedopsError):
+                    await self._call("POST", "/v2/systemsharedmemory/unregister", 5.0, "shm")
             await self._session.close()
             self._session = None
+        if self.shm is not None:
+            self.shm.close()
+
+    async def _register_shm(self) -> None:
+        """Register every region with the server (again: it forgets them when it restarts)."""
+        assert self.shm is not None
+        self._shm_tried = time.monotonic()
+        try:
+            for region in self.shm.regions:
+                path = f"/v2/systemsharedmemory/region/{region.name}"
+                await self._call("POST", path + "/unregister", 5.0, "shm")
+                doc = {"key": self.shm.key(region), "offset": 0, "byte_size": self.shm.slot_bytes}
+                status, body, _ = await self._call(
+                    "POST", path + "/register", 5.0, "shm", json.dumps(doc).encode()
+                )
+                if status != 200:
+                    raise _error(status, body, "shared memory registration")
+        except MedopsError as exc:
+            log.warning("shared memory off: tensors go inline", extra={"reason": exc.message})
+            self._shm_registered = False
+            return
+        self._shm_registered = True
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -122,10 +163,53 @@ class V2HttpBackend(Backend):
         if status != 200:
             raise _error(status, body, what)
         meta: dict[str, Any] = json.loads(body)
+        if self.shm is not None and not self._shm_registered:
+            await self._register_shm()
         return meta
+
+    async def _infer_shm(
+        self, request: InferRequest, version: str, timeout_s: float
+    ) -> InferResponse | None:
+        """The request with its tensors in shared memory; None when it must go inline."""
+        assert self.shm is not None
+        if not self._shm_registered:
+            if time.monotonic() - self._shm_tried < 5.0:
+                return None
+            await self._register_shm()
+            if not self._shm_registered:
+                return None
+        with self.shm.slot(request.inputs) as placed:
+            if placed is None:
+                return None
+            body = encode_request_shm(request, placed)
+            status, payload, headers = await self._call(
+                "POST",
+                self._model_path(request.model, version) + "/infer",
+                timeout_s,
+                f"model {request.model}",
+                body,
+                {"Content-Type": "application/json", "Accept-Encoding": "identity"},
+            )
+        if status != 200:
+            if b"shared memory" in payload or b"shared_memory" in payload:
+                self._shm_registered = False  # the server restarted: register again later
+                return None
+            raise _error(status, payload, f"model {request.model}")
+        length = headers.get(HEADER_LENGTH)
+        doc = decode_response(payload, int(length) if length is not None else None)
+        return InferResponse(
+            model=request.model,
+            version=str(doc.get("model_version") or version),
+            id=request.id,
+            outputs=doc["outputs"],
+        )
 
     async def infer(self, request: InferRequest, version: str, timeout_s: float) -> InferResponse:
         what = f"model {request.model}"
+        if self.shm is not None:
+            answer = await self._infer_shm(request, version, timeout_s)
+            if answer is not None:
+                return answer
         wire = request.wire
         if self.binary and isinstance(wire, tuple) and wire[0] == "rest":
             # Same wire format both ways: forward the caller's body untouched.
