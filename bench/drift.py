@@ -10,7 +10,7 @@
 2. Time of ``compute_drift`` (Evidently) for windows of 100, 1,000 and 10,000 predictions,
    against the bare SciPy statistics on the same columns (the baseline) in the same run.
 
-    python -m bench drift   (or: python bench/drift.py --windows 200 --size 128)
+    python -m bench drift   (or: python bench/drift.py --windows 200 --size 256)
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def features(ref, images: list[np.ndarray], size: int) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", type=int, default=128, help="model input size")
+    parser.add_argument("--size", type=int, default=256, help="model input size")
     parser.add_argument("--windows", type=int, default=200, help="windows per cell")
     parser.add_argument("--evidently-checks", type=int, default=2, help="Evidently runs per cell")
     parser.add_argument("--per-class", type=int, default=100, help="4-class images per class")

@@ -79,9 +79,9 @@ def calibrate_thresholds(
     groups: Sequence[Any] | None,
     *,
     window: int = 100,
-    rounds: int = 40,
+    rounds: int = 100,
     holdout: float = 0.25,
-    margin: float = 1.25,
+    margin: float = 1.5,
     seed: int = 0,
 ) -> dict[str, float]:
     """Per-column thresholds from same-distribution windows of the reference.

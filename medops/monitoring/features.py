@@ -2,10 +2,10 @@
 
 Evidently cannot read pixels, so every prediction is logged with a handful of numbers that
 move when scanners, protocols or populations change: intensity percentiles, contrast, a noise
-estimate, a bias-field estimate, the image size, the foreground fraction, and a few principal
-components of a pooled image (the embedding). Compute them on the same representation at
-training time (the reference) and at serving time: the model input from
-``medops.transforms.preprocess_slice``.
+estimate, bias-field estimates (an intensity ramp, a left-right asymmetry), the image size,
+the foreground fraction, and a few principal components of a pooled image (the embedding).
+Compute them on the same representation at training time (the reference) and at serving
+time: the model input from ``medops.transforms.preprocess_slice``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "contrast",
     "noise",
     "bias_field",
+    "lr_asymmetry",
     "gradient",
     "channel_spread",
     "foreground_fraction",
@@ -100,6 +101,33 @@ def _bias_field(gray: np.ndarray, foreground: np.ndarray, scale: float) -> float
     return float(np.hypot(coef[1], coef[2]) / scale)
 
 
+def _lr_asymmetry(gray: np.ndarray, foreground: np.ndarray) -> float:
+    """Left-right intensity asymmetry: median log ratio of mirrored foreground pixels.
+
+    Brains are nearly symmetric about the midline, so the ratio of a pixel to its mirror
+    image (about the foreground's centre column), per unit of distance across the field of
+    view, is near zero whatever the anatomy; a bias field or coil shading tilts it. A
+    tumour's asymmetry is local and barely moves the median.
+    """
+    w = gray.shape[1]
+    cols = np.nonzero(foreground.any(axis=0))[0]
+    if cols.size < 8:
+        return 0.0
+    cx = round(float(np.nonzero(foreground)[1].mean()))
+    d = min(cx, w - 1 - cx)
+    if d < 4:
+        return 0.0
+    right, left = gray[:, cx + 1 : cx + 1 + d], gray[:, cx - 1 :: -1][:, :d]
+    both = foreground[:, cx + 1 : cx + 1 + d] & foreground[:, cx - 1 :: -1][:, :d]
+    if not both.any():
+        return 0.0
+    eps = 0.02 * (float(gray.max() - gray.min()) or 1.0)
+    lo = float(gray.min())
+    ratio = np.log((right - lo + eps) / (left - lo + eps))
+    distance = np.broadcast_to(2.0 * np.arange(1, d + 1)[None, :] / w, both.shape)
+    return float(abs(np.median(ratio[both] / distance[both])))
+
+
 def image_features(
     image: np.ndarray,
     *,
@@ -133,6 +161,7 @@ def image_features(
         "contrast": contrast,
         "noise": _noise_sigma(gray),
         "bias_field": _bias_field(gray, foreground, scale),
+        "lr_asymmetry": _lr_asymmetry(gray, foreground),
         "gradient": float(np.hypot(gx, gy).mean() / scale),
         "channel_spread": spread,
         "foreground_fraction": float(foreground.mean()),

@@ -1,0 +1,103 @@
+"""Drift on real slices: same-distribution LGG stays quiet, other scanners and artefacts do not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from monitor_support import MODEL, SIZE, LggSplit, bias_field, noisy, read_fourclass
+
+from medops.errors import InvalidInputError, NotFoundError
+from medops.monitoring.drift import Reference, compute_drift, load_reference, reference_dir
+from medops.transforms import preprocess_slice
+
+WINDOW = 100
+
+
+def _window(ref: Reference, raws: list[np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [ref.features(preprocess_slice(im, SIZE), original_shape=im.shape) for im in raws]
+    )
+
+
+def _sample(raws: list[np.ndarray], n: int, seed: int) -> list[np.ndarray]:
+    idx = np.random.default_rng(seed).choice(len(raws), size=n, replace=False)
+    return [raws[i] for i in idx]
+
+
+def test_reference_is_stored_with_the_model_version(lgg_reference: Reference) -> None:
+    path = reference_dir(MODEL, "1", home=lgg_reference.path.parents[3])
+    assert path == lgg_reference.path
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["calibration"] == "patient groups" and meta["groups"] == 30
+    assert {"p1", "noise", "bias_field", "emb_0", "emb_3"} <= set(lgg_reference.thresholds)
+    # no identifiers in the stored reference: numbers only
+    assert all(np.issubdtype(t, np.number) for t in lgg_reference.frame.dtypes)
+    assert load_reference(MODEL, home=path.parents[3]).version == "1"
+    with pytest.raises(NotFoundError, match="version '9'"):
+        load_reference(MODEL, "9", home=path.parents[3])
+
+
+def test_held_out_lgg_patients_show_no_drift(lgg_reference: Reference, lgg_split: LggSplit):
+    window = _window(lgg_reference, _sample(lgg_split.heldout_raw, WINDOW, seed=0))
+    result = compute_drift(
+        lgg_reference.frame,
+        window,
+        model=MODEL,
+        thresholds=lgg_reference.thresholds,
+        reference_version="1",
+    )
+    assert not result.drift_detected, result.feature_scores
+    assert result.drift_share < 0.1
+    assert result.window["size"] == WINDOW and result.reference_version == "1"
+    assert result.html is not None and "<html" in result.html.lower()
+
+
+def test_four_class_jpeg_slices_from_other_scanners_drift(
+    lgg_reference: Reference, fourclass_dir
+) -> None:
+    window = _window(lgg_reference, read_fourclass(fourclass_dir, per_class=WINDOW // 4))
+    result = compute_drift(
+        lgg_reference.frame, window, model=MODEL, thresholds=lgg_reference.thresholds, html=False
+    )
+    assert result.drift_detected
+    assert result.drift_share >= 0.2
+    assert result.feature_scores["rows"].drifted  # 224-pixel JPEGs, 256-pixel LGG
+    assert result.feature_scores["foreground_fraction"].drifted  # other framing of the head
+
+
+@pytest.mark.parametrize("artefact", ["bias field", "noise"])
+def test_lgg_slices_with_a_strong_artefact_drift(
+    lgg_reference: Reference, lgg_split: LggSplit, artefact: str
+) -> None:
+    rng = np.random.default_rng(7)
+    raws = _sample(lgg_split.heldout_raw, WINDOW, seed=1)
+    shifted = [bias_field(im) if artefact == "bias field" else noisy(im, rng) for im in raws]
+    result = compute_drift(
+        lgg_reference.frame,
+        _window(lgg_reference, shifted),
+        model=MODEL,
+        thresholds=lgg_reference.thresholds,
+        html=False,
+    )
+    assert result.drift_detected, result.feature_scores
+    telltale = "bias_field" if artefact == "bias field" else "noise"
+    assert result.feature_scores[telltale].drifted
+
+
+def test_prediction_columns_are_compared_when_the_reference_has_outputs() -> None:
+    rng = np.random.default_rng(3)
+    ref = pd.DataFrame({"p50": rng.normal(size=300), "prob_tumour": rng.beta(2, 5, 300)})
+    cur = pd.DataFrame({"p50": rng.normal(size=80), "prob_tumour": rng.beta(5, 2, 80)})
+    result = compute_drift(ref, cur, model="m", html=False)
+    assert result.feature_scores["prob_tumour"].kind == "prediction"
+    assert result.feature_scores["prob_tumour"].drifted
+    assert result.prediction_drift_share == 1.0
+    assert result.to_dict()["feature_scores"]["p50"]["kind"] == "data"
+
+
+def test_a_window_without_shared_columns_is_an_input_error() -> None:
+    with pytest.raises(InvalidInputError, match="shares no columns"):
+        compute_drift(pd.DataFrame({"p50": [1.0, 2.0]}), pd.DataFrame({"x": [1.0]}), model="m")
