@@ -1,7 +1,7 @@
 """Gateway overhead against calling Triton directly: same model, payload and run.
 
-Starts a real Triton (CPU, from .venv-triton) and three gateways in their own processes
-(forwarding over HTTP, over HTTP with input tensors in shared memory, over gRPC), then
+Starts a real Triton (CPU, from .venv-triton) and four gateways in their own processes
+(forwarding over HTTP or gRPC, each with and without input tensors in shared memory), then
 measures, for a 1x3x256x256 float32 tensor:
 p50/p99 latency over HTTP (binary tensors) and gRPC, direct and through the gateway, and
 throughput at concurrency 1, 8 and 32. Also ``/v1/analyze`` latency for one LGG slice and for
@@ -15,6 +15,7 @@ gateway's own cost.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -195,74 +196,70 @@ def main() -> None:
             "MEDOPS_GATEWAY_POLL_SECONDS": "0",
             "MEDOPS_GATEWAY_LOG_LEVEL": "WARNING",
         }
-        with TritonServer(repo) as triton:
-            ports = {
-                k: free_port() for k in ("http_a", "grpc_a", "http_b", "grpc_b", "http_c", "grpc_c")
+        with TritonServer(repo) as triton, contextlib.ExitStack() as stack:
+            # (client transport, gateway backend, shared memory) per case
+            setups = {
+                "HTTP": ("http", "triton-http", False),
+                "HTTP+shm": ("http", "triton-http", True),
+                "gRPC": ("grpc", "triton-grpc", False),
+                "gRPC+shm": ("grpc", "triton-grpc", True),
             }
-            common = ["--host", "127.0.0.1", *model_args]
-            with gateway_process(
-                [*common, "--port", str(ports["http_a"]), "--grpc-port", str(ports["grpc_a"]),
-                 "--backend", "triton-http", "--backend-url", triton.http_url],
-                env, ports["http_a"], folder / "gateway-http.log",
-            ) as proc_a, gateway_process(
-                [*common, "--port", str(ports["http_b"]), "--grpc-port", str(ports["grpc_b"]),
-                 "--backend", "triton-grpc", "--backend-url", triton.grpc_url],
-                env, ports["http_b"], folder / "gateway-grpc.log",
-            ) as proc_b, gateway_process(
-                [*common, "--port", str(ports["http_c"]), "--grpc-port", str(ports["grpc_c"]),
-                 "--backend", "triton-http", "--backend-url", triton.http_url],
-                {**env, "MEDOPS_GATEWAY_SHARED_MEMORY": "true"}, ports["http_c"],
-                folder / "gateway-shm.log",
-            ) as proc_c:  # fmt: skip
-                key = json.loads((home / "credentials.json").read_text())["client"]
-                auth = {"authorization": f"Bearer {key}"}
-                gw_http, gw_grpc = f"127.0.0.1:{ports['http_a']}", f"127.0.0.1:{ports['grpc_b']}"
-                gw_shm = f"127.0.0.1:{ports['http_c']}"
-                print(f"model {CLASSIFIER}, input float32 {'x'.join(map(str, SHAPE))}, "
-                      f"{'registry champions' if args.registry else 'tiny models'}; "
-                      f"Triton {triton.http_url}; {os.cpu_count()} CPUs")  # fmt: skip
-                cases = {
-                    "HTTP": (
-                        lambda: _http_caller(triton.http_url, CLASSIFIER, {}),
-                        lambda: _http_caller(gw_http, CLASSIFIER, auth),
-                        proc_a.pid,
-                    ),
-                    "HTTP+shm": (
-                        lambda: _http_caller(triton.http_url, CLASSIFIER, {}),
-                        lambda: _http_caller(gw_shm, CLASSIFIER, auth),
-                        proc_c.pid,
-                    ),
-                    "gRPC": (
-                        lambda: _grpc_caller(triton.grpc_url, CLASSIFIER, {}),
-                        lambda: _grpc_caller(gw_grpc, CLASSIFIER, auth),
-                        proc_b.pid,
-                    ),
-                }
-                print(f"{'transport':9} {'path':8} {'p50 ms':>8} {'p99 ms':>8}")
-                for transport, (direct, via, pid) in cases.items():
-                    for _round in range(2):  # interleaved, so load changes hit both alike
-                        d50, d99, _ = latency(direct, args.requests // 2)
-                        g50, g99, cpu = latency(via, args.requests // 2, pid)
-                        print(f"{transport:9} {'direct':8} {d50:8.2f} {d99:8.2f}")
-                        print(f"{transport:9} {'gateway':8} {g50:8.2f} {g99:8.2f}   "
-                              f"overhead p50 {g50 - d50:+.2f} ms, p99 {g99 - d99:+.2f} ms; "
-                              f"gateway CPU {cpu:.2f} ms per request")  # fmt: skip
-                print(f"{'transport':9} {'conc':>4} {'direct/s':>9} {'gateway/s':>10} {'ratio':>6}")
-                for transport, (direct, via, _pid) in cases.items():
-                    for c in (1, 8, 32):
-                        d = throughput(direct, c, args.seconds)
-                        g = throughput(via, c, args.seconds)
-                        print(f"{transport:9} {c:4d} {d:9.1f} {g:10.1f} {g / d:6.2f}")
-                tif, series, slices = _analyze_inputs(data_dir, folder)
-                s50, s99 = _analyze_latency(gw_http, auth, tif, "image/tiff", 20)
-                v50, v99 = _analyze_latency(gw_http, auth, series, "application/zip", 5)
-                print(f"/v1/analyze one LGG slice (tif, classify and segment): "
-                      f"p50 {s50:.1f} ms, p99 {s99:.1f} ms")  # fmt: skip
-                per_slice = v50 / slices
-                print(
-                    f"/v1/analyze one patient ({slices}-slice DICOM series zip): p50 {v50:.1f} ms "
-                    f"({per_slice:.1f} ms per slice), p99 {v99:.1f} ms"
+            cases = {}
+            for name, (transport, backend, shm) in setups.items():
+                port, grpc_port = free_port(), free_port()
+                backend_url = triton.http_url if backend == "triton-http" else triton.grpc_url
+                argv = ["--host", "127.0.0.1", "--port", str(port), "--grpc-port",
+                        str(grpc_port), "--backend", backend, "--backend-url", backend_url,
+                        *model_args]  # fmt: skip
+                extra = {"MEDOPS_GATEWAY_SHARED_MEMORY": "true"} if shm else {}
+                proc = stack.enter_context(
+                    gateway_process(argv, {**env, **extra}, port, folder / f"{name}.log")
                 )
+                cases[name] = (transport, f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", proc.pid)
+            key = json.loads((home / "credentials.json").read_text())["client"]
+            auth = {"authorization": f"Bearer {key}"}
+            print(f"model {CLASSIFIER}, input float32 {'x'.join(map(str, SHAPE))}, "
+                  f"{'registry champions' if args.registry else 'tiny models'}; "
+                  f"Triton {triton.http_url}; {os.cpu_count()} CPUs")  # fmt: skip
+
+            def callers(
+                name: str,
+            ) -> tuple[Callable[[], Callable[[], None]], Callable[[], Callable[[], None]]]:
+                transport, http_url, grpc_url, _ = cases[name]
+                if transport == "http":
+                    return (lambda: _http_caller(triton.http_url, CLASSIFIER, {}),
+                            lambda: _http_caller(http_url, CLASSIFIER, auth))  # fmt: skip
+                return (lambda: _grpc_caller(triton.grpc_url, CLASSIFIER, {}),
+                        lambda: _grpc_caller(grpc_url, CLASSIFIER, auth))  # fmt: skip
+
+            print(f"{'case':9} {'path':8} {'p50 ms':>8} {'p99 ms':>8}")
+            for name in cases:
+                direct, via = callers(name)
+                for _round in range(2):  # interleaved, so load changes hit both alike
+                    d50, d99, _ = latency(direct, args.requests // 2)
+                    g50, g99, cpu = latency(via, args.requests // 2, cases[name][3])
+                    print(f"{name:9} {'direct':8} {d50:8.2f} {d99:8.2f}")
+                    print(f"{name:9} {'gateway':8} {g50:8.2f} {g99:8.2f}   "
+                          f"overhead p50 {g50 - d50:+.2f} ms, p99 {g99 - d99:+.2f} ms; "
+                          f"gateway CPU {cpu:.2f} ms per request")  # fmt: skip
+            print(f"{'case':9} {'conc':>4} {'direct/s':>9} {'gateway/s':>10} {'ratio':>6}")
+            for name in cases:
+                direct, via = callers(name)
+                for c in (1, 8, 32):
+                    d = throughput(direct, c, args.seconds)
+                    g = throughput(via, c, args.seconds)
+                    print(f"{name:9} {c:4d} {d:9.1f} {g:10.1f} {g / d:6.2f}")
+            gw_http = cases["HTTP"][1]
+            tif, series, slices = _analyze_inputs(data_dir, folder)
+            s50, s99 = _analyze_latency(gw_http, auth, tif, "image/tiff", 20)
+            v50, v99 = _analyze_latency(gw_http, auth, series, "application/zip", 5)
+            print(f"/v1/analyze one LGG slice (tif, classify and segment): "
+                  f"p50 {s50:.1f} ms, p99 {s99:.1f} ms")  # fmt: skip
+            per_slice = v50 / slices
+            print(
+                f"/v1/analyze one patient ({slices}-slice DICOM series zip): p50 {v50:.1f} ms "
+                f"({per_slice:.1f} ms per slice), p99 {v99:.1f} ms"
+            )
 
 
 if __name__ == "__main__":
