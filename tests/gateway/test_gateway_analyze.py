@@ -246,3 +246,47 @@ def test_rle_round_trips_masks_that_start_with_either_value() -> None:
         counts = rle_encode(mask)
         assert sum(counts) == mask.size
         np.testing.assert_array_equal(rle_decode(counts, mask.shape), mask.astype(np.uint8))
+
+
+def test_a_nifti_volume_and_a_jpeg_picture_are_analysed_like_any_other_image(
+    onnx_gateway: GatewayThread,
+    tiny_models: dict[str, Path],
+    lgg_patient: Path,
+    fourclass_dir: Path,
+    tmp_path: Path,
+    client_headers: dict[str, str],
+) -> None:
+    from medops.imaging.formats import write_nifti
+
+    volume = lgg_patient_volume(lgg_patient)
+    nifti = write_nifti(volume, tmp_path / "volume.nii.gz")
+    probs, masks = direct(tiny_models, np.moveaxis(volume.array, 1, 0))
+    r = httpx.post(
+        f"http://{onnx_gateway.url}/v1/analyze?segment=always",
+        files={"file": ("volume.nii.gz", nifti.read_bytes(), "application/gzip")},
+        headers=client_headers,
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["image"]["format"] == "nifti"
+    np.testing.assert_allclose([s["probability"] for s in doc["slices"]], probs, atol=1e-5)
+    np.testing.assert_array_equal(
+        rle_decode(doc["mask"]["counts"], tuple(doc["mask"]["shape"])), masks
+    )
+
+    jpeg = sorted((fourclass_dir / "glioma").glob("*.jpg"))[0]
+    picture = np.asarray(PILImage.open(jpeg).convert("RGB")).transpose(2, 0, 1)[None]
+    probs, masks = direct(tiny_models, picture)
+    r = httpx.post(
+        f"http://{onnx_gateway.url}/v1/analyze?segment=always",
+        content=jpeg.read_bytes(),
+        headers={**client_headers, "content-type": "image/jpeg"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["slices"][0]["probability"] == pytest.approx(float(probs[0]), abs=1e-5)
+    np.testing.assert_array_equal(
+        rle_decode(doc["mask"]["counts"], tuple(doc["mask"]["shape"])), masks
+    )
