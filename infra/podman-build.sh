@@ -30,5 +30,5 @@ cd "$ROOT"
 "${PODMAN[@]}" build "${ULIMITS[@]}" \
   --ignorefile infra/docker/Dockerfile.gateway.dockerignore \
   --build-arg PYTHON_IMAGE="$BASE" \
-  -f infra/docker/Dockerfile.gateway -t "localhost/medops-gateway:$TAG" .
-echo "built localhost/medops-gateway:$TAG"
+  -f infra/docker/Dockerfile.gateway -t "localhost/medops/gateway:$TAG" .
+echo "built localhost/medops/gateway:$TAG"

@@ -72,6 +72,16 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
+def kfp_cron(expression: str) -> str:
+    """KFP schedules take six cron fields (seconds first); a five-field one runs at second 0."""
+    fields = expression.split()
+    if len(fields) == 5:
+        return " ".join(["0", *fields])
+    if len(fields) == 6:
+        return " ".join(fields)
+    raise SystemExit(f"--cron {expression!r}: expected 5 or 6 cron fields, got {len(fields)}")
+
+
 def plan(args: argparse.Namespace) -> Plan:
     """Read the package and turn the arguments into a plan; exits with a message on bad input."""
     package = Path(args.package)
@@ -96,7 +106,7 @@ def plan(args: argparse.Namespace) -> Plan:
         experiment=args.experiment,
         run_name=args.run_name or f"{name}-{args.trigger}",
         params=params,
-        cron=args.cron,
+        cron=kfp_cron(args.cron) if args.cron else None,
         caching=not args.no_cache,
     )
 
@@ -142,7 +152,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--run-name", default=None)
     ap.add_argument("--trigger", default="manual", help="why it runs (schedule, drift, manual)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    ap.add_argument("--cron", default=None, help="make a recurring run on this cron schedule")
+    ap.add_argument(
+        "--cron", default=None, help="make a recurring run on this cron schedule (5 or 6 fields)"
+    )
     ap.add_argument("--no-cache", action="store_true", help="disable step caching")
     ap.add_argument("--wait", type=int, default=0, metavar="SECONDS", help="wait for the run")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, contact nothing")

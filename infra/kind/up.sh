@@ -9,11 +9,11 @@ command -v kind >/dev/null || { echo "kind is not installed: https://kind.sigs.k
 if ! kind get clusters | grep -qx "$CLUSTER"; then
   kind create cluster --name "$CLUSTER" --config "$ROOT/infra/kind/cluster.yaml" --wait 120s
 fi
-for image in medops-gateway medops-monitor medops-pipeline; do
-  if docker image inspect "localhost/$image:$TAG" >/dev/null 2>&1; then
-    kind load docker-image --name "$CLUSTER" "localhost/$image:$TAG"
+for image in gateway monitor pipeline; do
+  if docker image inspect "localhost/medops/$image:$TAG" >/dev/null 2>&1; then
+    kind load docker-image --name "$CLUSTER" "localhost/medops/$image:$TAG"
   else
-    echo "image localhost/$image:$TAG not built yet (make images); skipping" >&2
+    echo "image localhost/medops/$image:$TAG not built yet (make images); skipping" >&2
   fi
 done
 kubectl config use-context "kind-$CLUSTER"

@@ -80,10 +80,9 @@ def test_dev_overlay_runs_triton_on_cpu_with_local_images() -> None:
     (gateway,) = find(docs, "Deployment", "medops-gateway")
     assert (
         gateway["spec"]["template"]["spec"]["containers"][0]["image"]
-        == "localhost/medops-gateway:dev"
+        == "localhost/medops/gateway:dev"
     )
-    (cron,) = find(docs, "CronJob")
-    assert cron["spec"]["suspend"] is True
+    assert not find(docs, "Job"), "no Kubeflow on a laptop cluster"
     secrets = {s["metadata"]["name"] for s in find(docs, "Secret")}
     assert secrets == {"medops-api-keys", "medops-postgresql", "medops-minio"}
     assert all(d["metadata"]["namespace"] == "medops" for d in docs if d["kind"] != "Namespace")
@@ -100,10 +99,31 @@ def test_prod_overlay_schedules_triton_on_gpu_nodes() -> None:
     (hpa,) = find(docs, "HorizontalPodAutoscaler")
     assert hpa["spec"]["minReplicas"] == 3
     assert not find(docs, "Secret"), "production credentials are created out of band"
-    (cron,) = find(docs, "CronJob")
-    assert cron["spec"]["schedule"] == "0 3 * * 0"
-    image = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert image == "ghcr.io/medops/medops-pipeline:0.1.0"
+    assert not find(docs, "CronJob")
+
+
+def test_prod_overlay_brings_the_compiled_pipeline_and_its_recurring_run() -> None:
+    docs = kustomize(K8S / "overlays" / "prod")
+    (job,) = find(docs, "Job", "medops-register-recurring-run")
+    (pipeline,) = find(docs, "ConfigMap", "medops-training-pipeline")
+    assert job["metadata"]["namespace"] == pipeline["metadata"]["namespace"] == "kubeflow"
+    compiled = (K8S / "pipelines" / "medops-training.yaml").read_text()
+    assert pipeline["data"]["medops-training.yaml"] == compiled
+    spec = job["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    # the pipeline image the chart's MLflow and the pipeline's steps also use
+    assert container["image"] == "ghcr.io/medops/pipeline:0.1.0"
+    assert "--cron-expression" in container["command"]
+    assert {"name": "HOME", "value": "/tmp"} in container["env"]
+    # the base namespace stays on the platform's objects only
+    (gateway,) = find(docs, "Deployment", "medops-gateway")
+    assert gateway["metadata"]["namespace"] == "medops"
+    # pipeline steps in kubeflow may reach MLflow and MinIO
+    (policy,) = find(docs, "NetworkPolicy", "medops-mlflow")
+    sources = policy["spec"]["ingress"][0]["from"]
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}
+    } in sources
 
 
 def test_dev_api_keys_are_hashes_only() -> None:

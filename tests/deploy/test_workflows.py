@@ -285,6 +285,8 @@ def test_submit_refuses_unknown_parameters_and_missing_packages(
         submit.main(["--package", str(package), "--param", "epochs=3", "--dry-run"])
     with pytest.raises(SystemExit, match="not found"):
         submit.main(["--package", str(tmp_path / "absent.yaml"), "--dry-run"])
+    with pytest.raises(SystemExit, match="expected 5 or 6 cron fields"):
+        submit.main(["--package", str(package), "--cron", "weekly", "--dry-run"])
     with pytest.raises(SystemExit, match="expected NAME=VALUE"):
         submit.main(["--package", str(package), "--param", "preset", "--dry-run"])
 
@@ -296,7 +298,7 @@ def test_submit_makes_a_one_off_or_a_recurring_run(package: Path) -> None:
     assert submit.submit(submit.plan(args), client) == "job-1"
     (_, experiment), (_, recurring) = client.calls
     assert experiment == {"name": "medops"}
-    assert recurring["cron_expression"] == "0 3 * * 0"
+    assert recurring["cron_expression"] == "0 0 3 * * 0", "KFP cron has a seconds field"
     assert recurring["experiment_id"] == "exp-1"
     assert recurring["max_concurrency"] == 1
     once = _Recorder()
