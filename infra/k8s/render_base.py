@@ -18,7 +18,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "medops"
 BASE = ROOT / "k8s" / "base"
-HEADER = "# Generated from charts/medops with k8s/base/values.yaml by `make k8s-base`; do not edit.\n"
+HEADER = (
+    "# Generated from charts/medops with k8s/base/values.yaml by `make k8s-base`; do not edit.\n"
+)
 
 
 def render() -> str:
