@@ -112,3 +112,12 @@ def postgres_url() -> Iterator[str]:
             capture_output=True,
         )
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def heldout_features(lgg_reference: Reference, lgg_split: LggSplit) -> list[dict[str, float]]:
+    """What the gateway would log for 80 held-out LGG slices (same distribution)."""
+    return [
+        lgg_reference.features(preprocess_slice(im, SIZE), original_shape=im.shape)
+        for im in lgg_split.heldout_raw[:160:2]
+    ]
