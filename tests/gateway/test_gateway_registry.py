@@ -166,3 +166,48 @@ def test_a_routing_change_by_an_admin_loads_the_challenger_and_splits_traffic(
         )
         audit = httpx.get(f"http://{gw.url}/v1/routing/audit", headers=admin).json()["entries"]
         assert audit[-1]["revision"] == revision + 1
+
+
+@pytest.mark.integration
+def test_with_triton_a_moved_champion_alias_switches_the_served_triton_version(
+    registry_setup: tuple[str, dict[str, Path]], tmp_path: Path
+) -> None:
+    from medops.export.triton import TritonModel, write_triton_repository
+    from services.gateway.testing import TritonServer
+
+    uri, files = registry_setup
+    repo = write_triton_repository(
+        [
+            TritonModel(name=CLASSIFIER, version=1, onnx_path=files[CLASSIFIER]),
+            TritonModel(name=CLASSIFIER, version=2, onnx_path=files["v2"]),
+        ],
+        tmp_path / "repository",
+    )
+    registry = Registry(uri, cache_dir=tmp_path / "cache")
+    with TritonServer(repo) as triton:
+        settings = GatewaySettings(
+            home=tmp_path / "home",
+            tracking_uri=uri,
+            models=[CLASSIFIER],
+            backend="triton-http",
+            backend_url=triton.http_url,
+            poll_seconds=0.2,
+            auth_enabled=False,
+        )
+        with GatewayThread(settings) as gw:
+            r = _infer(gw.url, {})
+            assert r.headers["x-medops-model-version"] == "1"
+            registry.set_alias(CLASSIFIER, CHAMPION, "2")
+            try:
+                deadline = time.monotonic() + 20
+                while (
+                    time.monotonic() < deadline
+                    and _infer(gw.url, {}).headers["x-medops-model-version"] != "2"
+                ):
+                    time.sleep(0.1)
+                r = _infer(gw.url, {})
+            finally:
+                registry.set_alias(CLASSIFIER, CHAMPION, "1")
+            assert r.headers["x-medops-model-version"] == "2"
+            got = np.array(r.json()["outputs"][0]["data"]).reshape(2, 2)
+            np.testing.assert_allclose(got, _expected(files["v2"]), rtol=1e-5, atol=1e-6)
