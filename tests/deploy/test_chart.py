@@ -567,6 +567,7 @@ def test_the_services_own_settings_accept_the_rendered_environment(
         monkeypatch.setenv(name, value)
     m = MonitorSettings()
     assert (m.host, m.port) == ("0.0.0.0", 8090)
+    assert m.store_url is not None and m.store_url.startswith("postgresql://")
     if profile == "gpu":
         assert m.triggers == ["github"]
         assert m.github_repository == "medops/medops"
@@ -581,3 +582,42 @@ def test_the_gateway_reads_the_rendered_routing_document(tmp_path: Any) -> None:
     config = RoutingConfig.from_file(path)
     assert config.mode == "mesh"
     assert config.for_model("brain-tumor-classifier").strategy == "canary"
+
+
+def test_gateway_and_monitor_share_a_prediction_log_in_the_bundled_postgresql() -> None:
+    docs = render_profile("kind-cpu")
+    url = "postgresql://mlflow:$(MEDOPS_PREDICTION_LOG_PASSWORD)@medops-postgresql:5432/predictions"
+    for name, prefix in (
+        ("medops-gateway", "MEDOPS_GATEWAY"),
+        ("medops-monitor", "MEDOPS_MONITOR"),
+    ):
+        (deployment,) = find(docs, "Deployment", name)
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        names = [e["name"] for e in env]
+        assert _plain_env(deployment)[f"{prefix}_STORE_URL"] == url
+        # Kubernetes expands $(VAR) only from variables defined earlier
+        assert names.index("MEDOPS_PREDICTION_LOG_PASSWORD") < names.index(f"{prefix}_STORE_URL")
+    (init,) = find(docs, "ConfigMap", "medops-postgresql-init")
+    assert init["data"]["prediction-log.sql"].strip() == "CREATE DATABASE predictions OWNER mlflow;"
+    (policy,) = find(docs, "NetworkPolicy", "medops-postgresql")
+    allowed = {
+        f["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for f in policy["spec"]["ingress"][0]["from"]
+    }
+    assert allowed == {"mlflow", "gateway", "monitor"}
+
+
+def test_external_prediction_log_url_comes_from_a_secret() -> None:
+    (monitor,) = find(render_profile("external-mlflow"), "Deployment", "medops-monitor")
+    env = {e["name"]: e for e in monitor["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MEDOPS_MONITOR_STORE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "medops-prediction-log",
+        "key": "url",
+    }
+
+
+def test_bundled_prediction_log_without_postgresql_is_refused() -> None:
+    values = profile_values("external-mlflow")
+    values["predictionLog"]["source"] = "postgresql"
+    with pytest.raises(helm_python.HelmError, match="needs the bundled PostgreSQL"):
+        render(values)

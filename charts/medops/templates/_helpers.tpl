@@ -196,3 +196,31 @@ affinity:
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* Whether the prediction log lives in the bundled PostgreSQL. */}}
+{{- define "medops.bundledPredictionLog" -}}
+{{- if and (eq .Values.predictionLog.source "postgresql") .Values.mlflow.enabled .Values.postgresql.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The prediction log's URL as MEDOPS_<SERVICE>_STORE_URL (argument: dict "ctx" $ "prefix" "MEDOPS_MONITOR"). */}}
+{{- define "medops.predictionLogEnv" -}}
+{{- $v := .ctx.Values }}
+{{- if include "medops.bundledPredictionLog" .ctx }}
+{{- $pg := include "medops.componentName" (dict "ctx" .ctx "component" "postgresql") }}
+- name: MEDOPS_PREDICTION_LOG_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ default $pg $v.postgresql.auth.existingSecret }}
+      key: password
+- name: {{ .prefix }}_STORE_URL
+  value: {{ printf "postgresql://%s:$(MEDOPS_PREDICTION_LOG_PASSWORD)@%s:5432/%s" $v.postgresql.auth.username $pg $v.predictionLog.database | quote }}
+{{- else if eq $v.predictionLog.source "external" }}
+- name: {{ .prefix }}_STORE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "predictionLog.existingSecret is required when predictionLog.source is external" $v.predictionLog.existingSecret }}
+      key: url
+{{- else if eq $v.predictionLog.source "postgresql" }}
+{{- fail "predictionLog.source postgresql needs the bundled PostgreSQL (mlflow.enabled and postgresql.enabled); use external or local" }}
+{{- end }}
+{{- end }}
