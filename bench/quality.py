@@ -2,10 +2,10 @@
 
 ``python -m bench quality`` trains the classifier and the segmenter with the full preset
 (``python bench/quality.py --preset fast`` for a quicker look), evaluates them on held-out
-test patients and prints
-mean per-patient Dice, AUC, sensitivity and specificity at the validation-chosen threshold,
-calibration (ECE), the two-stage system and training time, with ratios to the targets
-(Dice >= 0.80, AUC >= 0.95) and to the published U-Net (0.836 mean Dice on 110 patients).
+test patients and prints mean per-patient Dice, AUC, sensitivity and specificity at the
+validation-chosen threshold, calibration (ECE), the two-stage system and training time, with
+ratios to the targets (Dice >= 0.80, AUC >= 0.95) and to the published U-Net (0.836 mean
+Dice on 110 patients).
 """
 
 from __future__ import annotations

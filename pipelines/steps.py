@@ -181,15 +181,20 @@ def train_config(task: str, preset: str, overrides: Mapping[str, Any] | str = ""
     return TrainConfig.preset(task, chosen.train_preset, **merged)  # type: ignore[arg-type]
 
 
-def _warm_start_path(task: str, warm_start: str, tracking_uri: str) -> str | None:
+def _registry(tracking_uri: str, home: str) -> Any:
+    """A registry client that caches downloads under ``home`` (not in the temp folder)."""
+    from medops.registry import Registry
+
+    return Registry(tracking_uri, cache_dir=Path(home) / "registry-cache")
+
+
+def _warm_start_path(task: str, warm_start: str, tracking_uri: str, home: str) -> str | None:
     if not warm_start:
         return None
     if Path(warm_start).is_file():
         return warm_start
-    from medops.registry import Registry
-
     # an alias (champion) or version number of this task's registered model
-    return str(Registry(tracking_uri).weights_path(TASK_MODEL[task], warm_start))
+    return str(_registry(tracking_uri, home).weights_path(TASK_MODEL[task], warm_start))
 
 
 def train(
@@ -209,7 +214,7 @@ def train(
     from medops.training import save_weights, train_model
 
     config = train_config(task, preset, overrides)
-    start = _warm_start_path(task, warm_start, tracking_uri)
+    start = _warm_start_path(task, warm_start, tracking_uri, home)
     if start:
         config = config.replace(warm_start=start)
     size = config.image_size
@@ -275,9 +280,7 @@ def evaluate_champion(
     The champion keeps its own input size and operating threshold, so the gate compares both
     models as they would serve, on the same held-out patients.
     """
-    from medops.registry import Registry
-
-    registry = Registry(tracking_uri)
+    registry = _registry(tracking_uri, home)
     name = TASK_MODEL[task]
     if registry.get_alias(name, CHAMPION) is None:
         return None
@@ -472,16 +475,15 @@ def gate(task: str, preset: str, tracking_uri: str, version: str, evaluation_pat
     return Registry(tracking_uri).record_gate(TASK_MODEL[task], str(version), decision)
 
 
-def publish(tracking_uri: str, out_dir: str) -> list[dict[str, Any]]:
+def publish(tracking_uri: str, home: str, out_dir: str) -> list[dict[str, Any]]:
     """Write the Triton model repository from the registry's champions (and challengers).
 
     A challenger is published beside its champion (for canaries) when both agree on task,
     input size and classes; otherwise only the champion is served.
     """
     from medops.export import TritonModel, write_triton_repository
-    from medops.registry import Registry
 
-    registry = Registry(tracking_uri)
+    registry = _registry(tracking_uri, home)
     models: list[TritonModel] = []
     published: list[dict[str, Any]] = []
     for name in MODEL_NAMES:

@@ -155,7 +155,8 @@ class Registry:
     ``tracking_uri`` is ``sqlite:///...`` (embedded; artifacts go to ``artifact_root``, by
     default ``mlartifacts`` beside the database) or ``http(s)://`` for an ``mlflow server``
     (which then stores and proxies artifacts). Downloaded ONNX files are cached per version in
-    ``cache_dir``.
+    ``cache_dir`` (default: ``registry-cache`` beside an embedded database, else a folder in
+    the system's temporary directory).
     """
 
     def __init__(
@@ -176,7 +177,11 @@ class Registry:
             db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
             artifact_root = db.parent / "mlartifacts"
         self.artifact_root = artifact_root
-        if cache_dir is None:
+        if cache_dir is None and scheme == "sqlite":
+            cache_dir = (
+                Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "registry-cache"
+            )
+        elif cache_dir is None:
             key = "".join(c if c.isalnum() else "_" for c in tracking_uri)[-80:]
             cache_dir = Path(tempfile.gettempdir()) / "medops-registry-cache" / key
         self.cache_dir = cache_dir

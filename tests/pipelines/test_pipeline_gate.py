@@ -70,6 +70,11 @@ def _candidate(
     return version, evaluation, weights
 
 
+def strong_eval_val_auc(work: Path) -> float:
+    """The strong model's best validation AUC, as recorded by its training."""
+    return float(json.loads((work / "strong" / "training.json").read_text())["best_metric"])
+
+
 def test_the_gate_promotes_a_better_model_and_keeps_a_worse_one_out_on_the_same_patients(
     lgg_dir: Path, medops_home: Path, tmp_path: Path
 ) -> None:
@@ -125,3 +130,18 @@ def test_the_gate_promotes_a_better_model_and_keeps_a_worse_one_out_on_the_same_
     assert recorded["evidence"]["champion_version"] == strong
     assert recorded["evidence"]["checks"]["versus:auc"]["passed"] is False
     assert registry.version_tags(CLASSIFIER, again)["gate.promote"] == "false"
+
+    # the champion's logged weights warm-start the next training
+    warm = steps.train(
+        "classifier",
+        "tiny",
+        lgg["manifest"],
+        splits,
+        lgg["home"],
+        str(tmp_path / "warm.pt"),
+        overrides={"epochs": 1, "lr": 1e-7, "max_steps_per_epoch": 1},
+        warm_start=CHAMPION,
+        tracking_uri=tracking_uri,
+    )
+    assert Path(warm["config"]["warm_start"]).parts[-3:] == (CLASSIFIER, strong, "model.pt")
+    assert warm["best_metric"] == pytest.approx(strong_eval_val_auc(tmp_path), abs=0.02)
