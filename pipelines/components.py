@@ -212,7 +212,7 @@ def publish(tracking_uri: str, home: str, type_classifier_promoted: bool) -> str
     from pipelines import steps
 
     del type_classifier_promoted  # an input only to order this step after that branch
-    return json.dumps(steps.publish(tracking_uri, home, os.path.join(home, "triton-repo")))
+    return json.dumps(steps.publish(tracking_uri, os.path.join(home, "triton-repo")))
 
 
 @dataclass(frozen=True)

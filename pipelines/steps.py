@@ -475,15 +475,16 @@ def gate(task: str, preset: str, tracking_uri: str, version: str, evaluation_pat
     return Registry(tracking_uri).record_gate(TASK_MODEL[task], str(version), decision)
 
 
-def publish(tracking_uri: str, home: str, out_dir: str) -> list[dict[str, Any]]:
+def publish(tracking_uri: str, out_dir: str) -> list[dict[str, Any]]:
     """Write the Triton model repository from the registry's champions (and challengers).
 
     A challenger is published beside its champion (for canaries) when both agree on task,
-    input size and classes; otherwise only the champion is served.
+    input size and classes; otherwise only the champion is served. Downloads are cached
+    beside ``out_dir`` (``<home>/triton-repo`` -> ``<home>/registry-cache``).
     """
     from medops.export import TritonModel, write_triton_repository
 
-    registry = _registry(tracking_uri, home)
+    registry = _registry(tracking_uri, str(Path(out_dir).resolve().parent))
     models: list[TritonModel] = []
     published: list[dict[str, Any]] = []
     for name in MODEL_NAMES:
