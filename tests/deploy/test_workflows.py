@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -307,3 +308,40 @@ def test_submit_makes_a_one_off_or_a_recurring_run(package: Path) -> None:
         submit.submit(submit.plan(args), once, wait_seconds=60)
     assert [name for name, _ in once.calls] == ["run", "wait"]
     assert once.calls[0][1]["pipeline_file"] == str(package)
+
+
+# --- Prometheus: rule file, local config and dashboard queries ----------------------------
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: make system-deps installs Debian's prometheus"
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_accepts_the_alert_rules_and_the_local_prometheus_config() -> None:
+    rules = _promtool("check", "rules", str(CHART / "files" / "alerts.yaml"))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "SUCCESS: 7 rules found" in rules.stdout
+    config = _promtool("check", "config", str(ROOT / "infra" / "prometheus" / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    rules: list[dict[str, str]] = []
+    for path in sorted((CHART / "files" / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                # Grafana substitutes $model with the selected models' regex
+                expr = target["expr"].replace("$model", ".*")
+                rules.append(
+                    {
+                        "record": f"dashboard:{path.stem.replace('-', '_')}:{len(rules)}",
+                        "expr": expr,
+                    }
+                )
+    rule_file = tmp_path / "dashboard-queries.yaml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = _promtool("check", "rules", str(rule_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
