@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import re
 import secrets
 import tempfile
+import time
+import uuid
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,11 +34,18 @@ from medops.deid import UIDMap
 from medops.errors import InvalidInputError, MedopsError, UnsupportedMediaTypeError
 from medops.imaging.image import Image
 from medops.modelspec import CLASSIFIER, SEGMENTER
+from medops.monitoring.metrics import GatewayMetrics
+from medops.monitoring.store import PredictionRecord, PredictionStore
 from medops.transforms import preprocess_slice, restore_mask
 
 from .dataplane import DataPlane, Prediction
 from .logs import REQUEST_ID
 from .models import LoadedModel
+
+log = logging.getLogger("medops.gateway.analyze")
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,100}$")
+"""Request ids usable as prediction log ids (the log's own token rule, room for a suffix)."""
 
 JSON = "application/json"
 PNG = "image/png"
@@ -110,17 +121,31 @@ class Analysis:
     segmented: np.ndarray
     classifier: Prediction
     segmenter: Prediction | None
+    inputs: list[np.ndarray]
+    """The classifier's inputs (preprocessed slices), for the prediction log's statistics."""
+    segment_max: dict[int, float]
+    """Highest tumour probability of every segmented slice."""
+    prediction_ids: list[str] | None = None
+    """Per-slice ids in the prediction log (for feedback), when logging is on."""
 
 
 class Analyzer:
     """The two-stage flow over a :class:`DataPlane`; stateless between requests."""
 
     def __init__(
-        self, dataplane: DataPlane, *, batch_size: int = 16, deid_key: bytes | None = None
+        self,
+        dataplane: DataPlane,
+        *,
+        batch_size: int = 16,
+        deid_key: bytes | None = None,
+        store: PredictionStore | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.batch_size = max(1, batch_size)
         self.deid_key = deid_key or secrets.token_bytes(32)
+        self.store = store
+        self.metrics = metrics
 
     def uid_map(self) -> UIDMap:
         """A fresh map per request (nothing accumulates) with the gateway's key."""
@@ -193,6 +218,7 @@ class Analyzer:
         wanted = {"auto": positive, "always": np.ones(z, bool), "never": np.zeros(z, bool)}[mode]
         mask = np.zeros((z, h, w), np.uint8)
         segmenter = None
+        segment_max: dict[int, float] = {}
         index = np.flatnonzero(wanted)
         if index.size:
             seg_route = await self._route(SEGMENTER, headers)
@@ -207,7 +233,11 @@ class Analyzer:
             segmenter = await self._predict(SEGMENTER, seg_in, seg_route)
             binary = (segmenter.probabilities[:, 0] >= segmenter.info.threshold).astype(np.uint8)
             mask[index] = restore_mask(binary, (h, w))
-        return Analysis(image, tumour, positive, mask, wanted, classifier, segmenter)
+            peaks = segmenter.probabilities.reshape(len(index), -1).max(axis=1)
+            segment_max = {int(k): float(p) for k, p in zip(index, peaks, strict=True)}
+        return Analysis(
+            image, tumour, positive, mask, wanted, classifier, segmenter, slices, segment_max
+        )
 
     # ------------------------------------------------------------------ answers
 
@@ -255,6 +285,7 @@ class Analyzer:
                     "tumour": bool(a.positive[k]),
                     "segmented": bool(a.segmented[k]),
                     "area_mm2": round(float(area_px[k]) * pixel_area, 4),
+                    **({"prediction_id": a.prediction_ids[k]} if a.prediction_ids else {}),
                 }
                 for k in range(image.num_slices)
             ],
@@ -293,22 +324,101 @@ class Analyzer:
             path = write_nifti(mask_image, Path(tmp) / ("mask.nii.gz" if gz else "mask.nii"))
             return path.read_bytes()
 
+    def _records(self, a: Analysis, base_id: str) -> list[PredictionRecord]:
+        """Prediction log entries: one per slice for the classifier, one per segmented slice
+        for the segmenter. Image statistics and masks only; nothing identifies anyone."""
+        from medops.monitoring.features import image_features
+        from medops.monitoring.rle import rle_encode as coco_rle
+
+        shape = a.image.shape[1:]
+        cls = a.classifier
+        classes = cls.info.classes
+        records = []
+        for k, inputs in enumerate(a.inputs):
+            features = image_features(inputs, original_shape=shape)
+            row = cls.probabilities[k]
+            answered = len(classes) - 1 if a.positive[k] else int(row[:-1].argmax())
+            records.append(
+                PredictionRecord(
+                    request_id=f"{base_id}.{k}",
+                    model=cls.info.name,
+                    version=cls.version,
+                    variant=cls.variant,
+                    probabilities={c: float(p) for c, p in zip(classes, row, strict=True)},
+                    features=features,
+                    decision=classes[answered],
+                    confidence=float(row[answered]),
+                )
+            )
+            seg = a.segmenter
+            if seg is not None and k in a.segment_max:
+                records.append(
+                    PredictionRecord(
+                        request_id=f"{base_id}.{k}",
+                        model=seg.info.name,
+                        version=seg.version,
+                        variant=seg.variant,
+                        probabilities={"max": a.segment_max[k]},
+                        features=features,
+                        area=float(a.mask[k].sum()) * a.image.pixel_area_mm2,
+                        mask_rle=coco_rle(a.mask[k]),
+                    )
+                )
+        return records
+
+    async def _log_predictions(self, a: Analysis) -> None:
+        """Write the prediction log; a failing store never fails the clinical answer."""
+        if self.store is None:
+            return
+        rid = REQUEST_ID.get() or ""
+        base_id = rid if _ID.match(rid) else uuid.uuid4().hex
+        try:
+            records = await asyncio.to_thread(self._records, a, base_id)
+            await asyncio.to_thread(self.store.record_many, records)
+        except MedopsError as exc:
+            log.warning("prediction not logged", extra={"reason": exc.message})
+            return
+        a.prediction_ids = [f"{base_id}.{k}" for k in range(len(a.inputs))]
+
+    def _stage(self, a: Analysis | None, stage: str, seconds: float) -> None:
+        if self.metrics is not None and a is not None:
+            c = a.classifier
+            self.metrics.observe_stage(
+                model=c.info.name,
+                version=c.version,
+                variant=c.variant,
+                stage=stage,
+                seconds=seconds,
+            )
+
     async def handle(self, request: Request) -> Response:
         media = choose_media_type(request.headers.get("accept"))
         mode = self._segment_mode(request)
         upload = await self._upload(request)
         sources = None
+        start = time.perf_counter()
         if media == DICOM:
             from .seg import read_with_sources
 
             image, sources = await asyncio.to_thread(read_with_sources, upload, self.uid_map())
         else:
             image = await asyncio.to_thread(_read, upload, self.uid_map())
+        decoded = time.perf_counter()
         result = await self.analyze(image, mode, request.headers)
+        self._stage(result, "decode", decoded - start)
+        await self._log_predictions(result)
         headers = {
             "x-medops-variant": result.classifier.variant,
             "x-medops-model-version": result.classifier.version,
         }
+        try:
+            return await self._answer(result, media, sources, headers)
+        finally:
+            self._stage(result, "total", time.perf_counter() - start)
+
+    async def _answer(
+        self, result: Analysis, media: str, sources: Any, headers: dict[str, str]
+    ) -> Response:
         if media == JSON:
             return JSONResponse(self.to_json(result), headers=headers)
         if media == PNG:

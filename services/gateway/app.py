@@ -11,8 +11,11 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from medops.errors import MedopsError
+from medops.monitoring.metrics import GatewayMetrics
+from medops.monitoring.store import PredictionStore
 
 from .analyze import Analyzer
 from .auth import Authenticator
@@ -37,6 +40,7 @@ class Gateway:
     auth: Authenticator
     app: FastAPI
     grpc_port: int | None = None
+    store: PredictionStore | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _grpc: Any = None
     _server: uvicorn.Server | None = None
@@ -80,6 +84,8 @@ class Gateway:
             self._grpc = None
         await self.dataplane.close()
         await self.backend.close()
+        if self.store is not None:
+            self.store.close()
         log.info("gateway stopped")
 
     @contextlib.asynccontextmanager
@@ -147,7 +153,11 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         ready_by_default=False,
     )
     models = ModelManager(source, backend, settings.models)
-    dataplane = DataPlane(backend, models, router, timeout_s=settings.request_timeout_s)
+    metrics = GatewayMetrics(CollectorRegistry())
+    dataplane = DataPlane(
+        backend, models, router, timeout_s=settings.request_timeout_s, metrics=metrics
+    )
+    store = PredictionStore(settings.store_url) if settings.prediction_log else None
     if settings.local_mode:
         auth = Authenticator.local(
             settings.keys_path, settings.credentials_path, enabled=settings.auth_enabled
@@ -160,8 +170,12 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         dataplane,
         batch_size=settings.analyze_batch_size,
         deid_key=settings.deid_key.encode() if settings.deid_key else None,
+        store=store,
+        metrics=metrics,
     )
     app = create_app(settings, dataplane, auth, analyzer)
-    gateway = Gateway(settings=settings, backend=backend, dataplane=dataplane, auth=auth, app=app)
+    gateway = Gateway(
+        settings=settings, backend=backend, dataplane=dataplane, auth=auth, app=app, store=store
+    )
     app.router.lifespan_context = gateway.lifespan
     return gateway

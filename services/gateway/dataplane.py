@@ -25,6 +25,7 @@ from medops.errors import (
     NotFoundError,
 )
 from medops.modelspec import INPUT_NAME, OUTPUT_NAME, ModelInfo
+from medops.monitoring.metrics import GatewayMetrics
 
 from .backends import Backend
 from .logs import MODEL, VARIANT
@@ -65,11 +66,13 @@ class DataPlane:
         router: Router,
         *,
         timeout_s: float = 30.0,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.backend = backend
         self.models = models
         self.router = router
         self.timeout_s = timeout_s
+        self.metrics = metrics
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -228,19 +231,46 @@ class DataPlane:
         VARIANT.set(variant)
         self._validate(request, entry)
         start = time.perf_counter()
-        ok = False
+        status = 500
         try:
             response = await self._run(request, entry.version)
-            ok = True
+            status = 200
+        except MedopsError as exc:
+            status = exc.status_code
+            raise
         finally:
+            elapsed = time.perf_counter() - start
             if variant != "pinned":
-                self.router.observe(
-                    request.model, variant, ok=ok, latency_s=time.perf_counter() - start
-                )
+                self.router.observe(request.model, variant, ok=status == 200, latency_s=elapsed)
+            if self.metrics is not None:
+                labels = {"model": request.model, "version": entry.version, "variant": variant}
+                self.metrics.observe_request(**labels, status=status, seconds=elapsed)
+                self.metrics.observe_stage(**labels, stage="infer", seconds=elapsed)
+        if self.metrics is not None:
+            self._count_predictions(response, entry, variant)
         response.variant = variant
         for s_variant, alias, version in shadow:
             self._spawn_shadow(request, response, s_variant, ref_of(alias, version))
         return response
+
+    def _count_predictions(self, response: InferResponse, entry: LoadedModel, variant: str) -> None:
+        """Answered classes and their probabilities, for classifiers (cheap: an argmax)."""
+        assert self.metrics is not None
+        classes = entry.info.classes
+        if entry.info.task != "classification" or not response.outputs:
+            return
+        probs = np.asarray(response.outputs[0].data)
+        if probs.ndim != 2 or probs.shape[1] != len(classes):
+            return
+        for row in probs:
+            k = int(row.argmax())
+            self.metrics.observe_prediction(
+                model=entry.name,
+                version=entry.version,
+                variant=variant,
+                predicted_class=classes[k],
+                confidence=float(row[k]),
+            )
 
     async def _run(self, request: InferRequest, version: str) -> InferResponse:
         try:

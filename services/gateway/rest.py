@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medops.errors import InvalidInputError, MedopsError, PayloadTooLargeError
+from medops.errors import InvalidInputError, MedopsError, NotFoundError, PayloadTooLargeError
 
 from .analyze import Analyzer
 from .auth import Authenticator
@@ -38,7 +38,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+"""Probes and the Prometheus scrape: no key (they carry no patient data)."""
 ADMIN_PATHS = frozenset({"/v1/routing/audit"})
 
 
@@ -200,6 +201,14 @@ def create_app(
         if not ok and dataplane.models.problems():
             doc["models"] = dataplane.models.problems()
         return _json(doc, 200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if dataplane.metrics is None:
+            raise NotFoundError("metrics are off")
+        return Response(generate_latest(dataplane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v2")
     async def server_metadata() -> Response:

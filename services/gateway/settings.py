@@ -98,12 +98,25 @@ class GatewaySettings(BaseSettings):
     same UIDs in every answer (JSON, DICOM SEG) and across replicas sharing the key. A random
     key per start when unset."""
 
+    prediction_log: bool = True
+    """Log every analysed slice (probabilities, image statistics, mask; no patient data) for
+    drift and quality monitoring."""
+
+    prediction_store_url: str | None = None
+    """Where the prediction log goes: ``sqlite:///PATH`` or ``postgresql://...``; defaults to
+    ``sqlite:///<home>/monitoring/predictions.db``, where the monitor service reads it."""
+
     log_level: str = "INFO"
     """Level of the JSON log lines written to stderr."""
 
     @property
     def mlflow_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
+
+    @property
+    def store_url(self) -> str:
+        default = f"sqlite:///{self.home.resolve() / 'monitoring' / 'predictions.db'}"
+        return self.prediction_store_url or default
 
     @property
     def keys_path(self) -> Path:
