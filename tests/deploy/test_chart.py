@@ -621,3 +621,21 @@ def test_bundled_prediction_log_without_postgresql_is_refused() -> None:
     values["predictionLog"]["source"] = "postgresql"
     with pytest.raises(helm_python.HelmError, match="needs the bundled PostgreSQL"):
         render(values)
+
+
+def test_the_rendered_container_arguments_are_the_services_own_commands() -> None:
+    from services.gateway.cli import serve
+    from services.monitor.cli import monitor
+
+    docs = render_profile("default")
+    for name, command in (("medops-gateway", serve), ("medops-monitor", monitor)):
+        (deployment,) = find(docs, "Deployment", name)
+        subcommand, *options = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert subcommand == command.name
+        ctx = command.make_context(subcommand, list(options))  # raises on an unknown option
+        if name == "medops-gateway":
+            assert (ctx.params["host"], ctx.params["port"], ctx.params["grpc_port"]) == (
+                "0.0.0.0",
+                8080,
+                8081,
+            )
