@@ -145,6 +145,50 @@ def evaluate(
             metrics.log_metric(key, value)
 
 
+def evaluate_system(
+    preset: str,
+    manifest: str,
+    home: str,
+    splits: Input[Artifact],
+    classifier: Input[Model],
+    segmenter: Input[Model],
+    classifier_evaluation: Input[Artifact],
+    classifier_training: Input[Artifact],
+    segmenter_training: Input[Artifact],
+    tracking_uri: str,
+    segmenter_version: str,
+    report: Output[HTML],
+    metrics: Output[Metrics],
+) -> None:
+    """The two-stage system (classifier gates segmenter) on the test patients; the result is
+    also logged on the new segmenter version's run."""
+    import json
+    import math
+
+    from pipelines import steps
+
+    with open(classifier_training.path) as fh:
+        classifier_overrides = json.load(fh)["overrides"]
+    with open(segmenter_training.path) as fh:
+        segmenter_overrides = json.load(fh)["overrides"]
+    headline = steps.evaluate_system(
+        preset,
+        manifest,
+        splits.path,
+        home,
+        classifier.path,
+        segmenter.path,
+        classifier_evaluation.path,
+        report.path,
+        classifier_overrides=classifier_overrides,
+        segmenter_overrides=segmenter_overrides,
+    )
+    for key, value in headline.items():
+        if math.isfinite(value):
+            metrics.log_metric(key, value)
+    steps.attach_to_version("segmenter", tracking_uri, segmenter_version, headline, report.path)
+
+
 def export(
     task: str,
     preset: str,
@@ -227,6 +271,7 @@ class Components:
     no_tuning: Any
     train: Any
     evaluate: Any
+    evaluate_system: Any
     export: Any
     register: Any
     gate: Any
@@ -249,6 +294,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> Components:
         no_tuning=wrap(no_tuning),
         train=wrap(train),
         evaluate=wrap(evaluate),
+        evaluate_system=wrap(evaluate_system),
         export=wrap(export),
         register=wrap(register),
         gate=wrap(gate),

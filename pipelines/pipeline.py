@@ -1,5 +1,6 @@
 """The training pipeline: ingest -> split -> validate -> (tune) -> train classifier || train
-segmenter -> evaluate -> export -> register -> promotion gate -> publish the Triton repository.
+segmenter -> evaluate -> export -> register -> promotion gate -> publish the Triton repository,
+with the two-stage system (classifier gates segmenter) evaluated once both are registered.
 
 ``build_pipeline()`` gives the pipeline for ``kfp.local``; ``build_pipeline(cluster=...)`` adds
 the Kubernetes settings (GPU nodes, resources, the data volume, MLflow credentials) that
@@ -15,9 +16,25 @@ from kfp import compiler, dsl
 from pipelines.components import DEFAULT_IMAGE, Components, make_components
 
 PIPELINE_NAME = "medops-training"
-NO_CACHE = ("check_registry", "ingest", "evaluate", "register", "gate", "publish")
+NO_CACHE = (
+    "check_registry",
+    "ingest",
+    "evaluate",
+    "evaluate_system",
+    "register",
+    "gate",
+    "publish",
+)
 """Steps that read or change state outside their inputs (the registry, the data folder)."""
-USES_REGISTRY = ("check_registry", "train", "evaluate", "register", "gate", "publish")
+USES_REGISTRY = (
+    "check_registry",
+    "train",
+    "evaluate",
+    "evaluate_system",
+    "register",
+    "gate",
+    "publish",
+)
 """Steps that talk to MLflow (train: for warm starts) and so get its credentials."""
 
 
@@ -107,7 +124,7 @@ def _model_branch(
     after: list[Any],
     cluster: ClusterSettings | None,
 ) -> Any:
-    """train -> evaluate -> export -> register -> gate for one task; returns the gate task."""
+    """train -> evaluate -> export -> register -> gate for one task; returns its tasks."""
     trained = _finish(
         c.train(
             task=task,
@@ -168,7 +185,7 @@ def _model_branch(
         f"register {task}",
         cluster,
     )
-    return _finish(
+    gated = _finish(
         c.gate(
             task=task,
             preset=preset,
@@ -180,6 +197,7 @@ def _model_branch(
         f"promotion gate {task}",
         cluster,
     )
+    return {"train": trained, "evaluate": evaluated, "register": registered, "gate": gated}
 
 
 def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None = None) -> Any:
@@ -220,7 +238,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
             "validate",
             cluster,
         )
-        gates = []
+        branches = {}
         for task in ("classifier", "segmenter"):
             with dsl.If(hpo_trials > 0, name=f"tune-{task}"):
                 tuned = _finish(
@@ -240,22 +258,39 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
                 )
             with dsl.Else(name=f"untuned-{task}"):
                 untuned = _finish(c.no_tuning().after(validated), "no_tuning", "no tuning", None)
-            gates.append(
-                _model_branch(
-                    c,
-                    task,
-                    preset=preset,
-                    manifest=manifest,
-                    home=home,
-                    splits=splits.outputs["splits"],
-                    overrides=dsl.OneOf(tuned.output, untuned.output),
-                    warm_start=warm_start,
-                    tracking_uri=tracking_uri,
-                    hpo_trials=hpo_trials,
-                    after=[registry_ok],
-                    cluster=cluster,
-                )
+            branches[task] = _model_branch(
+                c,
+                task,
+                preset=preset,
+                manifest=manifest,
+                home=home,
+                splits=splits.outputs["splits"],
+                overrides=dsl.OneOf(tuned.output, untuned.output),
+                warm_start=warm_start,
+                tracking_uri=tracking_uri,
+                hpo_trials=hpo_trials,
+                after=[registry_ok],
+                cluster=cluster,
             )
+        classifier, segmenter = branches["classifier"], branches["segmenter"]
+        system = _finish(
+            c.evaluate_system(
+                preset=preset,
+                manifest=manifest,
+                home=home,
+                splits=splits.outputs["splits"],
+                classifier=classifier["train"].outputs["model"],
+                segmenter=segmenter["train"].outputs["model"],
+                classifier_evaluation=classifier["evaluate"].outputs["evaluation"],
+                classifier_training=classifier["train"].outputs["training"],
+                segmenter_training=segmenter["train"].outputs["training"],
+                tracking_uri=tracking_uri,
+                segmenter_version=segmenter["register"].output,
+            ),
+            "evaluate_system",
+            "evaluate two-stage system",
+            cluster,
+        )
         with dsl.If(type_classifier == True, name="type-classifier"):  # noqa: E712 - kfp condition
             ingested4 = _finish(
                 c.ingest(data_path=fourclass_path, home=home), "ingest", "ingest 4-class", cluster
@@ -273,7 +308,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
                 "validate 4-class",
                 cluster,
             )
-            type_gate = _model_branch(
+            type_branch = _model_branch(
                 c,
                 "type-classifier",
                 preset=preset,
@@ -293,8 +328,8 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
             c.publish(
                 tracking_uri=tracking_uri,
                 home=home,
-                type_classifier_promoted=dsl.OneOf(type_gate.output, no_type.output),
-            ).after(*gates),
+                type_classifier_promoted=dsl.OneOf(type_branch["gate"].output, no_type.output),
+            ).after(classifier["gate"], segmenter["gate"], system),
             "publish",
             "publish Triton repository",
             cluster,

@@ -231,6 +231,9 @@ def train(
         "epochs_run": len(result.history),
         "history": result.history,
         "config": config.to_params(),
+        "overrides": json.loads(overrides)
+        if isinstance(overrides, str) and overrides
+        else dict(overrides or {}),
     }
 
 
@@ -365,6 +368,58 @@ def evaluate(
         },
     )
     return headline
+
+
+def evaluate_system(
+    preset: str,
+    manifest_path: str,
+    splits_path: str,
+    home: str,
+    classifier_weights: str,
+    segmenter_weights: str,
+    classifier_evaluation: str,
+    report_out: str,
+    *,
+    classifier_overrides: Mapping[str, Any] | str = "",
+    segmenter_overrides: Mapping[str, Any] | str = "",
+) -> dict[str, float]:
+    """The two-stage system end to end on the test patients: the classifier (at its
+    validation-chosen threshold) gates the segmenter. Writes an HTML report; returns metrics."""
+    from medops.evaluation import build_report, evaluate_two_stage, predict_probs
+    from medops.training import build_model, load_weights
+
+    probs = {}
+    data = None
+    for task, weights, overrides in (
+        ("classifier", classifier_weights, classifier_overrides),
+        ("segmenter", segmenter_weights, segmenter_overrides),
+    ):
+        config = train_config(task, preset, overrides)
+        model = build_model(config)
+        load_weights(model, weights)
+        model.eval()
+        # each model sees the test slices at its own input size (same slices, same order)
+        test = load_split(manifest_path, splits_path, "test", size=config.image_size, home=home)
+        probs[task] = predict_probs(model, test.images)
+        data = test
+    assert data is not None
+    threshold = float(_read_json(classifier_evaluation)["threshold"])
+    ev = evaluate_two_stage(probs["classifier"], probs["segmenter"], data, threshold=threshold)
+    html = build_report(two_stage=ev, title="Two-stage system (classifier gates segmenter)")
+    Path(report_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(report_out).write_text(html)
+    return {k: float(v) for k, v in ev.headline().items()}
+
+
+def attach_to_version(
+    task: str, tracking_uri: str, version: str, metrics: Mapping[str, float], report: str
+) -> None:
+    """Log extra evidence (metrics, a report) on the run behind a registered version."""
+    from medops.registry import Registry
+
+    Registry(tracking_uri).attach(
+        TASK_MODEL[task], str(version), metrics=metrics, artifacts={"report/system.html": report}
+    )
 
 
 # ----------------------------------------------------------------- export and registry

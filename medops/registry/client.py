@@ -540,6 +540,29 @@ class Registry:
         """The tags of one model version."""
         return dict(self._version(name, alias_or_version).tags)
 
+    def attach(
+        self,
+        name: str,
+        version: str,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        artifacts: Mapping[str, str | Path] | None = None,
+    ) -> None:
+        """Add metrics and artifacts (artifact path -> file) to a version's run afterwards,
+        e.g. the two-stage system evaluation that needs both models."""
+        from mlflow.entities import Metric
+
+        mv = self._version(name, version)
+        with self._errors(f"attach evidence to {name} version {mv.version}"):
+            now = _now_ms()
+            clean = {k: float(v) for k, v in (metrics or {}).items() if not math.isnan(float(v))}
+            if clean:
+                self._client.log_batch(
+                    mv.run_id, metrics=[Metric(k, v, now, 0) for k, v in clean.items()]
+                )
+            for artifact_path, file in (artifacts or {}).items():
+                self._copy_as(mv.run_id, Path(file), artifact_path)
+
     # --------------------------------------------------------------------- gate
 
     def record_gate(self, name: str, version: str, decision: GateDecision) -> bool:

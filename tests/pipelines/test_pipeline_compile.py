@@ -91,7 +91,15 @@ def test_caching_is_on_except_for_steps_that_touch_the_registry_or_the_data_fold
     tasks = _tasks(spec)
     cached = {n for n, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
     assert {"train", "train-2", "split", "validate", "export"} <= cached
-    for name in ("check-registry", "ingest", "evaluate", "register", "gate", "publish"):
+    for name in (
+        "check-registry",
+        "ingest",
+        "evaluate",
+        "evaluate-system",
+        "register",
+        "gate",
+        "publish",
+    ):
         assert name not in cached
 
 

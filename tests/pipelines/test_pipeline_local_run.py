@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from medops.cli import cli
 from medops.data import ingest
@@ -30,7 +31,8 @@ def test_the_tiny_pipeline_trains_registers_promotes_and_publishes_both_models(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = MedopsSettings(home=medops_home, data_dir=data_dir, tracking_uri=mlflow_server)
-    result = CliRunner().invoke(pipeline, ["run", "--preset", "tiny"], obj=settings)
+    # one Optuna trial per model exercises the optional tuning branch of the graph
+    result = CliRunner().invoke(pipeline, ["run", "--preset", "tiny", "--hpo", "1"], obj=settings)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "pipeline tiny finished" in result.output
 
@@ -47,6 +49,10 @@ def test_the_tiny_pipeline_trains_registers_promotes_and_publishes_both_models(
         assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"])
         assert subprocess.run(["git", "cat-file", "-e", tags["git_commit"]]).returncode == 0
         assert tags["gate.promote"] == "true"
+        params = MlflowClient(mlflow_server).get_run(summary.versions[0].run_id).data.params
+        assert params["hpo_trials"] == "1" and params["pipeline_preset"] == "tiny"
+        assert float(params["lr"]) != 3e-3  # the tiny preset's rate was replaced by the search
+        assert params["batch_size"] in {"8", "16", "32"}
         metrics = summary.versions[0].metrics
         assert metrics["onnx_max_abs_diff"] < 1e-3
         assert "train_seconds" in metrics
@@ -72,6 +78,13 @@ def test_the_tiny_pipeline_trains_registers_promotes_and_publishes_both_models(
         assert "KIND_GPU" in (folder / "config.pbtxt").read_text()
         assert "KIND_CPU" in (folder / "configs" / "cpu.pbtxt").read_text()
     assert (medops_home / "pipeline-runs").is_dir()
+
+    # the two-stage system was evaluated end to end and logged on the segmenter's run
+    segmenter_metrics = models[SEGMENTER].versions[0].metrics
+    assert 0.0 <= segmenter_metrics["two_stage_dice_patient_mean"] <= 1.0
+    assert "segmenter_only_dice_patient_mean" in segmenter_metrics
+    system = registry.download_artifact(SEGMENTER, "1", "report/system.html", tmp_path / "sys")
+    assert "two-stage" in system.read_text().lower()
 
     monkeypatch.setenv("MEDOPS_TRACKING_URI", mlflow_server)
     listed = CliRunner().invoke(cli, ["models", "list"])
