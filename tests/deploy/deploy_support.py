@@ -164,3 +164,29 @@ def find(docs: Iterable[Manifest], kind: str, name: str | None = None) -> list[M
     return [
         d for d in docs if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)
     ]
+
+
+def assert_locked_down(name: str, spec: dict[str, Any]) -> None:
+    """The restricted pod security every pod of medops meets (non-root, read-only root
+    filesystem, no privilege escalation, no capabilities, RuntimeDefault seccomp, limits)."""
+    pod_sc = spec["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True, name
+    assert pod_sc["runAsUser"] > 0, name
+    assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault", name
+    for c in containers(spec):
+        sc = c["securityContext"]
+        where = f"{name} container {c['name']}"
+        assert sc["runAsNonRoot"] is True, where
+        assert sc["readOnlyRootFilesystem"] is True, where
+        assert sc["allowPrivilegeEscalation"] is False, where
+        assert sc["capabilities"]["drop"] == ["ALL"], where
+        assert "add" not in sc["capabilities"], where
+        assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert c["resources"].get("limits"), f"{where} has no resource limits"
+
+
+def triton_pod(docs: Iterable[Manifest]) -> dict[str, Any]:
+    """The pod spec of the Triton Deployment."""
+    (deployment,) = find(docs, "Deployment", "medops-triton")
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec

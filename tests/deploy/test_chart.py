@@ -15,12 +15,14 @@ import yaml
 from deploy_support import (
     CHART,
     PROFILES,
+    assert_locked_down,
     containers,
     find,
     pod_specs,
     profile_values,
     render,
     render_profile,
+    triton_pod,
     validate,
 )
 
@@ -59,20 +61,7 @@ def test_every_container_runs_non_root_read_only_without_privileges(
     pods = list(pod_specs(docs))
     assert pods
     for name, spec in pods:
-        pod_sc = spec["securityContext"]
-        assert pod_sc["runAsNonRoot"] is True, name
-        assert pod_sc["runAsUser"] > 0, name
-        assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault", name
-        for c in containers(spec):
-            sc = c["securityContext"]
-            where = f"{name} container {c['name']}"
-            assert sc["runAsNonRoot"] is True, where
-            assert sc["readOnlyRootFilesystem"] is True, where
-            assert sc["allowPrivilegeEscalation"] is False, where
-            assert sc["capabilities"]["drop"] == ["ALL"], where
-            assert "add" not in sc["capabilities"], where
-            assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
-            assert c["resources"].get("limits"), f"{where} has no resource limits"
+        assert_locked_down(name, spec)
 
 
 def test_every_image_is_pinned_to_a_tag(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -110,19 +99,13 @@ def test_services_select_pods_that_exist(rendered: tuple[str, list[dict[str, Any
         ]
 
 
-def _triton(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (deployment,) = find(docs, "Deployment", "medops-triton")
-    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
-    return spec
-
-
 def _container(spec: dict[str, Any], name: str) -> dict[str, Any]:
     (found,) = [c for c in spec["containers"] if c["name"] == name]
     return found
 
 
 def test_gpu_profile_asks_for_gpus_on_gpu_nodes() -> None:
-    spec = _triton(render_profile("gpu"))
+    spec = triton_pod(render_profile("gpu"))
     triton = _container(spec, "triton")
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
@@ -133,7 +116,7 @@ def test_gpu_profile_asks_for_gpus_on_gpu_nodes() -> None:
 
 
 def test_kind_cpu_profile_serves_the_cpu_model_configs_without_gpus() -> None:
-    spec = _triton(render_profile("kind-cpu"))
+    spec = triton_pod(render_profile("kind-cpu"))
     triton = _container(spec, "triton")
     assert "--model-config-name=cpu" in triton["args"]
     assert "nvidia.com/gpu" not in triton["resources"].get("limits", {})
@@ -143,7 +126,7 @@ def test_kind_cpu_profile_serves_the_cpu_model_configs_without_gpus() -> None:
 
 @pytest.mark.parametrize(("profile", "watch"), [("kind-cpu", True), ("external-mlflow", False)])
 def test_model_repository_is_synced_from_the_object_store(profile: str, watch: bool) -> None:
-    spec = _triton(render_profile(profile))
+    spec = triton_pod(render_profile(profile))
     (sync,) = spec["initContainers"]
     assert sync["args"][-2:][1] == "/models/"
     assert sync["args"][-2].startswith("store/") and sync["args"][-2].endswith("/triton/")
@@ -164,7 +147,7 @@ def test_model_repository_is_synced_from_the_object_store(profile: str, watch: b
 
 
 def test_bundled_minio_credentials_reach_the_model_sync() -> None:
-    (sync,) = _triton(render_profile("kind-cpu"))["initContainers"]
+    (sync,) = triton_pod(render_profile("kind-cpu"))["initContainers"]
     env = {e["name"]: e for e in sync["env"]}
     assert env["MC_HOST_store"]["value"] == (
         "http://$(AWS_ACCESS_KEY_ID):$(AWS_SECRET_ACCESS_KEY)@medops-minio:9000"
@@ -179,7 +162,7 @@ def test_model_repository_can_come_from_a_volume() -> None:
     values = profile_values("gpu")
     values["triton"]["modelRepository"]["source"] = "pvc"
     values["triton"]["modelRepository"]["pvc"]["claimName"] = "triton-models"
-    spec = _triton(render(values))
+    spec = triton_pod(render(values))
     assert "initContainers" not in spec
     (models,) = [v for v in spec["volumes"] if v["name"] == "models"]
     assert models["persistentVolumeClaim"] == {"claimName": "triton-models", "readOnly": True}
@@ -197,7 +180,7 @@ def test_external_mlflow_profile_points_services_at_the_external_server() -> Non
         for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["MEDOPS_GATEWAY_TRACKING_URI"] == "https://mlflow.example.org"
-    init = _triton(docs)["initContainers"][0]
+    init = triton_pod(docs)["initContainers"][0]
     init_env = {e["name"]: e for e in init["env"]}
     assert init_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "medops-s3"
     assert "s3.eu-west-1.amazonaws.com" in init_env["MC_HOST_store"]["value"]

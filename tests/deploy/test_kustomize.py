@@ -12,11 +12,12 @@ import pytest
 from deploy_support import (
     CRDS,
     ROOT,
-    containers,
+    assert_locked_down,
     find,
     kustomize,
     load_manifests,
     pod_specs,
+    triton_pod,
     validate,
 )
 
@@ -41,11 +42,7 @@ def test_kubectl_kustomize_builds_and_every_object_validates(
 def test_every_pod_of_an_overlay_is_locked_down(built: tuple[Path, list[dict[str, Any]]]) -> None:
     _, docs = built
     for name, spec in pod_specs(docs):
-        assert spec["securityContext"]["runAsNonRoot"] is True, name
-        for c in containers(spec):
-            sc = c["securityContext"]
-            assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], name
-            assert sc["capabilities"]["drop"] == ["ALL"], name
+        assert_locked_down(name, spec)
 
 
 def test_every_overlay_the_task_names_exists() -> None:
@@ -63,15 +60,9 @@ def test_kustomize_base_is_the_chart_rendered_now() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def _triton(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (deployment,) = find(docs, "Deployment", "medops-triton")
-    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
-    return spec
-
-
 def test_dev_overlay_runs_triton_on_cpu_with_local_images() -> None:
     docs = kustomize(K8S / "overlays" / "dev")
-    spec = _triton(docs)
+    spec = triton_pod(docs)
     triton = spec["containers"][0]
     assert "--model-config-name=cpu" in triton["args"]
     assert "nvidia.com/gpu" not in triton["resources"]["limits"]
@@ -90,7 +81,7 @@ def test_dev_overlay_runs_triton_on_cpu_with_local_images() -> None:
 
 def test_prod_overlay_schedules_triton_on_gpu_nodes() -> None:
     docs = kustomize(K8S / "overlays" / "prod")
-    spec = _triton(docs)
+    spec = triton_pod(docs)
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert spec["affinity"]["podAntiAffinity"]
