@@ -45,7 +45,7 @@ def _medops_version() -> str:
         return "unknown"
 
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "medops_analyze", "medops_routing"]
+EXTENSIONS = ["binary_tensor_data", "medops_analyze", "medops_routing"]
 
 
 @dataclass(frozen=True)
