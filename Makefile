@@ -44,3 +44,48 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .medops .pytest_cache .mypy_cache .ruff_cache
+
+# --- Kubernetes, images and CI (docs/deploy.md) ---
+TAG ?= dev
+PROFILE ?= kind-cpu
+PRESET ?= fast
+SUBMIT_ARGS ?=
+
+.PHONY: test-deploy images kind-up deploy podman-build k8s-base k8s-base-check pipeline-submit retrain-local
+
+## Helm chart, kustomize overlays, images and workflows, checked offline.
+test-deploy: $(STAMP)
+	$(BIN)/pytest tests/deploy -q
+
+## Build the gateway, monitor and pipeline images (ENGINE=docker|podman, REGISTRY, TAG, PUSH=1).
+images:
+	TAG=$(TAG) bash infra/images.sh
+
+## A kind cluster (Kubernetes 1.30, no GPU) with the locally built images loaded.
+kind-up:
+	TAG=$(TAG) bash infra/kind/up.sh
+
+## Install or upgrade the Helm release (PROFILE=kind-cpu|gpu|mesh|external-mlflow), then helm test.
+deploy:
+	bash infra/deploy.sh $(PROFILE)
+
+## Optional: the gateway image built with podman on a debootstrap base (needs root; slow).
+podman-build:
+	TAG=$(TAG) bash infra/podman-build.sh
+
+## Re-render the kustomize base from the chart; k8s-base-check fails when it is stale.
+k8s-base: $(STAMP)
+	$(BIN)/python infra/k8s/render_base.py
+
+k8s-base-check: $(STAMP)
+	$(BIN)/python infra/k8s/render_base.py --check
+
+## Compile the pipeline and submit it to Kubeflow Pipelines (KFP_HOST, KFP_TOKEN;
+## SUBMIT_ARGS="--cron '0 3 * * 0'" makes a recurring run).
+pipeline-submit: $(STAMP)
+	$(BIN)/medops pipeline compile --output $(MEDOPS_HOME)/medops-pipeline.yaml
+	$(BIN)/python infra/kfp/submit.py --package $(MEDOPS_HOME)/medops-pipeline.yaml --trigger $${TRIGGER:-manual} $(SUBMIT_ARGS)
+
+## Run the training pipeline on this machine (PRESET=fast|full).
+retrain-local: $(STAMP)
+	$(BIN)/medops pipeline run --preset $(PRESET)
