@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per latency figure")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per throughput figure")
     parser.add_argument("--registry", action="store_true", help="serve the registry's champions")
+    parser.add_argument("--cases", default="", help="comma-separated subset of the cases to run")
     args = parser.parse_args()
     data_dir = Path(
         os.environ.get("MEDOPS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -203,15 +204,21 @@ def main() -> None:
                 "HTTP+shm": ("http", "triton-http", True),
                 "gRPC": ("grpc", "triton-grpc", False),
                 "gRPC+shm": ("grpc", "triton-grpc", True),
+                "HTTP+shm+uvloop": ("http", "triton-http", True),
             }
+            wanted = [c for c in args.cases.split(",") if c] or list(setups)
             cases = {}
             for name, (transport, backend, shm) in setups.items():
+                if name not in wanted:
+                    continue
                 port, grpc_port = free_port(), free_port()
                 backend_url = triton.http_url if backend == "triton-http" else triton.grpc_url
                 argv = ["--host", "127.0.0.1", "--port", str(port), "--grpc-port",
                         str(grpc_port), "--backend", backend, "--backend-url", backend_url,
                         *model_args]  # fmt: skip
                 extra = {"MEDOPS_GATEWAY_SHARED_MEMORY": "true"} if shm else {}
+                if name.endswith("uvloop"):
+                    extra["MEDOPS_GATEWAY_UVLOOP"] = "true"
                 proc = stack.enter_context(
                     gateway_process(argv, {**env, **extra}, port, folder / f"{name}.log")
                 )
@@ -232,24 +239,24 @@ def main() -> None:
                 return (lambda: _grpc_caller(triton.grpc_url, CLASSIFIER, {}),
                         lambda: _grpc_caller(grpc_url, CLASSIFIER, auth))  # fmt: skip
 
-            print(f"{'case':9} {'path':8} {'p50 ms':>8} {'p99 ms':>8}")
+            print(f"{'case':15} {'path':8} {'p50 ms':>8} {'p99 ms':>8}")
             for name in cases:
                 direct, via = callers(name)
                 for _round in range(2):  # interleaved, so load changes hit both alike
                     d50, d99, _ = latency(direct, args.requests // 2)
                     g50, g99, cpu = latency(via, args.requests // 2, cases[name][3])
-                    print(f"{name:9} {'direct':8} {d50:8.2f} {d99:8.2f}")
-                    print(f"{name:9} {'gateway':8} {g50:8.2f} {g99:8.2f}   "
+                    print(f"{name:15} {'direct':8} {d50:8.2f} {d99:8.2f}")
+                    print(f"{name:15} {'gateway':8} {g50:8.2f} {g99:8.2f}   "
                           f"overhead p50 {g50 - d50:+.2f} ms, p99 {g99 - d99:+.2f} ms; "
                           f"gateway CPU {cpu:.2f} ms per request")  # fmt: skip
-            print(f"{'case':9} {'conc':>4} {'direct/s':>9} {'gateway/s':>10} {'ratio':>6}")
+            print(f"{'case':15} {'conc':>4} {'direct/s':>9} {'gateway/s':>10} {'ratio':>6}")
             for name in cases:
                 direct, via = callers(name)
                 for c in (1, 8, 32):
                     d = throughput(direct, c, args.seconds)
                     g = throughput(via, c, args.seconds)
-                    print(f"{name:9} {c:4d} {d:9.1f} {g:10.1f} {g / d:6.2f}")
-            gw_http = cases["HTTP"][1]
+                    print(f"{name:15} {c:4d} {d:9.1f} {g:10.1f} {g / d:6.2f}")
+            gw_http = next(iter(cases.values()))[1]
             tif, series, slices = _analyze_inputs(data_dir, folder)
             s50, s99 = _analyze_latency(gw_http, auth, tif, "image/tiff", 20)
             v50, v99 = _analyze_latency(gw_http, auth, series, "application/zip", 5)

@@ -68,4 +68,9 @@ def serve(
     configure_logging(settings.log_level)
     gateway = build_gateway(settings)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(gateway.serve())
+        if settings.uvloop:
+            import uvloop
+
+            uvloop.run(gateway.serve())
+        else:
+            asyncio.run(gateway.serve())

@@ -106,6 +106,10 @@ class GatewaySettings(BaseSettings):
     """Where the prediction log goes: ``sqlite:///PATH`` or ``postgresql://...``; defaults to
     ``sqlite:///<home>/monitoring/predictions.db``, where the monitor service reads it."""
 
+    uvloop: bool = False
+    """Run on uvloop: cheaper REST requests, but grpc.aio then polls from a helper thread and
+    gets slower; for REST-only replicas."""
+
     log_level: str = "INFO"
     """Level of the JSON log lines written to stderr."""
 
