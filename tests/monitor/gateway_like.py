@@ -1,8 +1,9 @@
-"""A minimal serving app exposing GatewayMetrics exactly as the gateway wires them.
+"""A minimal serving app exposing GatewayMetrics, answering whatever status it is asked for.
 
-Run as ``python gateway_like.py PORT``; the Prometheus integration test scrapes it next to
-the real monitor. ``POST /v1/analyze?variant=...&status=...`` walks the request stages and
-answers with the given status, so every panel and alert query has series to read.
+Run as ``python gateway_like.py PORT``; the Prometheus integration test scrapes it next to the
+real gateway for what a healthy gateway never shows (5xx answers, a challenger variant), so
+every panel and alert query has series to read. ``POST /v1/analyze?variant=...&status=...``
+walks the request stages and answers with the given status.
 """
 
 from __future__ import annotations

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from medops.monitoring.metrics import STAGES, GatewayMetrics, MonitorMetrics
 
-LABELS = {"model": "brain-tumor-classifier", "version": "3", "variant": "champion"}
+LABELS: dict[str, Any] = {"model": "brain-tumor-classifier", "version": "3", "variant": "champion"}
 
 
 def _samples(registry: CollectorRegistry) -> dict[str, list]:

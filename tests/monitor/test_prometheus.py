@@ -1,10 +1,12 @@
-"""A real Prometheus scraping the monitor and a gateway: metrics, dashboards, rules, alerts.
+"""A real Prometheus scraping the real gateway and monitor: metrics, dashboards, rules, alerts.
 
-Prometheus (Debian's package), the monitor (``python -m services.monitor``, the real service)
-and a serving app exposing :class:`GatewayMetrics` run as processes on loopback ports; every
-Grafana panel query of the chart is run against the live Prometheus, the alert rules are
-checked and unit-tested with promtool, and radiologists' corrections sent to the running
-monitor make the quality alert's condition true and fire the retraining webhook once.
+Prometheus (Debian's package) and the monitor (``python -m services.monitor``) run as
+processes on loopback ports, the real gateway (tiny contract-abiding ONNX models) in a thread.
+Real LGG slices go through ``POST /v1/analyze``; the gateway logs them, the monitor reads the
+log. A small app exposing :class:`GatewayMetrics` adds the error statuses a healthy gateway
+never answers, so every Grafana panel of the chart has series to show. Radiologists'
+corrections of the gateway's predictions, sent to the running monitor, make the quality
+alert's condition true and fire the retraining webhook exactly once.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from monitor_support import MODEL, Receiver, free_port, wait_http
+from monitor_support import MODEL, LggSplit, Receiver, free_port, wait_http
 
-from medops.monitoring.drift import Reference
-from medops.monitoring.store import PredictionRecord, PredictionStore
+from medops.modelspec import CLASSIFIER, SEGMENTER
+from medops.monitoring.drift import build_reference
+from medops.transforms import preprocess_slice
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts" / "medops" / "files" / "alerts.yaml"
@@ -36,6 +39,7 @@ RULE_TESTS = sorted((ROOT / "infra" / "prometheus" / "rules-tests").glob("*.yaml
 # Triton's own series exist only where a Triton server is scraped; here their queries are
 # checked for validity, not for data
 TRITON_PREFIX = "nv_"
+GW_SIZE = 64
 
 pytestmark = pytest.mark.integration
 
@@ -84,72 +88,95 @@ def _grafana_to_promql(expr: str) -> str:
 
 
 @pytest.fixture
-def stack(
-    tmp_path: Path,
-    lgg_reference: Reference,
-    heldout_features: list[dict[str, float]],
-    receiver: Receiver,
-) -> Iterator[dict[str, Any]]:
+def stack(tmp_path: Path, lgg_split: LggSplit, receiver: Receiver) -> Iterator[dict[str, Any]]:
+    from services.gateway.settings import GatewaySettings
+    from services.gateway.testing import GatewayThread, write_tiny_model
+
+    models = {
+        CLASSIFIER: write_tiny_model(CLASSIFIER, tmp_path / "c.onnx", size=GW_SIZE, threshold=0.4),
+        SEGMENTER: write_tiny_model(SEGMENTER, tmp_path / "s.onnx", size=GW_SIZE, seed=1),
+    }
+    # the reference of the served classifier, on the gateway's model input size
+    raws, groups = lgg_split.reference_raw[::2], lgg_split.groups[::2]
+    home = tmp_path / "home"
+    build_reference(
+        [preprocess_slice(im, GW_SIZE) for im in raws],
+        model=CLASSIFIER,
+        model_version="1",
+        home=home,
+        groups=groups,
+        original_shapes=[im.shape for im in raws],
+    )
     store_url = f"sqlite:///{tmp_path}/predictions.db"
-    with PredictionStore(store_url) as store:
-        for i, feats in enumerate(heldout_features):
-            store.record(
-                PredictionRecord(
-                    request_id=f"r{i}", model=MODEL, version="1", variant="champion",
-                    probabilities={"no_tumour": 0.2, "tumour": 0.8}, features=feats,
-                    decision="tumour", confidence=0.8,
-                )
-            )  # fmt: skip
-    mon_port, gw_port, prom_port = free_port(), free_port(), free_port()
+    gateway = GatewayThread(
+        GatewaySettings(
+            home=tmp_path / "gateway-home", model_files=models, poll_seconds=0, onnx_threads=1,
+            deid_key="test-deid-key", prediction_store_url=store_url,
+        )
+    )  # fmt: skip
+    mon_port, sim_port, prom_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "MEDOPS_MONITOR_HOST": "127.0.0.1",
         "MEDOPS_MONITOR_PORT": str(mon_port),
-        "MEDOPS_MONITOR_HOME": str(lgg_reference.path.parents[3]),
+        "MEDOPS_MONITOR_HOME": str(home),
         "MEDOPS_MONITOR_STORE_URL": store_url,
-        "MEDOPS_MONITOR_MODELS": json.dumps([MODEL]),
+        "MEDOPS_MONITOR_MODELS": json.dumps([CLASSIFIER]),
         "MEDOPS_MONITOR_INTERVAL_S": "1",
         "MEDOPS_MONITOR_MIN_WINDOW": "30",
+        "MEDOPS_MONITOR_NEGATIVE_LABEL": "no tumour",  # the tiny models' class name
         "MEDOPS_MONITOR_TRIGGERS": '["webhook"]',
         "MEDOPS_MONITOR_WEBHOOK_URL": receiver.url,
     }
+    gw_target = gateway.url
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
         "scrape_configs": [
             {"job_name": "monitor", "static_configs": [{"targets": [f"127.0.0.1:{mon_port}"]}]},
-            {"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{gw_port}"]}]},
+            {"job_name": "gateway", "static_configs": [{"targets": [gw_target]}]},
+            {"job_name": "errors", "static_configs": [{"targets": [f"127.0.0.1:{sim_port}"]}]},
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "services.monitor"], cwd=ROOT, env=env),
-        subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("gateway_like.py")), str(gw_port)],
-            cwd=ROOT,
-        ),
-        subprocess.Popen(
-            [
-                shutil.which("prometheus") or "prometheus",
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-                "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-    ]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
+        gateway.start()
+        procs += [
+            subprocess.Popen([sys.executable, "-m", "services.monitor"], cwd=ROOT, env=env),
+            subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("gateway_like.py")), str(sim_port)],
+                cwd=ROOT,
+            ),
+            subprocess.Popen(
+                [
+                    shutil.which("prometheus") or "prometheus",
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                    "--log.level=warn",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+        ]
         prom = f"http://127.0.0.1:{prom_port}"
-        for url in (f"{prom}/-/ready", f"http://127.0.0.1:{gw_port}/metrics"):
+        for url in (f"{prom}/-/ready", f"http://127.0.0.1:{sim_port}/metrics"):
             wait_http(url, timeout=60)
         wait_http(f"http://127.0.0.1:{mon_port}/health/live", timeout=120)
-        yield {"prom": prom, "monitor": f"http://127.0.0.1:{mon_port}",
-               "gateway": f"http://127.0.0.1:{gw_port}", "receiver": receiver}  # fmt: skip
+        keys = json.loads((tmp_path / "gateway-home" / "credentials.json").read_text())
+        yield {
+            "prom": prom,
+            "monitor": f"http://127.0.0.1:{mon_port}",
+            "gateway": f"http://{gw_target}",
+            "gateway_auth": {"authorization": f"Bearer {keys['client']}"},
+            "errors": f"http://127.0.0.1:{sim_port}",
+            "receiver": receiver,
+        }
     finally:
         for proc in procs:
             _stop(proc)
+        gateway.stop()
 
 
 def _query(prom: str, expr: str) -> list[dict[str, Any]]:
@@ -193,24 +220,46 @@ def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
 
 
 def test_live_prometheus_sees_every_metric_every_dashboard_query_and_the_quality_alert(
-    stack: dict[str, Any],
+    stack: dict[str, Any], lgg_dir: Path
 ) -> None:
-    prom, gateway, monitor = stack["prom"], stack["gateway"], stack["monitor"]
-    receiver = stack["receiver"]
-    # reviewers correct 40 of the 80 logged predictions through the running monitor
-    for i in range(80):
-        label = "tumour" if i < 20 else "no_tumour" if i < 60 else None
-        if label:
-            r = httpx.post(f"{monitor}/v1/feedback", json={"request_id": f"r{i}", "label": label})
+    prom, monitor, receiver = stack["prom"], stack["monitor"], stack["receiver"]
+    # real LGG slices through the real gateway, over several scrapes
+    held_out = sorted(p for p in lgg_dir.iterdir() if p.is_dir())[3::4]  # not in the reference
+    slices = [
+        f
+        for patient in held_out
+        for f in sorted(patient.glob("*.tif"))
+        if not f.name.endswith("_mask.tif")
+    ]
+    answers = []
+    with httpx.Client(base_url=stack["gateway"], headers=stack["gateway_auth"], timeout=60) as gw:
+        for i, path in enumerate(slices[:40]):
+            r = gw.post(
+                "/v1/analyze", content=path.read_bytes(), headers={"content-type": "image/tiff"}
+            )
             assert r.status_code == 200, r.text
-    # traffic over several scrapes, so rates and quantiles have two points or more
-    with httpx.Client(base_url=gateway, timeout=10) as client:
-        for _ in range(6):
+            answers.append(r.json())
+            if i % 10 == 9:
+                bad = gw.post(
+                    "/v1/analyze", content=b"not an image", headers={"content-type": "image/tiff"}
+                )
+                assert bad.status_code in (400, 415)
+                time.sleep(1.0)
+    # error statuses a healthy gateway never answers, from the GatewayMetrics app
+    with httpx.Client(base_url=stack["errors"], timeout=10) as client:
+        for _ in range(4):
             for i in range(20):
                 variant = "challenger" if i % 4 == 0 else "champion"
                 status = 503 if i % 10 == 3 else 400 if i % 10 == 7 else 200
                 client.post("/v1/analyze", params={"variant": variant, "status": status})
             time.sleep(1.0)
+    # reviewers confirm 10 of the gateway's answers and correct 20
+    for i, doc in enumerate(answers[:30]):
+        said = doc["decision"]
+        label = said if i < 10 else ("tumour" if said == "no tumour" else "no tumour")
+        body = {"request_id": doc["slices"][0]["prediction_id"], "label": label}
+        r = httpx.post(f"{monitor}/v1/feedback", json=body)
+        assert r.status_code == 200, r.text
     names = [
         "medops_requests_total", "medops_request_duration_seconds_bucket",
         "medops_predictions_total", "medops_prediction_confidence_bucket",
@@ -220,6 +269,9 @@ def test_live_prometheus_sees_every_metric_every_dashboard_query_and_the_quality
     for name in names:
         assert _until(lambda n=name: _query(prom, n)), f"{name} never appeared in Prometheus"
     assert _until(lambda: _query(prom, f'medops_quality_accuracy{{model="{MODEL}"}} < 0.8'))
+    # the real gateway's own series, and the monitor judged the window the gateway logged
+    assert _query(prom, 'medops_requests_total{job="gateway",status="200"} >= 40')
+    assert _query(prom, f'medops_drift_window_size{{model="{MODEL}"}} >= 40')
 
     queries = _panel_queries()
     assert len(queries) >= 10, "expected the chart's Grafana dashboards"
@@ -238,7 +290,7 @@ def test_live_prometheus_sees_every_metric_every_dashboard_query_and_the_quality
     models = httpx.get(
         f"{prom}/api/v1/label/model/values", params={"match[]": "medops_requests_total"}
     ).json()["data"]
-    assert models == [MODEL]  # the dashboards' $model variable
+    assert MODEL in models  # the dashboards' $model variable
 
     # the corrections made the quality alert's condition true: active in Prometheus
     def quality_alert() -> list[dict[str, Any]]:
