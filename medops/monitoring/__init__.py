@@ -6,6 +6,7 @@ Imports no web framework: the gateway and the monitor service wire these parts t
 from medops.monitoring.drift import (
     DriftResult,
     FeatureScore,
+    PredictionFeatures,
     Reference,
     build_reference,
     compute_drift,
@@ -25,6 +26,7 @@ __all__ = [
     "FeatureScore",
     "GatewayMetrics",
     "MonitorMetrics",
+    "PredictionFeatures",
     "PredictionRecord",
     "PredictionStore",
     "Reference",

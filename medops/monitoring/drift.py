@@ -335,3 +335,43 @@ def compute_drift(
         drift_share_threshold=drift_share_threshold,
         html=snapshot.get_html_str(as_iframe=False) if html else None,
     )
+
+
+class PredictionFeatures:
+    """What serving logs per prediction: image statistics plus the reference's embedding.
+
+    Looks up (and caches) the stored reference of each model version under ``home``; with
+    no reference for that version yet, the most recent one's reducer is used, and with none
+    at all only :func:`~medops.monitoring.features.image_features` is logged.
+    """
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home
+        self._reducers: dict[tuple[str, str], EmbeddingReducer | None] = {}
+
+    def _reducer(self, model: str, version: str) -> EmbeddingReducer | None:
+        key = (model, version)
+        if key not in self._reducers:
+            reducer = None
+            for wanted in (version, None):
+                try:
+                    reducer = load_reference(model, wanted, home=self.home).reducer
+                    break
+                except (NotFoundError, InvalidInputError):
+                    continue
+            self._reducers[key] = reducer
+        return self._reducers[key]
+
+    def __call__(
+        self,
+        model: str,
+        version: str,
+        image: np.ndarray,
+        *,
+        original_shape: tuple[int, ...] | None = None,
+    ) -> dict[str, float]:
+        out = image_features(image, original_shape=original_shape)
+        reducer = self._reducer(model, version)
+        if reducer is not None:
+            out.update(reducer.embed(image))
+        return out

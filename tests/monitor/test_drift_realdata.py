@@ -10,7 +10,13 @@ import pytest
 from monitor_support import MODEL, SIZE, LggSplit, bias_field, noisy, read_fourclass
 
 from medops.errors import InvalidInputError, NotFoundError
-from medops.monitoring.drift import Reference, compute_drift, load_reference, reference_dir
+from medops.monitoring.drift import (
+    PredictionFeatures,
+    Reference,
+    compute_drift,
+    load_reference,
+    reference_dir,
+)
 from medops.transforms import preprocess_slice
 
 WINDOW = 100
@@ -101,3 +107,14 @@ def test_prediction_columns_are_compared_when_the_reference_has_outputs() -> Non
 def test_a_window_without_shared_columns_is_an_input_error() -> None:
     with pytest.raises(InvalidInputError, match="shares no columns"):
         compute_drift(pd.DataFrame({"p50": [1.0, 2.0]}), pd.DataFrame({"x": [1.0]}), model="m")
+
+
+def test_prediction_features_add_the_reference_embedding(lgg_reference: Reference, lgg_split):
+    home = lgg_reference.path.parents[3]
+    extract = PredictionFeatures(home)
+    image = preprocess_slice(lgg_split.heldout_raw[0], SIZE)
+    logged = extract(MODEL, "1", image, original_shape=(256, 256))
+    assert set(lgg_reference.frame.columns) == set(logged)
+    # an unknown version borrows the newest reference; an unknown model logs statistics only
+    assert extract(MODEL, "7", image).keys() == logged.keys()
+    assert not any(k.startswith("emb_") for k in extract("other-model", "1", image))
