@@ -75,8 +75,9 @@ class Monitor:
             except NotFoundError:
                 if version is None:
                     raise
-                # no reference for this exact version: the most recent one
-                self._references[key] = load_reference(model, None, home=self.home)
+                # no reference for this exact version (yet): the most recent one, not cached,
+                # so the version's own reference is picked up once it is built
+                return load_reference(model, None, home=self.home)
         return self._references[key]
 
     def evaluate(self, model: str) -> Evaluation:
