@@ -1,6 +1,12 @@
 """Export: single-file ONNX with parity checks, and Triton model repositories."""
 
-from medops.export.onnx_export import ExportError, ExportResult, export_onnx, read_model_metadata
+from medops.export.onnx_export import (
+    ExportError,
+    ExportResult,
+    check_onnx_parity,
+    export_onnx,
+    read_model_metadata,
+)
 from medops.export.triton import (
     TritonModel,
     model_config,
@@ -12,6 +18,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "TritonModel",
+    "check_onnx_parity",
     "export_onnx",
     "model_config",
     "read_model_config",

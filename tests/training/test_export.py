@@ -15,6 +15,7 @@ from medops.export import (
     ExportError,
     ExportResult,
     TritonModel,
+    check_onnx_parity,
     export_onnx,
     read_model_config,
     read_model_metadata,
@@ -93,19 +94,15 @@ def test_serving_metadata_is_stored_in_the_model(exported: dict) -> None:
     assert read_model_metadata(exported["segmenter"][1].path)["task"] == "segmentation"
 
 
-def test_parity_beyond_the_tolerance_raises(tmp_path: Path) -> None:
-    model = build_classifier(2, arch="resnet10", widths=(4, 4, 4, 4))
+def test_a_model_that_differs_from_its_onnx_file_fails_the_parity_check(exported: dict) -> None:
+    model, result = exported["classifier"]
+    assert check_onnx_parity(model, result.path, input_size=32) <= 1e-4
+    changed = build_classifier(2, arch="resnet10", widths=(8, 16, 32, 64)).eval()
+    changed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        changed.get_parameter("fc.bias")[1] += 0.5  # shifts the softmax
     with pytest.raises(ExportError, match="differs from PyTorch"):
-        export_onnx(
-            model,
-            tmp_path / "m.onnx",
-            task="classifier",
-            input_size=32,
-            classes=["a", "b"],
-            threshold=0.5,
-            dataset_version="v",
-            tolerance=-1.0,
-        )
+        check_onnx_parity(changed, result.path, input_size=32)
 
 
 def test_bad_export_arguments_are_refused(tmp_path: Path) -> None:

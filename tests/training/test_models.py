@@ -30,7 +30,8 @@ def test_serving_wrapper_turns_logits_into_probabilities() -> None:
     probs = cls.eval()(torch.rand(2, 3, 32, 32))
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(2))
     seg = ServingWrapper(build_segmenter(channels=(8, 16)), "segmenter").eval()
-    out = seg(torch.rand(1, 3, 32, 32))
+    with torch.no_grad():
+        out = seg(torch.rand(1, 3, 32, 32))
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 

@@ -54,6 +54,7 @@ def test_tiny_preset_trains_evaluates_and_exports_on_real_patients(
 
     cls_ev = evaluate_classifier(cls.model, test, val=val)
     seg_ev = evaluate_segmenter(seg.model, test)
+    assert seg_ev.probs is not None
     two = evaluate_two_stage(cls_ev.probs, seg_ev.probs, test, threshold=cls_ev.threshold)
     assert cls_ev.threshold_source == "validation" and 0.0 <= cls_ev.auc <= 1.0
     assert seg_ev.headline()["patients"] == 1.0
