@@ -111,9 +111,11 @@ def train_distributed(
 
     Each process takes ``batch_size / world_size`` samples of every global batch (a
     DistributedSampler), gradients are averaged, rank 0 validates and decides early stopping.
-    With augmentation off this follows the single-process run up to floating-point rounding
-    (exactly so for the instance-normalised segmenter; batch norm sees smaller per-process
-    batches in the classifier). Threads: ``num_threads / world_size`` per process.
+    With augmentation off it follows the single-process run closely: only batch-level
+    statistics differ (the batch Dice of the segmenter loss, batch norm in the classifier),
+    since each process computes them on its share of the batch. Threads: ``num_threads /
+    world_size`` per process. Processes are spawned, so a script calling this needs the
+    ``if __name__ == "__main__":`` guard.
     """
     if world_size < 1:
         raise InvalidInputError(f"world_size: must be at least 1, got {world_size}")
