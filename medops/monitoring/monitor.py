@@ -49,7 +49,7 @@ class Monitor:
         policy: RetrainPolicy | None = None,
         actions: Sequence[RetrainAction] = (),
         window_size: int = 500,
-        min_window: int = 50,
+        min_window: int = 100,
         drift_share_threshold: float = 0.1,
         negative_label: str = "no_tumour",
     ) -> None:
