@@ -15,8 +15,8 @@ from medops.monitoring.drift import (
 )
 from medops.monitoring.features import FEATURE_NAMES, EmbeddingReducer, image_features
 from medops.monitoring.metrics import STAGES, GatewayMetrics, MonitorMetrics
-from medops.monitoring.rle import dice, rle_decode, rle_encode
 from medops.monitoring.store import PredictionRecord, PredictionStore
+from medops.rle import dice, rle_decode, rle_encode
 
 __all__ = [
     "FEATURE_NAMES",

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from medops.monitoring.rle import dice, rle_decode
+from medops.rle import dice, rle_decode
 
 
 @dataclass(frozen=True)

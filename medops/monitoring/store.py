@@ -29,7 +29,7 @@ from medops.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from medops.monitoring.rle import validate_rle
+from medops.rle import validate_rle
 
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .-]{0,63}$")

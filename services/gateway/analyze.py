@@ -34,8 +34,10 @@ from medops.deid import UIDMap
 from medops.errors import InvalidInputError, MedopsError, UnsupportedMediaTypeError
 from medops.imaging.image import Image
 from medops.modelspec import CLASSIFIER, SEGMENTER
+from medops.monitoring import PredictionFeatures
 from medops.monitoring.metrics import GatewayMetrics
 from medops.monitoring.store import PredictionRecord, PredictionStore
+from medops.rle import rle_encode, rle_encode_volume
 from medops.transforms import preprocess_slice, restore_mask
 
 from .dataplane import DataPlane, Prediction
@@ -87,23 +89,6 @@ def choose_media_type(accept: str | None) -> str:
     raise NotAcceptableError(f"cannot answer with {accept!r}; offered: {', '.join(OFFERED)}")
 
 
-def rle_encode(mask: np.ndarray) -> list[int]:
-    """Run lengths of a binary mask in C order, starting with a run of zeros (maybe empty)."""
-    flat = np.asarray(mask, dtype=bool).ravel()
-    if flat.size == 0:
-        return []
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    return [0, *counts] if flat[0] else counts
-
-
-def rle_decode(counts: list[int], shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of :func:`rle_encode`."""
-    values = np.arange(len(counts)) % 2 == 1
-    return np.repeat(values, counts).reshape(shape).astype(np.uint8)
-
-
 @dataclass
 class Upload:
     data: bytes | None
@@ -140,8 +125,11 @@ class Analyzer:
         deid_key: bytes | None = None,
         store: PredictionStore | None = None,
         metrics: GatewayMetrics | None = None,
+        home: Path | None = None,
     ) -> None:
         self.dataplane = dataplane
+        self.features = PredictionFeatures(home)
+        """Image statistics plus the embedding of each model version's drift reference."""
         self.batch_size = max(1, batch_size)
         self.deid_key = deid_key or secrets.token_bytes(32)
         self.store = store
@@ -293,13 +281,7 @@ class Analyzer:
             "tumour_volume_ml": (
                 round(float(area_px.sum()) * image.voxel_volume_ml, 6) if volumetric else None
             ),
-            "mask": {
-                "encoding": "rle",
-                "order": "C",
-                "first_value": 0,
-                "shape": list(a.mask.shape),
-                "counts": rle_encode(a.mask),
-            },
+            "mask": {"encoding": "coco-rle", "slices": rle_encode_volume(a.mask)},
         }
 
     @staticmethod
@@ -327,15 +309,12 @@ class Analyzer:
     def _records(self, a: Analysis, base_id: str) -> list[PredictionRecord]:
         """Prediction log entries: one per slice for the classifier, one per segmented slice
         for the segmenter. Image statistics and masks only; nothing identifies anyone."""
-        from medops.monitoring.features import image_features
-        from medops.monitoring.rle import rle_encode as coco_rle
-
         shape = a.image.shape[1:]
         cls = a.classifier
         classes = cls.info.classes
         records = []
         for k, inputs in enumerate(a.inputs):
-            features = image_features(inputs, original_shape=shape)
+            features = self.features(cls.info.name, cls.version, inputs, original_shape=shape)
             row = cls.probabilities[k]
             answered = len(classes) - 1 if a.positive[k] else int(row[:-1].argmax())
             records.append(
@@ -359,9 +338,11 @@ class Analyzer:
                         version=seg.version,
                         variant=seg.variant,
                         probabilities={"max": a.segment_max[k]},
-                        features=features,
+                        features=self.features(
+                            seg.info.name, seg.version, inputs, original_shape=shape
+                        ),
                         area=float(a.mask[k].sum()) * a.image.pixel_area_mm2,
-                        mask_rle=coco_rle(a.mask[k]),
+                        mask_rle=rle_encode(a.mask[k]),
                     )
                 )
         return records

@@ -172,6 +172,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         deid_key=settings.deid_key.encode() if settings.deid_key else None,
         store=store,
         metrics=metrics,
+        home=settings.home,
     )
     app = create_app(settings, dataplane, auth, analyzer)
     gateway = Gateway(

@@ -278,8 +278,13 @@ def create_app(
 
     @app.get("/v1/routing/audit")
     async def routing_audit() -> Response:
-        audit = getattr(dataplane.router, "audit", None)
-        return _json({"entries": audit() if audit else []})
+        return _json({"entries": dataplane.router.audit()})
+
+    @app.get("/v1/routing/decisions")
+    async def routing_decisions() -> Response:
+        """Progressive-delivery analysis decisions and live per-variant counters."""
+        router = dataplane.router
+        return _json({"decisions": router.decisions(), "variants": router.stats()})
 
     app.add_middleware(GatewayMiddleware, auth=auth, max_request_bytes=settings.max_request_bytes)
     return app

@@ -14,7 +14,7 @@ from medops.monitoring.features import (
     image_features,
     pooled_vector,
 )
-from medops.monitoring.rle import dice, rle_decode, rle_encode, validate_rle
+from medops.rle import dice, rle_decode, rle_encode, validate_rle
 
 
 def _phantom(rng: np.random.Generator, size: int = 128) -> np.ndarray:

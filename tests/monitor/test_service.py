@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from monitor_support import MODEL, Receiver
 
 from medops.monitoring.drift import Reference
-from medops.monitoring.rle import rle_encode
 from medops.monitoring.store import PredictionRecord, PredictionStore
+from medops.rle import rle_encode
 from services.monitor import MonitorSettings, create_app
 
 

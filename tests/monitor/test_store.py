@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from medops.errors import ConflictError, InvalidInputError, NotFoundError
-from medops.monitoring.rle import rle_encode
 from medops.monitoring.store import PredictionRecord, PredictionStore
+from medops.rle import rle_encode
 
 
 def _rec(i: int, *, model: str = "brain-tumor-classifier", t: float | None = None, **kw):

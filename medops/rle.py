@@ -68,3 +68,18 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     total = int(a.sum() + b.sum())
     return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
+def rle_encode_volume(mask: np.ndarray) -> list[dict[str, Any]]:
+    """One RLE per slice of a (slices, rows, cols) mask."""
+    m = np.asarray(mask)
+    if m.ndim != 3:
+        raise InvalidInputError(f"mask: expected a 3D array, got shape {m.shape}")
+    return [rle_encode(s) for s in m]
+
+
+def rle_decode_volume(slices: list[Mapping[str, Any]]) -> np.ndarray:
+    """Inverse of :func:`rle_encode_volume`: a boolean (slices, rows, cols) mask."""
+    if not slices:
+        raise InvalidInputError("mask: no slices")
+    return np.stack([rle_decode(s) for s in slices])
