@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medops.errors import DatasetError, InvalidInputError, NotFoundError
+from medops.errors import DatasetError, InvalidInputError
 from medops.modelspec import CHALLENGER, CHAMPION, MODEL_NAMES
 from pipelines.presets import get_preset
 
@@ -566,6 +566,8 @@ def publish(tracking_uri: str, out_dir: str) -> list[dict[str, Any]]:
             )
             published.append({"name": name, "version": resolved.info.version, "alias": alias})
     if not models:
-        raise NotFoundError("no registered model has a champion yet: nothing to publish")
+        # the gate may rightly keep every challenger out: nothing to serve is not a failure
+        log.warning("no registered model has a champion yet: nothing published to %s", out_dir)
+        return []
     write_triton_repository(models, Path(out_dir))
     return published
