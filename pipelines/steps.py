@@ -96,10 +96,25 @@ def split_data(
         )
     splits = split_dataset(manifest, seed=int(seed))
     if max_patients:
+        labels = manifest.patient_labels()
+
+        def cap(patients: list[str], name: str) -> list[str]:
+            # keep the classes mixed: take patients round-robin over their labels
+            by_label: dict[int, list[str]] = {}
+            for pid in patients:
+                by_label.setdefault(labels.get(pid, 0), []).append(pid)
+            mixed = [
+                group[i]
+                for i in range(max((len(g) for g in by_label.values()), default=0))
+                for _, group in sorted(by_label.items())
+                if i < len(group)
+            ]
+            return mixed[: int(max_patients.get(name, len(patients)))]
+
         splits = Splits(
-            train=splits.train[: int(max_patients.get("train", len(splits.train)))],
-            val=splits.val[: int(max_patients.get("val", len(splits.val)))],
-            test=splits.test[: int(max_patients.get("test", len(splits.test)))],
+            train=cap(splits.train, "train"),
+            val=cap(splits.val, "val"),
+            test=cap(splits.test, "test"),
             seed=splits.seed,
             fractions=splits.fractions,
             version=splits.version,
