@@ -36,7 +36,8 @@ def pipeline() -> None:
     type=click.Choice(list(PRESETS)),
     default="fast",
     show_default=True,
-    help="tiny: seconds (tests); fast: about 15 min on 2 CPU cores; full: quality.",
+    help="tiny: seconds (tests); fast: about 15 min on 2 CPU cores; refresh: 3 epochs on "
+    "top of --warm-start; full: quality.",
 )
 @click.option(
     "--data-dir",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medops.errors import DatasetError, InvalidInputError
-from medops.modelspec import CHALLENGER, CHAMPION, MODEL_NAMES
+from medops.modelspec import CHALLENGER, CHAMPION, INPUT_NAME, MODEL_NAMES
 from pipelines.presets import get_preset
 
 if TYPE_CHECKING:
@@ -585,4 +585,69 @@ def publish(tracking_uri: str, out_dir: str) -> list[dict[str, Any]]:
         log.warning("no registered model has a champion yet: nothing published to %s", out_dir)
         return []
     write_triton_repository(models, Path(out_dir))
+    home = Path(out_dir).resolve().parent
+    for entry in published:
+        build_drift_reference(registry, entry["name"], entry["version"], home)
     return published
+
+
+def build_drift_reference(registry: Any, name: str, version: str, home: Path) -> None:
+    """Store the monitor's reference for a served version: the features, embedding and outputs
+    of the model on its own training patients, under ``<home>/monitoring/reference``."""
+    import numpy as np
+    import onnxruntime as ort
+    from mlflow.tracking import MlflowClient
+
+    from medops.monitoring.drift import build_reference, reference_dir
+
+    if (reference_dir(name, version, home=home) / "meta.json").is_file():
+        return
+    resolved = registry.resolve(name, version)
+    dataset_version = registry.version_tags(name, version).get("dataset_version", "")
+    found = sorted(home.glob(f"datasets/*/{dataset_version}/manifest.json"))
+    if not dataset_version or not found:
+        log.warning(
+            "no local dataset %r for %s v%s: no drift reference", dataset_version, name, version
+        )
+        return
+    params = MlflowClient(registry.tracking_uri).get_run(resolved.run_id).data.params
+    preset = get_preset(params.get("pipeline_preset", "fast"))
+    info = resolved.info
+    with tempfile.TemporaryDirectory(prefix="medops-reference-") as tmp:
+        splits_path = str(Path(tmp) / "splits.json")
+        # the very patients this version trained on: the run's seed and the preset's cap
+        split_data(
+            str(found[0]),
+            splits_path,
+            seed=int(params.get("seed", 0)),
+            max_patients=preset.max_patients,
+        )
+        arrays = load_split(
+            str(found[0]), splits_path, "train", size=info.input_size, home=str(home)
+        )
+    session = ort.InferenceSession(str(resolved.onnx_path), providers=["CPUExecutionProvider"])
+    probs = np.concatenate(
+        [
+            session.run(None, {INPUT_NAME: arrays.images[i : i + 64]})[0]
+            for i in range(0, len(arrays.images), 64)
+        ]
+    )
+    outputs = None
+    if info.task == "classification":
+        # as the gateway logs them: the answered class's probability is the confidence
+        answered = [
+            len(row) - 1 if row[-1] >= info.threshold else int(row[:-1].argmax()) for row in probs
+        ]
+        outputs = [
+            {f"prob_{c}": float(p) for c, p in zip(info.classes, row, strict=True)}
+            | {"confidence": float(row[k])}
+            for row, k in zip(probs, answered, strict=True)
+        ]
+    build_reference(
+        list(arrays.images),
+        model=name,
+        model_version=version,
+        home=home,
+        outputs=outputs,
+        groups=arrays.patient_ids,
+    )

@@ -14,11 +14,16 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from medops.cli import cli
-from medops.data import ingest
+from medops.data import Splits, ingest
 from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER
+from medops.monitoring import load_reference
 from medops.registry import CARD_PATH, GATE_PATH, REPORT_PATH, Registry
 from medops.settings import MedopsSettings
 from pipelines.cli import pipeline
+from pipelines.presets import get_preset
+from pipelines.steps import split_data
+
+TINY_CAP = get_preset("tiny").max_patients
 
 
 @pytest.mark.integration
@@ -37,7 +42,10 @@ def test_the_tiny_pipeline_trains_registers_promotes_and_publishes_both_models(
     assert "pipeline tiny finished" in result.output
 
     registry = Registry(mlflow_server, cache_dir=tmp_path / "cache")
-    dataset_version = ingest(lgg_dir, medops_home).version
+    manifest = ingest(lgg_dir, medops_home)
+    dataset_version = manifest.version
+    split_data(str(manifest.path), str(tmp_path / "splits.json"), max_patients=TINY_CAP)
+    train_ids = Splits.load(tmp_path / "splits.json").sample_ids(manifest, "train")
     models = {m.name: m for m in registry.list_models()}
     for name, output_shape in ((CLASSIFIER, (1, 2)), (SEGMENTER, (1, 1, 32, 32))):
         summary = models[name]
@@ -77,6 +85,12 @@ def test_the_tiny_pipeline_trains_registers_promotes_and_publishes_both_models(
         assert (folder / "1" / "model.onnx").read_bytes() == resolved.onnx_path.read_bytes()
         assert "KIND_GPU" in (folder / "config.pbtxt").read_text()
         assert "KIND_CPU" in (folder / "configs" / "cpu.pbtxt").read_text()
+
+        # the monitor's drift reference for the served version: the training patients' slices
+        reference = load_reference(name, "1", home=medops_home)
+        assert len(reference.frame) == len(train_ids) > 0
+        assert reference.reducer is not None
+        assert ("prob_tumour" in reference.frame.columns) == (name == CLASSIFIER)
     assert (medops_home / "pipeline-runs").is_dir()
 
     # the two-stage system was evaluated end to end and logged on the segmenter's run
