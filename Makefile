@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/medops demo
 
 ## Everything the tests need (Python, Debian packages, the Triton venv), then the tests.
-test: $(STAMP) system-deps triton
+test: $(STAMP) system-deps triton lint
 	$(BIN)/pytest -m "not slow" -q
 
 test-slow: $(STAMP) system-deps triton

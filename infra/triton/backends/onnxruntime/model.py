@@ -28,7 +28,9 @@ class TritonPythonModel:
         filename = config.get("default_model_filename") or "model.onnx"
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         options = ort.SessionOptions()
-        threads = int(params.get("intra_op_thread_count") or os.environ.get("MEDOPS_ORT_THREADS", "1"))
+        threads = int(
+            params.get("intra_op_thread_count") or os.environ.get("MEDOPS_ORT_THREADS", "1")
+        )
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(
@@ -36,7 +38,9 @@ class TritonPythonModel:
         )
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.inputs = [i["name"] for i in config["input"]]
-        self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]]
+        self.outputs = [
+            (o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]
+        ]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         feeds_per_request = [
@@ -60,7 +64,7 @@ class TritonPythonModel:
         for arrays in per_request:
             tensors = [
                 pb_utils.Tensor(name, np.ascontiguousarray(a, dtype=dtype))
-                for (name, dtype), a in zip(self.outputs, arrays)
+                for (name, dtype), a in zip(self.outputs, arrays, strict=True)
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
