@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export MEDOPS_HOME ?= $(CURDIR)/.medops
 export MEDOPS_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: demo test test-slow lint typecheck bench install system-deps triton clean
+.PHONY: demo test test-slow lint bench bench-quality install system-deps triton clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy medops services pipelines
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+## Benchmarks that take minutes; bench-quality trains the full preset (hours on 2 cores).
+bench: $(STAMP) triton
+	$(BIN)/python -m bench ingest routing gateway drift predlog
+
+bench-quality: $(STAMP)
+	$(BIN)/python -m bench quality
 
 clean:
 	rm -rf $(VENV) .medops .pytest_cache .mypy_cache .ruff_cache
