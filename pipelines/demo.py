@@ -223,7 +223,7 @@ def _dicom_seg(client: _Client, manifest: Manifest, patient: str) -> None:
     )
 
 
-def _canary(client: _Client, manifest: Manifest, requests: int) -> None:
+def _canary(client: _Client, registry: Registry, manifest: Manifest, requests: int) -> None:
     _step("5. Canary: 30 % of the classifier's traffic to the challenger, sticky by study")
     document = {
         "mode": "gateway",
@@ -237,7 +237,7 @@ def _canary(client: _Client, manifest: Manifest, requests: int) -> None:
                 "progressive": {
                     "variant": "challenger",
                     "steps": [30, 60, 100],
-                    "intervalSeconds": 5,
+                    "intervalSeconds": 4,
                     "minRequests": 10,
                     "maxErrorRate": 0.02,
                     "maxLatencySeconds": 2.0,
@@ -274,6 +274,8 @@ def _canary(client: _Client, manifest: Manifest, requests: int) -> None:
         )
     if not decisions:
         click.echo("  analysis: waiting for enough requests")
+    champion = registry.get_alias(CLASSIFIER, CHAMPION)
+    click.echo(f"MLflow: {CLASSIFIER} champion → v{champion}")
 
 
 def _monitor(client: _Client, monitor: httpx.Client, fourclass: Path, n: int) -> None:
@@ -302,7 +304,7 @@ def _evaluate(monitor: httpx.Client, title: str) -> None:
 
 @click.command("demo")
 @click.option("--preset", type=click.Choice(["tiny", "fast", "full"]), default="fast")
-@click.option("--requests", type=int, default=60, show_default=True)
+@click.option("--requests", type=int, default=150, show_default=True, help="Canary requests.")
 @click.pass_context
 def demo(ctx: click.Context, preset: str, requests: int) -> None:
     """Run the whole platform once on embedded defaults: train, serve, route, monitor."""
@@ -344,10 +346,10 @@ def demo(ctx: click.Context, preset: str, requests: int) -> None:
         _serve_test_patients(client, manifest, test_patients)
         _dicom_seg(client, manifest, test_patients[0])
 
-        _step("4. A challenger: the pipeline again, a few epochs on top of the champions")
+        _step("4. A challenger: a few epochs on top of the champions; the gate only records")
         _train(settings, "tiny" if preset == "tiny" else "refresh", home, seed=1, warm=CHAMPION)
         _models(registry)
-        _canary(client, manifest, requests)
+        _canary(client, registry, manifest, requests)
 
         with _service(
             ["monitor", "--port", str(monitor_port), "--store-url", store, "--interval", "3600"],

@@ -26,6 +26,9 @@ class PipelinePreset:
     """Per task: how much worse than the champion (same test patients) a challenger may be."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per task: TrainConfig fields changed from the training preset."""
+    promote: bool = True
+    """The gate moves ``champion`` when a challenger passes; False records the verdict and
+    leaves the move to a live canary (progressive delivery in the gateway)."""
 
 
 _TOLERANCE = {
@@ -83,10 +86,12 @@ PRESETS: dict[str, PipelinePreset] = {
 }
 
 
-# a few epochs on top of a warm start (--warm-start champion): a cheap challenger
+# a few epochs on top of a warm start (--warm-start champion): a cheap challenger that a
+# live canary promotes, not the gate
 PRESETS["refresh"] = replace(
     PRESETS["fast"],
     name="refresh",
+    promote=False,
     overrides={
         task: {"epochs": 3, "freeze_epochs": 1, "patience": 0}
         for task in ("classifier", "segmenter", "type-classifier")

@@ -542,7 +542,12 @@ def gate(task: str, preset: str, tracking_uri: str, version: str, evaluation_pat
     decision.evidence["champion_version"] = champion["version"] if champion else None
     decision.evidence["challenger_version"] = str(version)
     decision.evidence["same_test_patients"] = True
-    return Registry(tracking_uri).record_gate(TASK_MODEL[task], str(version), decision)
+    # a preset may leave promotion to a live canary, unless there is no champion to serve
+    move = chosen.promote or champion is None
+    decision.evidence["promoted_by"] = "gate" if move else "live canary"
+    return Registry(tracking_uri).record_gate(
+        TASK_MODEL[task], str(version), decision, move_champion=move
+    )
 
 
 def publish(tracking_uri: str, out_dir: str) -> list[dict[str, Any]]:

@@ -565,12 +565,15 @@ class Registry:
 
     # --------------------------------------------------------------------- gate
 
-    def record_gate(self, name: str, version: str, decision: GateDecision) -> bool:
+    def record_gate(
+        self, name: str, version: str, decision: GateDecision, *, move_champion: bool = True
+    ) -> bool:
         """Record a gate decision on the challenger's run and version; promote if it says so.
 
         Writes ``gate.json`` (reasons and evidence) to the run, tags the run and the version
-        with ``gate.promote``, and moves ``champion`` to ``version`` only when promoted.
-        Returns whether the version is now champion.
+        with ``gate.promote``, and moves ``champion`` to ``version`` only when promoted and
+        ``move_champion`` (False leaves the move to a live canary). Returns whether the version
+        is now champion.
         """
         mv = self._version(name, version)
         payload = decision.to_dict()
@@ -582,9 +585,10 @@ class Registry:
             self._client.set_tag(mv.run_id, TAG_GATE, verdict)
             self._client.set_tag(mv.run_id, "gate.reasons", "; ".join(decision.reasons)[:5000])
             self._client.set_model_version_tag(name, str(mv.version), TAG_GATE, verdict)
-        if decision.promote:
+        if decision.promote and move_champion:
             self.set_alias(name, CHAMPION, str(mv.version))
-        return decision.promote
+            return True
+        return False
 
 
 def _now_ms() -> int:

@@ -10,6 +10,7 @@ import pytest
 from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER
 from medops.registry import GATE_PATH, Registry
 from pipelines import steps
+from pipelines.presets import get_preset
 
 UNTRAINED = {"epochs": 1, "max_steps_per_epoch": 1, "lr": 1e-7}
 TRAINED = {"epochs": 6, "patience": 0, "max_steps_per_epoch": 30}
@@ -145,3 +146,10 @@ def test_the_gate_promotes_a_better_model_and_keeps_a_worse_one_out_on_the_same_
     )
     assert Path(warm["config"]["warm_start"]).parts[-3:] == (CLASSIFIER, strong, "model.pt")
     assert warm["best_metric"] == pytest.approx(strong_eval_val_auc(tmp_path), abs=0.02)
+
+
+def test_the_refresh_preset_leaves_promotion_to_a_live_canary_and_gates_like_fast() -> None:
+    refresh, fast = get_preset("refresh"), get_preset("fast")
+    assert refresh.promote is False and fast.promote is True
+    assert refresh.minimums == fast.minimums and refresh.tolerance == fast.tolerance
+    assert all(o["epochs"] == 3 for o in refresh.overrides.values())

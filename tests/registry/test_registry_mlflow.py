@@ -202,3 +202,12 @@ def test_the_gate_decision_is_recorded_and_moves_the_champion_only_when_promoted
     assert recorded["promote"] is False
     assert recorded["evidence"]["champion"] == {"auc": 0.93}
     assert any("beyond tolerance" in r for r in recorded["reasons"])
+
+    # a passing verdict that leaves the move to a live canary: recorded, champion unchanged
+    better = _register(registry, tmp_path, bias=2.0, auc=0.97)
+    passing = promotion_gate({"auc": 0.97}, {"auc": 0.93}, minimums=minimums, tolerance=0.01)
+    assert passing.promote is True
+    assert registry.record_gate(CLASSIFIER, better.version, passing, move_champion=False) is False
+    assert registry.get_alias(CLASSIFIER, CHAMPION) == good.version
+    assert registry.get_alias(CLASSIFIER, CHALLENGER) == better.version
+    assert registry.version_tags(CLASSIFIER, better.version)["gate.promote"] == "true"
