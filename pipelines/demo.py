@@ -251,8 +251,7 @@ def _canary(client: _Client, registry: Registry, manifest: Manifest, requests: i
         raise BackendUnavailableError(f"routing refused: {r.status_code} {r.text}")
     click.echo(f"routing revision {r.json()['revision']} accepted")
     samples = manifest.samples[:: max(1, len(manifest.samples) // requests)][:requests]
-    split: Counter[str] = Counter()
-    versions: dict[str, str] = {}
+    split: Counter[tuple[str, str]] = Counter()
     for i, s in enumerate(samples):
         r = client.analyze(
             Path(s.image).name,
@@ -260,11 +259,10 @@ def _canary(client: _Client, registry: Registry, manifest: Manifest, requests: i
             headers={"x-medops-route-key": f"study-{i}"},
         )
         r.raise_for_status()
-        variant = r.json()["models"]["classifier"]["variant"]
-        split[variant] += 1
-        versions[variant] = r.json()["models"]["classifier"]["version"]
+        served = r.json()["models"]["classifier"]
+        split[served["variant"], served["version"]] += 1
         time.sleep(0.1)
-    shown = ", ".join(f"{v} (v{versions[v]}) {n}" for v, n in sorted(split.items()))
+    shown = ", ".join(f"{variant} v{version} {n}" for (variant, version), n in split.items())
     click.echo(f"{len(samples)} requests: {shown}")
     decisions = client.get("/v1/routing/decisions")["decisions"]
     for d in decisions:

@@ -630,12 +630,19 @@ def build_drift_reference(registry: Any, name: str, version: str, home: Path) ->
         arrays = load_split(
             str(found[0]), splits_path, "train", size=info.input_size, home=str(home)
         )
+    images, patients = arrays.images, arrays.patient_ids
+    if info.task == "segmentation":
+        # serving segments the slices the classifier flags: compare with tumour slices alone
+        keep = np.flatnonzero(arrays.labels == 1)
+        images, patients = images[keep], [patients[i] for i in keep]
+    if len(images) < 8:
+        log.warning(
+            "%s v%s: %d training slices, too few for a drift reference", name, version, len(images)
+        )
+        return
     session = ort.InferenceSession(str(resolved.onnx_path), providers=["CPUExecutionProvider"])
     probs = np.concatenate(
-        [
-            session.run(None, {INPUT_NAME: arrays.images[i : i + 64]})[0]
-            for i in range(0, len(arrays.images), 64)
-        ]
+        [session.run(None, {INPUT_NAME: images[i : i + 64]})[0] for i in range(0, len(images), 64)]
     )
     outputs = None
     if info.task == "classification":
@@ -649,10 +656,5 @@ def build_drift_reference(registry: Any, name: str, version: str, home: Path) ->
             for row, k in zip(probs, answered, strict=True)
         ]
     build_reference(
-        list(arrays.images),
-        model=name,
-        model_version=version,
-        home=home,
-        outputs=outputs,
-        groups=arrays.patient_ids,
+        list(images), model=name, model_version=version, home=home, outputs=outputs, groups=patients
     )
