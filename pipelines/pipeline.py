@@ -109,6 +109,36 @@ def _finish(
     return task
 
 
+def _prepare_data(
+    c: Components,
+    data_path: Any,
+    home: Any,
+    seed: Any,
+    max_patients: Any,
+    *,
+    label: str,
+    cluster: ClusterSettings | None,
+) -> tuple[Any, Any, Any]:
+    """ingest -> split -> validate for one dataset; returns (manifest, splits task, validate)."""
+    ingested = _finish(
+        c.ingest(data_path=data_path, home=home), "ingest", f"ingest{label}", cluster
+    )
+    manifest = ingested.output
+    splits = _finish(
+        c.split(manifest=manifest, seed=seed, max_patients=max_patients),
+        "split",
+        f"split{label}",
+        cluster,
+    )
+    validated = _finish(
+        c.validate(manifest=manifest, splits=splits.outputs["splits"]),
+        "validate",
+        f"validate{label}",
+        cluster,
+    )
+    return manifest, splits, validated
+
+
 def _model_branch(
     c: Components,
     task: str,
@@ -224,19 +254,8 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
         registry_ok = _finish(
             c.check_registry(tracking_uri=tracking_uri), "check_registry", "check registry", cluster
         )
-        ingested = _finish(c.ingest(data_path=lgg_path, home=home), "ingest", "ingest", cluster)
-        manifest = ingested.output
-        splits = _finish(
-            c.split(manifest=manifest, seed=seed, max_patients=max_patients),
-            "split",
-            "split",
-            cluster,
-        )
-        validated = _finish(
-            c.validate(manifest=manifest, splits=splits.outputs["splits"]),
-            "validate",
-            "validate",
-            cluster,
+        manifest, splits, validated = _prepare_data(
+            c, lgg_path, home, seed, max_patients, label="", cluster=cluster
         )
         branches = {}
         for task in ("classifier", "segmenter"):
@@ -292,21 +311,8 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
             cluster,
         )
         with dsl.If(type_classifier == True, name="type-classifier"):  # noqa: E712 - kfp condition
-            ingested4 = _finish(
-                c.ingest(data_path=fourclass_path, home=home), "ingest", "ingest 4-class", cluster
-            )
-            manifest4 = ingested4.output
-            splits4 = _finish(
-                c.split(manifest=manifest4, seed=seed, max_patients=type_max_patients),
-                "split",
-                "split 4-class",
-                cluster,
-            )
-            validated4 = _finish(
-                c.validate(manifest=manifest4, splits=splits4.outputs["splits"]),
-                "validate",
-                "validate 4-class",
-                cluster,
+            manifest4, splits4, validated4 = _prepare_data(
+                c, fourclass_path, home, seed, type_max_patients, label=" 4-class", cluster=cluster
             )
             type_branch = _model_branch(
                 c,
