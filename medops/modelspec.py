@@ -32,6 +32,9 @@ META_INPUT_SIZE: Final = "medops.input_size"  # "256"
 META_CLASSES: Final = "medops.classes"  # JSON list of class names
 META_THRESHOLD: Final = "medops.threshold"  # operating threshold, "0.5"
 META_DATASET_VERSION: Final = "medops.dataset_version"
+META_TEMPERATURE: Final = "medops.temperature"  # calibration, already applied in the graph
+META_GATE_THRESHOLD: Final = "medops.gate_threshold"  # segmenter: segment at P(tumour) >= this
+META_MIN_COMPONENT: Final = "medops.min_component_px"  # segmenter: drop smaller components
 
 
 @dataclass(frozen=True)
@@ -44,3 +47,8 @@ class ModelInfo:
     input_size: int
     classes: tuple[str, ...]
     threshold: float
+    gate_threshold: float | None = None
+    """Segmenter: the classifier's P(tumour) from which a slice is segmented (chosen with the
+    classifier on validation data); None: the classifier's own operating threshold."""
+    min_component_px: int = 0
+    """Segmenter: connected components smaller than this (model pixels) are dropped."""

@@ -201,3 +201,28 @@ def restore_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def volume_to_slices(image: Image) -> list[np.ndarray]:
     """Split a volume into its slices along the third voxel axis, each ``(C, Y, X)``."""
     return [image.slice(k) for k in range(image.num_slices)]
+
+
+def drop_small_components(masks: np.ndarray, min_px: int) -> np.ndarray:
+    """Binary masks (..., H, W) with 8-connected components smaller than ``min_px`` removed.
+
+    The segmenter's post-processing, applied alike in evaluation and serving; ``min_px`` is
+    chosen on validation data and stored with the model.
+    """
+    from scipy import ndimage
+
+    binary = np.asarray(masks, dtype=bool)
+    if min_px <= 1 or not binary.any():
+        return binary
+    flat = binary.reshape(-1, *binary.shape[-2:])
+    out = np.zeros_like(flat)
+    structure = np.ones((3, 3), dtype=bool)
+    for i, mask in enumerate(flat):
+        if not mask.any():
+            continue
+        labels, count = ndimage.label(mask, structure=structure)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        keep = sizes >= min_px
+        keep[0] = False
+        out[i] = keep[labels]
+    return out.reshape(binary.shape)

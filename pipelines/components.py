@@ -145,23 +145,23 @@ def evaluate(
             metrics.log_metric(key, value)
 
 
-def evaluate_system(
+def evaluate_segmenter(
     preset: str,
     manifest: str,
     home: str,
     splits: Input[Artifact],
+    model: Input[Model],
+    overrides: str,
+    tracking_uri: str,
     classifier: Input[Model],
-    segmenter: Input[Model],
     classifier_evaluation: Input[Artifact],
     classifier_training: Input[Artifact],
-    segmenter_training: Input[Artifact],
-    tracking_uri: str,
-    segmenter_version: str,
     report: Output[HTML],
+    evaluation: Output[Artifact],
     metrics: Output[Metrics],
 ) -> None:
-    """The two-stage system (classifier gates segmenter) on the test patients; the result is
-    also logged on the new segmenter version's run."""
+    """The segmenter as it serves, gated by this run's calibrated classifier, on the test
+    patients (the rule chosen on validation); the champion re-evaluated there too."""
     import json
     import math
 
@@ -169,24 +169,24 @@ def evaluate_system(
 
     with open(classifier_training.path) as fh:
         classifier_overrides = json.load(fh)["overrides"]
-    with open(segmenter_training.path) as fh:
-        segmenter_overrides = json.load(fh)["overrides"]
-    headline = steps.evaluate_system(
+    headline = steps.evaluate(
+        "segmenter",
         preset,
         manifest,
         splits.path,
         home,
-        classifier.path,
-        segmenter.path,
-        classifier_evaluation.path,
+        model.path,
         report.path,
+        evaluation.path,
+        overrides=overrides,
+        tracking_uri=tracking_uri,
+        classifier_weights=classifier.path,
+        classifier_evaluation=classifier_evaluation.path,
         classifier_overrides=classifier_overrides,
-        segmenter_overrides=segmenter_overrides,
     )
     for key, value in headline.items():
         if math.isfinite(value):
             metrics.log_metric(key, value)
-    steps.attach_to_version("segmenter", tracking_uri, segmenter_version, headline, report.path)
 
 
 def export(
@@ -216,8 +216,10 @@ def register(
     training: Input[Artifact],
     max_abs_diff: float,
     hpo_trials: int,
+    crossval: str,
 ) -> str:
-    """Log the run to MLflow and register a new version (alias challenger)."""
+    """Log the run to MLflow and register a new version (alias challenger); ``crossval`` is
+    the recipe's cross-validation file ("" when none ran)."""
     from pipelines import steps
 
     return steps.register(
@@ -231,6 +233,7 @@ def register(
         training.path,
         max_abs_diff=float(max_abs_diff),
         hpo_trials=int(hpo_trials),
+        crossval_path=crossval,
     )
 
 
@@ -271,7 +274,7 @@ class Components:
     no_tuning: Any
     train: Any
     evaluate: Any
-    evaluate_system: Any
+    evaluate_segmenter: Any
     export: Any
     register: Any
     gate: Any
@@ -294,7 +297,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> Components:
         no_tuning=wrap(no_tuning),
         train=wrap(train),
         evaluate=wrap(evaluate),
-        evaluate_system=wrap(evaluate_system),
+        evaluate_segmenter=wrap(evaluate_segmenter),
         export=wrap(export),
         register=wrap(register),
         gate=wrap(gate),

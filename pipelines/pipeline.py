@@ -1,6 +1,6 @@
 """The training pipeline: ingest -> split -> validate -> (tune) -> train classifier || train
-segmenter -> evaluate -> export -> register -> promotion gate -> publish the Triton repository,
-with the two-stage system (classifier gates segmenter) evaluated once both are registered.
+segmenter -> evaluate -> export -> register -> promotion gate -> publish the Triton repository;
+the segmenter is evaluated as it serves, gated by the classifier of the same run.
 
 ``build_pipeline()`` gives the pipeline for ``kfp.local``; ``build_pipeline(cluster=...)`` adds
 the Kubernetes settings (GPU nodes, resources, the data volume, MLflow credentials) that
@@ -20,7 +20,7 @@ NO_CACHE = (
     "check_registry",
     "ingest",
     "evaluate",
-    "evaluate_system",
+    "evaluate_segmenter",
     "register",
     "gate",
     "publish",
@@ -30,7 +30,7 @@ USES_REGISTRY = (
     "check_registry",
     "train",
     "evaluate",
-    "evaluate_system",
+    "evaluate_segmenter",
     "register",
     "gate",
     "publish",
@@ -151,10 +151,14 @@ def _model_branch(
     warm_start: Any,
     tracking_uri: Any,
     hpo_trials: Any,
+    crossval: Any,
     after: list[Any],
     cluster: ClusterSettings | None,
+    gated_by: dict[str, Any] | None = None,
 ) -> Any:
-    """train -> evaluate -> export -> register -> gate for one task; returns its tasks."""
+    """train -> evaluate -> export -> register -> gate for one task; returns its tasks.
+
+    ``gated_by``: the classifier branch whose model gates this segmenter in serving."""
     trained = _finish(
         c.train(
             task=task,
@@ -171,21 +175,41 @@ def _model_branch(
         cluster,
         gpu=True,
     )
-    evaluated = _finish(
-        c.evaluate(
-            task=task,
-            preset=preset,
-            manifest=manifest,
-            home=home,
-            splits=splits,
-            model=trained.outputs["model"],
-            overrides=overrides,
-            tracking_uri=tracking_uri,
-        ),
-        "evaluate",
-        f"evaluate {task}",
-        cluster,
-    )
+    if gated_by is None:
+        evaluated = _finish(
+            c.evaluate(
+                task=task,
+                preset=preset,
+                manifest=manifest,
+                home=home,
+                splits=splits,
+                model=trained.outputs["model"],
+                overrides=overrides,
+                tracking_uri=tracking_uri,
+            ),
+            "evaluate",
+            f"evaluate {task}",
+            cluster,
+        )
+    else:
+        # the segmenter is judged as it serves: gated by this run's classifier
+        evaluated = _finish(
+            c.evaluate_segmenter(
+                preset=preset,
+                manifest=manifest,
+                home=home,
+                splits=splits,
+                model=trained.outputs["model"],
+                overrides=overrides,
+                tracking_uri=tracking_uri,
+                classifier=gated_by["train"].outputs["model"],
+                classifier_evaluation=gated_by["evaluate"].outputs["evaluation"],
+                classifier_training=gated_by["train"].outputs["training"],
+            ),
+            "evaluate_segmenter",
+            f"evaluate {task} (two-stage)",
+            cluster,
+        )
     exported = _finish(
         c.export(
             task=task,
@@ -210,6 +234,7 @@ def _model_branch(
             training=trained.outputs["training"],
             max_abs_diff=exported.outputs["Output"],
             hpo_trials=hpo_trials,
+            crossval=crossval,
         ),
         "register",
         f"register {task}",
@@ -250,6 +275,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
         type_classifier: bool = False,
         max_patients: dict = {},  # noqa: B006 - kfp needs a literal default
         type_max_patients: dict = {},  # noqa: B006
+        crossval: str = "",
     ) -> str:
         registry_ok = _finish(
             c.check_registry(tracking_uri=tracking_uri), "check_registry", "check registry", cluster
@@ -257,7 +283,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
         manifest, splits, validated = _prepare_data(
             c, lgg_path, home, seed, max_patients, label="", cluster=cluster
         )
-        branches = {}
+        branches: dict[str, Any] = {}
         for task in ("classifier", "segmenter"):
             with dsl.If(hpo_trials > 0, name=f"tune-{task}"):
                 tuned = _finish(
@@ -288,28 +314,12 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
                 warm_start=warm_start,
                 tracking_uri=tracking_uri,
                 hpo_trials=hpo_trials,
+                crossval=crossval,
                 after=[registry_ok],
                 cluster=cluster,
+                gated_by=branches.get("classifier"),
             )
         classifier, segmenter = branches["classifier"], branches["segmenter"]
-        system = _finish(
-            c.evaluate_system(
-                preset=preset,
-                manifest=manifest,
-                home=home,
-                splits=splits.outputs["splits"],
-                classifier=classifier["train"].outputs["model"],
-                segmenter=segmenter["train"].outputs["model"],
-                classifier_evaluation=classifier["evaluate"].outputs["evaluation"],
-                classifier_training=classifier["train"].outputs["training"],
-                segmenter_training=segmenter["train"].outputs["training"],
-                tracking_uri=tracking_uri,
-                segmenter_version=segmenter["register"].output,
-            ),
-            "evaluate_system",
-            "evaluate two-stage system",
-            cluster,
-        )
         with dsl.If(type_classifier == True, name="type-classifier"):  # noqa: E712 - kfp condition
             manifest4, splits4, validated4 = _prepare_data(
                 c, fourclass_path, home, seed, type_max_patients, label=" 4-class", cluster=cluster
@@ -325,6 +335,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
                 warm_start="",
                 tracking_uri=tracking_uri,
                 hpo_trials=0,
+                crossval="",
                 after=[registry_ok, validated4],
                 cluster=cluster,
             )
@@ -335,7 +346,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
                 tracking_uri=tracking_uri,
                 home=home,
                 type_classifier_promoted=dsl.OneOf(type_branch["gate"].output, no_type.output),
-            ).after(classifier["gate"], segmenter["gate"], system),
+            ).after(classifier["gate"], segmenter["gate"]),
             "publish",
             "publish Triton repository",
             cluster,

@@ -263,12 +263,17 @@ def _flat_subgroups(subgroups: Mapping[str, Mapping[str, Mapping[str, float]]]) 
     }
 
 
-def _evaluate_probs(task: str, probs: Any, test: ArraySet, threshold: float) -> Any:
-    from medops.evaluation import evaluate_classifier, evaluate_segmenter
+def _evaluate_probs(task: str, probs: Any, test: ArraySet, info: Any) -> Any:
+    """A served model's evaluation from its ONNX outputs, with its own stored rule."""
+    from medops.evaluation import evaluate_classifier, segmentation_metrics
+    from medops.transforms import drop_small_components
 
     if task == "segmenter":
-        return evaluate_segmenter(probs, test, threshold=threshold)
-    return evaluate_classifier(probs, test, threshold=threshold if task == "classifier" else None)
+        mask = drop_small_components(probs[:, 0] >= info.threshold, info.min_component_px)
+        assert test.masks is not None
+        return segmentation_metrics(mask, test.masks, test.patient_ids, threshold=info.threshold)
+    threshold = info.threshold if task == "classifier" else None
+    return evaluate_classifier(probs, test, threshold=threshold)
 
 
 def onnx_probs(onnx_path: Path, images: Any, batch_size: int = 32) -> Any:
@@ -295,8 +300,8 @@ def evaluate_champion(
 ) -> dict[str, Any] | None:
     """Re-evaluate the current champion's ONNX on this run's test patients (None: no champion).
 
-    The champion keeps its own input size and operating threshold, so the gate compares both
-    models as they would serve, on the same held-out patients.
+    The champion keeps its own input size, operating threshold and post-processing, so the
+    gate compares both models as they would serve, on the same held-out patients.
     """
     registry = _registry(tracking_uri, home)
     name = TASK_MODEL[task]
@@ -305,8 +310,162 @@ def evaluate_champion(
     champion = registry.resolve(name, CHAMPION)
     test = load_split(manifest_path, splits_path, "test", size=champion.info.input_size, home=home)
     probs = onnx_probs(champion.onnx_path, test.images)
-    ev = _evaluate_probs(task, probs, test, champion.info.threshold)
+    ev = _evaluate_probs(task, probs, test, champion.info)
     return {"version": champion.info.version, "headline": ev.headline()}
+
+
+def serving_model(
+    task: str,
+    preset: str,
+    weights_path: str,
+    *,
+    overrides: Mapping[str, Any] | str = "",
+    temperature: float = 1.0,
+) -> tuple[Any, TrainConfig]:
+    """The trained network as it serves (probabilities, calibration, test-time flips)."""
+    from medops.models import ServingWrapper
+    from medops.training import build_model, load_weights
+
+    config = train_config(task, preset, overrides)
+    model = build_model(config)
+    load_weights(model, weights_path)
+    wrapper = ServingWrapper(
+        model, task, temperature=temperature, flip_average=config.test_time_flip
+    )
+    return wrapper.eval(), config
+
+
+INTERVAL_METRICS = {
+    "classifier": ("auc", "sensitivity", "specificity"),
+    "type-classifier": ("accuracy",),
+    "segmenter": ("dice_patient_mean", "two_stage_dice_patient_mean"),
+}
+"""Headline metrics that get a patient-level bootstrap 95 % interval (``_ci_low/_ci_high``)."""
+
+
+def _classifier_intervals(task: str, ev: Any) -> dict[str, float]:
+    import numpy as np
+
+    from medops.evaluation import metrics
+    from medops.evaluation.classifier import binary_scores
+    from medops.evaluation.stats import patient_bootstrap
+
+    def figure(name: str) -> Any:
+        def statistic(idx: Any) -> float:
+            if name == "auc":
+                truth = ev.labels[idx] == ev.positive_class
+                return metrics.roc_auc(truth, ev.probs[idx, ev.positive_class])
+            if name == "accuracy":
+                return float(np.mean(ev.predictions[idx] == ev.labels[idx]))
+            scores = binary_scores(ev.labels[idx], ev.probs[idx], ev.positive_class, ev.threshold)
+            return scores[name]
+
+        return statistic
+
+    out: dict[str, float] = {}
+    for name in INTERVAL_METRICS[task]:
+        low, high = patient_bootstrap(ev.patient_ids, figure(name))
+        out |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
+    return out
+
+
+def _dice_intervals(values: Mapping[str, Any]) -> dict[str, float]:
+    from medops.evaluation.stats import mean_interval
+
+    out: dict[str, float] = {}
+    for name, per_patient in values.items():
+        low, high = mean_interval(per_patient)
+        out |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
+    return out
+
+
+def _evaluate_classifier(
+    task: str, model: Any, test: ArraySet, val: ArraySet
+) -> tuple[Any, dict[str, float], float, Any]:
+    """Calibrate on validation, choose the operating point there, evaluate on test.
+
+    Returns the evaluation (calibrated), extra headline figures (ECE before calibration,
+    intervals), the fitted temperature and the uncalibrated test probabilities.
+    """
+    from medops.evaluation import calibration, evaluate_classifier, predict_probs
+    from medops.evaluation.temperature import apply_temperature, fit_temperature
+
+    val_raw, test_raw = predict_probs(model, val.images), predict_probs(model, test.images)
+    temperature = fit_temperature(val_raw, val.labels)
+    val_probs = apply_temperature(val_raw, temperature)
+    test_probs = apply_temperature(test_raw, temperature)
+    if task == "classifier":
+        ev = evaluate_classifier(test_probs, test, val=val, val_probs=val_probs)
+        uncalibrated = calibration(test_raw[:, 1], test.labels == 1)[0]
+    else:
+        ev = evaluate_classifier(test_probs, test)
+        uncalibrated = calibration(test_raw.max(1), test_raw.argmax(1) == test.labels)[0]
+    extra = {"ece_uncalibrated": uncalibrated, "temperature": temperature}
+    return ev, extra | _classifier_intervals(task, ev), temperature, test_raw
+
+
+def _evaluate_segmenter(
+    model: Any,
+    config: TrainConfig,
+    manifest_path: str,
+    splits_path: str,
+    home: str,
+    classifier: Any,
+    classifier_size: int,
+    classifier_threshold: float,
+) -> tuple[Any, Any, dict[str, float], Any]:
+    """The segmenter alone and the served two-stage answer, with the rule (gate threshold,
+    smallest component) chosen on validation patients. ``classifier`` None: no gate.
+
+    Also reports the plain rule (gate at the classifier's operating threshold, no
+    post-processing) on the same patients, so what the chosen rule gains is on record."""
+    import numpy as np
+
+    from medops.evaluation import evaluate_two_stage, predict_probs
+    from medops.evaluation.two_stage import GATE_GRID, choose_two_stage_rule
+
+    probs: dict[str, dict[str, Any]] = {"val": {}, "test": {}}
+    arrays: dict[str, ArraySet] = {}
+    for split in ("val", "test"):
+        data = load_split(manifest_path, splits_path, split, size=config.image_size, home=home)
+        arrays[split] = data
+        probs[split]["segmenter"] = predict_probs(model, data.images)
+        if classifier is None:
+            probs[split]["classifier"] = np.ones(len(data.labels))
+        else:
+            # the same slices in the same order, at the classifier's own input size
+            small = load_split(manifest_path, splits_path, split, size=classifier_size, home=home)
+            probs[split]["classifier"] = predict_probs(classifier, small.images)[:, 1]
+    rule = choose_two_stage_rule(
+        probs["val"]["classifier"],
+        probs["val"]["segmenter"],
+        arrays["val"],
+        gates=GATE_GRID if classifier is not None else (0.0,),
+    )
+    test = arrays["test"]
+    two = evaluate_two_stage(
+        probs["test"]["classifier"],
+        probs["test"]["segmenter"],
+        test,
+        threshold=rule.gate_threshold,
+        min_component_px=rule.min_component_px,
+    )
+    extra = two.headline() if classifier is not None else {}
+    if classifier is not None:
+        plain = evaluate_two_stage(
+            probs["test"]["classifier"],
+            probs["test"]["segmenter"],
+            test,
+            threshold=classifier_threshold,
+        )
+        extra["plain_gate_dice_patient_mean"] = plain.gated.headline()["dice_patient_mean"]
+    extra["val_dice_patient_mean_rule"] = rule.val_dice_patient_mean
+    per_patient = {"dice_patient_mean": [p["dice"] for p in two.segmenter_only.patients.values()]}
+    if classifier is not None:
+        per_patient["two_stage_dice_patient_mean"] = [
+            p["dice"] for p in two.gated.patients.values()
+        ]
+    return two, rule, extra | _dice_intervals(per_patient), test
 
 
 def evaluate(
@@ -321,53 +480,96 @@ def evaluate(
     *,
     overrides: Mapping[str, Any] | str = "",
     tracking_uri: str = "",
+    classifier_weights: str = "",
+    classifier_evaluation: str = "",
+    classifier_overrides: Mapping[str, Any] | str = "",
 ) -> dict[str, float]:
-    """Evaluate the trained model on the test patients (threshold chosen on validation).
+    """Evaluate the trained model on the test patients, everything chosen on validation.
 
-    Writes the interactive HTML report and an evaluation JSON (headline, subgroups, threshold,
-    and the champion's headline on the same test patients); returns the headline metrics.
+    Classifiers are calibrated (temperature scaling) and get their operating point on the
+    validation patients. The segmenter, given the classifier of the same run, is judged as it
+    serves: the classifier gates it at a threshold and small components are dropped, both
+    chosen on validation for the best mean per-patient Dice; the segmenter alone is reported
+    beside it. Writes the HTML report and an evaluation JSON (headline with bootstrap
+    intervals, subgroups, the stored rule, and the champion's headline on the same patients).
     """
     from medops.data import load_manifest
-    from medops.evaluation import (
-        build_report,
-        evaluate_classifier,
-        evaluate_segmenter,
-        subgroup_metrics,
-    )
-    from medops.training import build_model, load_weights
+    from medops.evaluation import build_report, subgroup_metrics
 
-    config = train_config(task, preset, overrides)
-    model = build_model(config)
-    load_weights(model, weights_path)
-    model.eval()
-    size = config.image_size
-    test = load_split(manifest_path, splits_path, "test", size=size, home=home)
     manifest = load_manifest(manifest_path)
+    model, config = serving_model(task, preset, weights_path, overrides=overrides)
+    stored: dict[str, Any] = {}
     if task == "segmenter":
-        ev: Any = evaluate_segmenter(model, test)
-        threshold = ev.threshold
-    elif task == "classifier":
-        val = load_split(manifest_path, splits_path, "val", size=size, home=home)
-        ev = evaluate_classifier(model, test, val=val)
-        threshold = ev.threshold
-    else:
-        ev = evaluate_classifier(model, test)
+        classifier, classifier_size, classifier_threshold = None, 0, 0.5
+        if classifier_weights:
+            classifier_facts = _read_json(classifier_evaluation)
+            temperature = float(classifier_facts["temperature"])
+            classifier_threshold = float(classifier_facts["threshold"])
+            classifier, cls_config = serving_model(
+                "classifier",
+                preset,
+                classifier_weights,
+                overrides=classifier_overrides,
+                temperature=temperature,
+            )
+            classifier_size = cls_config.image_size
+        two, rule, extra, test = _evaluate_segmenter(
+            model,
+            config,
+            manifest_path,
+            splits_path,
+            home,
+            classifier,
+            classifier_size,
+            classifier_threshold,
+        )
+        ev: Any = two.segmenter_only
         threshold = 0.5
-    subgroups = subgroup_metrics(ev, manifest.patients)
-    title = f"{TASK_MODEL[task]} on dataset {manifest.name} {manifest.version} (test patients)"
-    html = build_report(
-        classifier=ev if task != "segmenter" else None,
-        segmenter=ev if task == "segmenter" else None,
-        subgroups=subgroups,
-        data=test if task == "segmenter" else None,
-        title=title,
-    )
+        stored = {
+            "gate_threshold": rule.gate_threshold,
+            "min_component_px": rule.min_component_px,
+            # per-patient values (no identifiers) for pooling over cross-validation folds
+            "patient_dice": {
+                "segmenter": [p["dice"] for p in two.segmenter_only.patients.values()],
+                "two_stage": [p["dice"] for p in two.gated.patients.values()],
+            },
+        }
+        subgroups = subgroup_metrics(two.gated if classifier is not None else ev, manifest.patients)
+        html = build_report(
+            segmenter=ev,
+            two_stage=two if classifier is not None else None,
+            subgroups=subgroups,
+            data=test,
+            title=f"{TASK_MODEL[task]} on dataset {manifest.name} {manifest.version} "
+            "(test patients)",
+        )
+    else:
+        size = config.image_size
+        test = load_split(manifest_path, splits_path, "test", size=size, home=home)
+        val = load_split(manifest_path, splits_path, "val", size=size, home=home)
+        ev, extra, temperature, uncalibrated = _evaluate_classifier(task, model, test, val)
+        threshold = ev.threshold if task == "classifier" else 0.5
+        stored = {"temperature": temperature}
+        if task == "classifier":
+            # per-slice scores (no identifiers) for pooling over cross-validation folds
+            stored["slices"] = {
+                "tumour_prob": [float(p) for p in ev.scores],
+                "tumour_prob_uncalibrated": [float(p) for p in uncalibrated[:, 1]],
+                "label": [int(y) for y in ev.labels],
+            }
+        subgroups = subgroup_metrics(ev, manifest.patients)
+        html = build_report(
+            classifier=ev,
+            subgroups=subgroups,
+            title=f"{TASK_MODEL[task]} on dataset {manifest.name} {manifest.version} "
+            "(test patients)",
+        )
     Path(report_out).parent.mkdir(parents=True, exist_ok=True)
     Path(report_out).write_text(html)
-    headline = {k: float(v) for k, v in ev.headline().items()}
+    headline = {k: float(v) for k, v in (ev.headline() | extra).items()}
     champion = (
         evaluate_champion(task, manifest_path, splits_path, home, tracking_uri)
-        if (tracking_uri)
+        if tracking_uri
         else None
     )
     _write_json(
@@ -380,61 +582,11 @@ def evaluate(
             "headline": headline,
             "subgroups": _flat_subgroups(subgroups),
             "champion": champion,
-        },
+            "evaluation": "single-split",
+        }
+        | stored,
     )
     return headline
-
-
-def evaluate_system(
-    preset: str,
-    manifest_path: str,
-    splits_path: str,
-    home: str,
-    classifier_weights: str,
-    segmenter_weights: str,
-    classifier_evaluation: str,
-    report_out: str,
-    *,
-    classifier_overrides: Mapping[str, Any] | str = "",
-    segmenter_overrides: Mapping[str, Any] | str = "",
-) -> dict[str, float]:
-    """The two-stage system end to end on the test patients: the classifier (at its
-    validation-chosen threshold) gates the segmenter. Writes an HTML report; returns metrics."""
-    from medops.evaluation import build_report, evaluate_two_stage, predict_probs
-    from medops.training import build_model, load_weights
-
-    probs = {}
-    data = None
-    for task, weights, overrides in (
-        ("classifier", classifier_weights, classifier_overrides),
-        ("segmenter", segmenter_weights, segmenter_overrides),
-    ):
-        config = train_config(task, preset, overrides)
-        model = build_model(config)
-        load_weights(model, weights)
-        model.eval()
-        # each model sees the test slices at its own input size (same slices, same order)
-        test = load_split(manifest_path, splits_path, "test", size=config.image_size, home=home)
-        probs[task] = predict_probs(model, test.images)
-        data = test
-    assert data is not None
-    threshold = float(_read_json(classifier_evaluation)["threshold"])
-    ev = evaluate_two_stage(probs["classifier"], probs["segmenter"], data, threshold=threshold)
-    html = build_report(two_stage=ev, title="Two-stage system (classifier gates segmenter)")
-    Path(report_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(report_out).write_text(html)
-    return {k: float(v) for k, v in ev.headline().items()}
-
-
-def attach_to_version(
-    task: str, tracking_uri: str, version: str, metrics: Mapping[str, float], report: str
-) -> None:
-    """Log extra evidence (metrics, a report) on the run behind a registered version."""
-    from medops.registry import Registry
-
-    Registry(tracking_uri).attach(
-        TASK_MODEL[task], str(version), metrics=metrics, artifacts={"report/system.html": report}
-    )
 
 
 # ----------------------------------------------------------------- export and registry
@@ -449,23 +601,29 @@ def export(
     *,
     overrides: Mapping[str, Any] | str = "",
 ) -> float:
-    """Export the trained model to one ONNX file (parity-checked); return the max abs diff."""
+    """Export the trained model as it serves (calibration, test-time flips, the two-stage
+    rule in its metadata) to one ONNX file (parity-checked); return the max abs diff."""
     from medops.export import export_onnx
-    from medops.training import build_model, load_weights
 
-    config = train_config(task, preset, overrides)
-    model = build_model(config)
-    load_weights(model, weights_path)
     evaluation = _read_json(evaluation_path)
+    model, config = serving_model(
+        task,
+        preset,
+        weights_path,
+        overrides=overrides,
+        temperature=float(evaluation.get("temperature", 1.0)),
+    )
     classes = ["tumour"] if task == "segmenter" else list(evaluation["classes"])
     result = export_onnx(
-        model.eval(),
+        model,
         onnx_out,
         task="segmentation" if task == "segmenter" else "classification",
         input_size=config.image_size,
         classes=classes,
         threshold=float(evaluation["threshold"]),
         dataset_version=str(evaluation["dataset_version"]),
+        gate_threshold=evaluation.get("gate_threshold"),
+        min_component_px=int(evaluation.get("min_component_px", 0)),
     )
     return float(result.max_abs_diff)
 
@@ -482,9 +640,15 @@ def register(
     *,
     max_abs_diff: float = float("nan"),
     hpo_trials: int = 0,
+    crossval_path: str = "",
 ) -> str:
-    """Log the run and register the ONNX model as a new version (alias ``challenger``)."""
+    """Log the run and register the ONNX model as a new version (alias ``challenger``).
+
+    ``crossval_path``: the recipe's cross-validation (``pipelines.crossval``) run before this
+    pipeline; its ``cv_*`` figures are logged too and the version says it was cross-validated.
+    """
     from medops.registry import Registry, render_model_card
+    from medops.registry.card import intervals_from_metrics
 
     name = TASK_MODEL[task]
     evaluation = _read_json(evaluation_path)
@@ -497,13 +661,20 @@ def register(
         "epochs_run": float(training["epochs_run"]),
         "onnx_max_abs_diff": float(max_abs_diff),
     }
+    kind = evaluation.get("evaluation", "single-split")
+    if crossval_path:
+        metrics |= _read_json(crossval_path)["metrics"]
+        kind = "cross-validated"
     params = {**training["config"], "pipeline_preset": preset, "hpo_trials": int(hpo_trials)}
+    headline = evaluation["headline"]
     card = render_model_card(
         name,
         dataset_version=evaluation["dataset_version"],
-        metrics=evaluation["headline"],
+        metrics={k: v for k, v in headline.items() if not k.endswith(("_ci_low", "_ci_high"))},
         subgroups=evaluation["subgroups"],
         params=params,
+        evaluation=kind,
+        intervals=intervals_from_metrics(headline),
     )
     history = Path(tempfile.mkdtemp(prefix="medops-history-")) / "history.json"
     history.write_text(json.dumps(training["history"], indent=1))
@@ -520,7 +691,7 @@ def register(
             "evaluation.json": Path(evaluation_path),
             "training/history.json": history,
         },
-        tags={"pipeline_preset": preset},
+        tags={"pipeline_preset": preset, "evaluation": kind},
         run_name=f"{task}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}",
     )
     return registered.version

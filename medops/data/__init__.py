@@ -11,7 +11,7 @@ from medops.data.arrays import ArraySet, cache_dir, load_arrays
 from medops.data.ingestion import ingest
 from medops.data.layouts import detect_layout
 from medops.data.manifest import Manifest, Sample, load_manifest
-from medops.data.splits import Splits, split_dataset
+from medops.data.splits import Splits, patient_folds, split_dataset
 from medops.data.validation import Issue, ValidationReport, validate
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ingest",
     "load_arrays",
     "load_manifest",
+    "patient_folds",
     "split_dataset",
     "validate",
 ]

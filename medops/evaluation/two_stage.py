@@ -9,6 +9,12 @@ import numpy as np
 from medops.errors import InvalidInputError
 from medops.evaluation.segmenter import SegmenterEvaluation, segmentation_metrics
 from medops.training.arrays import SliceArrays, check_arrays
+from medops.transforms import drop_small_components
+
+GATE_GRID = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+"""Classifier P(tumour) from which a slice is segmented; 0 segments every slice."""
+MIN_COMPONENT_GRID = (0, 4, 8, 16, 32, 64)
+"""Smallest kept component, in pixels of a 128-pixel slice (scaled with the area)."""
 
 
 @dataclass
@@ -21,6 +27,7 @@ class TwoStageEvaluation:
     threshold: float
     gated_out: np.ndarray
     """(N,) bool: slices the classifier called tumour-free."""
+    min_component_px: int = 0
 
     def headline(self) -> dict[str, float]:
         tumour = self.gated.tumour_slices
@@ -40,6 +47,7 @@ class TwoStageEvaluation:
             else float("nan"),
             "two_stage_gated_fraction": float(self.gated_out.mean()),
             "two_stage_threshold": self.threshold,
+            "two_stage_min_component_px": float(self.min_component_px),
         }
 
 
@@ -50,11 +58,13 @@ def evaluate_two_stage(
     *,
     threshold: float,
     seg_threshold: float = 0.5,
+    min_component_px: int = 0,
     spacing_mm: tuple[float, float] = (1.0, 1.0),
     slice_thickness_mm: float = 1.0,
 ) -> TwoStageEvaluation:
     """Gate ``segmenter_probs`` (N, 1, S, S) with ``classifier_probs`` ((N, 2) or P(tumour) (N,))
-    at the classifier's operating ``threshold``; per-patient Dice end to end."""
+    at ``threshold`` after dropping components below ``min_component_px``; per-patient Dice
+    end to end, next to the (post-processed) segmenter alone."""
     check_arrays(data, name="data", needs_masks=True)
     assert data.masks is not None
     cls = np.asarray(classifier_probs, dtype=np.float64)
@@ -67,7 +77,7 @@ def evaluate_two_stage(
             f"{n} slices with masks {np.shape(data.masks)}"
         )
     gated_out = tumour_prob < threshold
-    alone = seg >= seg_threshold
+    alone = drop_small_components(seg >= seg_threshold, min_component_px)
     gated = alone & ~gated_out[:, None, None, None]
     truth = np.asarray(data.masks) > 0
     common = dict(
@@ -81,4 +91,65 @@ def evaluate_two_stage(
         segmenter_only=segmentation_metrics(alone, truth, data.patient_ids, **common),  # type: ignore[arg-type]
         threshold=float(threshold),
         gated_out=gated_out,
+        min_component_px=int(min_component_px),
     )
+
+
+@dataclass(frozen=True)
+class TwoStageRule:
+    """How the served answer combines the two models, chosen on validation patients."""
+
+    gate_threshold: float
+    min_component_px: int
+    val_dice_patient_mean: float
+
+
+def _mean_patient_dice(
+    keep: np.ndarray, inter: np.ndarray, pred: np.ndarray, truth: np.ndarray, groups: np.ndarray
+) -> float:
+    n = groups.max() + 1
+    i = np.bincount(groups, weights=inter * keep, minlength=n)
+    p = np.bincount(groups, weights=pred * keep, minlength=n)
+    t = np.bincount(groups, weights=truth, minlength=n)
+    total = p + t
+    return float(np.mean(np.where(total > 0, 2 * i / np.maximum(total, 1), 1.0)))
+
+
+def choose_two_stage_rule(
+    tumour_prob: np.ndarray,
+    segmenter_probs: np.ndarray,
+    data: SliceArrays,
+    *,
+    gates: tuple[float, ...] = GATE_GRID,
+    min_sizes: tuple[int, ...] = MIN_COMPONENT_GRID,
+    seg_threshold: float = 0.5,
+) -> TwoStageRule:
+    """The gate threshold and smallest component that give the best mean per-patient Dice of
+    the gated answer on ``data`` (validation patients: never the test split).
+
+    Ties go to the earlier grid entry (no gate, no filtering first).
+    """
+    check_arrays(data, name="data", needs_masks=True)
+    assert data.masks is not None
+    prob = np.asarray(tumour_prob, dtype=np.float64).ravel()
+    seg = np.asarray(segmenter_probs) >= seg_threshold
+    if prob.shape != (len(data.labels),) or seg.shape != np.shape(data.masks):
+        raise InvalidInputError(
+            f"tumour_prob/segmenter_probs: shapes {prob.shape} and {seg.shape} do not match "
+            f"{len(data.labels)} slices with masks {np.shape(data.masks)}"
+        )
+    truth = (np.asarray(data.masks) > 0).reshape(len(prob), -1)
+    _, groups = np.unique(np.asarray(data.patient_ids), return_inverse=True)
+    t_area = truth.sum(axis=1).astype(np.float64)
+    scale = (seg.shape[-1] / 128) ** 2
+    best = TwoStageRule(0.0, 0, -1.0)
+    for size in min_sizes:
+        px = round(size * scale)
+        mask = drop_small_components(seg[:, 0], px).reshape(len(prob), -1)
+        inter = (mask & truth).sum(axis=1).astype(np.float64)
+        area = mask.sum(axis=1).astype(np.float64)
+        for gate in gates:
+            score = _mean_patient_dice(prob >= gate, inter, area, t_area, groups)
+            if score > best.val_dice_patient_mean + 1e-12:
+                best = TwoStageRule(float(gate), px, score)
+    return best

@@ -49,14 +49,18 @@ def export_onnx(
     classes: list[str],
     threshold: float,
     dataset_version: str,
+    gate_threshold: float | None = None,
+    min_component_px: int = 0,
     tolerance: float = 1e-4,
 ) -> ExportResult:
     """Export ``model`` (logits, or already a :class:`ServingWrapper`) to one ONNX file.
 
     The graph takes ``image`` float32 (N, 3, S, S) with a dynamic batch axis and returns
-    ``probabilities`` (softmax or sigmoid inside the graph); ``metadata_props`` carry the
-    :mod:`medops.modelspec` keys. ONNX Runtime is then compared with PyTorch on a random batch
-    of 2 and a batch of 1: :class:`ExportError` if the largest difference exceeds ``tolerance``.
+    ``probabilities`` (softmax or sigmoid inside the graph, after the wrapper's calibration
+    temperature); ``metadata_props`` carry the :mod:`medops.modelspec` keys, the segmenter's
+    two-stage rule (``gate_threshold``, ``min_component_px``) among them. ONNX Runtime is
+    then compared with PyTorch on a random batch of 2 and a batch of 1: :class:`ExportError`
+    if the largest difference exceeds ``tolerance``.
     """
     task_name = spec_task(task)
     wrapper = model if isinstance(model, ServingWrapper) else ServingWrapper(model, task_name)
@@ -96,7 +100,12 @@ def export_onnx(
         modelspec.META_CLASSES: json.dumps(list(classes)),
         modelspec.META_THRESHOLD: repr(float(threshold)),
         modelspec.META_DATASET_VERSION: dataset_version,
+        modelspec.META_TEMPERATURE: repr(float(wrapper.temperature)),
     }
+    if gate_threshold is not None:
+        metadata[modelspec.META_GATE_THRESHOLD] = repr(float(gate_threshold))
+    if min_component_px:
+        metadata[modelspec.META_MIN_COMPONENT] = str(int(min_component_px))
     onnx.helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))

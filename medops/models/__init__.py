@@ -153,15 +153,29 @@ class ServingWrapper(nn.Module):
 
     ``task`` is a training task (classifier, type-classifier, segmenter) or a modelspec task
     (classification, segmentation): softmax over classes for classifiers, sigmoid for the segmenter.
+    Logits are divided by ``temperature`` (calibration fitted on validation data) first;
+    ``flip_average`` averages the logits of the image and of its left-right mirror (test-time
+    augmentation; the mirrored output is mirrored back).
     """
 
-    def __init__(self, model: nn.Module, task: str) -> None:
+    def __init__(
+        self, model: nn.Module, task: str, *, temperature: float = 1.0, flip_average: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
         self.task = spec_task(task)
+        self.temperature = float(temperature)
+        self.flip_average = flip_average
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.model(image)
+        if self.flip_average:
+            mirrored = self.model(torch.flip(image, dims=[-1]))
+            if self.task == "segmentation":
+                mirrored = torch.flip(mirrored, dims=[-1])
+            logits = (logits + mirrored) / 2
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         if self.task == "segmentation":
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=1)

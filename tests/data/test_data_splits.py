@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medops.data import Manifest, Sample, Splits, split_dataset
-from medops.errors import InvalidInputError
+from medops.data import Manifest, Sample, Splits, patient_folds, split_dataset
+from medops.errors import DatasetError, InvalidInputError
 
 
 def _synthetic(positive: int, negative: int, slices: int = 4) -> Manifest:
@@ -41,7 +41,7 @@ def _assert_partition(manifest: Manifest, splits: Splits) -> None:
 def test_lgg_split_puts_every_patient_in_exactly_one_split(lgg_manifest: Manifest) -> None:
     splits = split_dataset(lgg_manifest, seed=0)
     _assert_partition(lgg_manifest, splits)
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (28, 6, 6)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 6, 10)
     ids = [splits.sample_ids(lgg_manifest, name) for name in ("train", "val", "test")]
     assert sum(map(len, ids)) == len(lgg_manifest.samples)
     for name, sample_ids in zip(("train", "val", "test"), ids, strict=True):
@@ -53,7 +53,7 @@ def test_fourclass_split_is_stratified_by_class(fourclass_manifest: Manifest) ->
     splits = split_dataset(fourclass_manifest, seed=3)
     _assert_partition(fourclass_manifest, splits)
     labels = fourclass_manifest.patient_labels()
-    for name, share in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
+    for name, share in (("train", 0.6), ("val", 0.15), ("test", 0.25)):
         counts = Counter(labels[p] for p in getattr(splits, name))
         for cls in range(4):
             in_class = sum(1 for lab in labels.values() if lab == cls)
@@ -68,9 +68,9 @@ def test_positive_and_negative_patients_are_spread_evenly_over_the_splits() -> N
     names = ("train", "val", "test")
     sizes = [len(getattr(splits, n)) for n in names]
     positives = [sum(labels[p] for p in getattr(splits, n)) for n in names]
-    # 50 x (0.7, 0.15, 0.15) = 35, 7.5, 7.5 and per stratum 21, 4.5, 4.5 / 14, 3, 3
-    assert sizes[0] == 35 and sorted(sizes[1:]) == [7, 8]
-    for got, ideal in zip(positives, (21, 4.5, 4.5), strict=True):
+    # 50 x (0.6, 0.15, 0.25) = 30, 7.5, 12.5 and per stratum 18, 4.5, 7.5 / 12, 3, 5
+    assert sizes[0] == 30 and sizes[1] in (7, 8) and sizes[2] in (12, 13)
+    for got, ideal in zip(positives, (18, 4.5, 7.5), strict=True):
         assert abs(got - ideal) <= 1
     for size, got in zip(sizes, positives, strict=True):
         assert 0.5 <= got / size <= 0.72
@@ -78,7 +78,7 @@ def test_positive_and_negative_patients_are_spread_evenly_over_the_splits() -> N
 
 def test_tiny_datasets_still_fill_the_held_out_splits() -> None:
     splits = split_dataset(_synthetic(positive=2, negative=1), seed=0)
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (2, 1, 0)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (2, 0, 1)
     splits = split_dataset(_synthetic(positive=4, negative=3), seed=0)
     assert len(splits.val) >= 1 and len(splits.test) >= 1
 
@@ -114,3 +114,29 @@ def test_fractions_that_do_not_sum_to_one_are_refused(lgg_manifest: Manifest) ->
 def test_other_fractions_are_honoured(lgg_manifest: Manifest) -> None:
     splits = split_dataset(lgg_manifest, seed=0, fractions=(0.5, 0.25, 0.25))
     assert (len(splits.train), len(splits.val), len(splits.test)) == (20, 10, 10)
+
+
+def test_every_patient_is_tested_in_exactly_one_fold() -> None:
+    manifest = _synthetic(positive=13, negative=9)
+    folds = patient_folds(manifest, folds=5, seed=4)
+    assert len(folds) == 5
+    tested = [p for fold in folds for p in fold.test]
+    assert sorted(tested) == sorted(manifest.patient_labels())
+    for fold in folds:
+        _assert_partition(manifest, fold)
+        assert not set(fold.train) & set(fold.val) and not set(fold.val) & set(fold.test)
+
+
+def test_folds_are_stratified_and_stable_under_a_seed() -> None:
+    manifest = _synthetic(positive=15, negative=10)
+    labels = manifest.patient_labels()
+    folds = patient_folds(manifest, folds=5, seed=7)
+    for fold in folds:
+        assert sum(labels[p] for p in fold.test) == 3  # 15 positives over 5 folds
+    assert [f.test for f in patient_folds(manifest, folds=5, seed=7)] == [f.test for f in folds]
+    assert [f.test for f in patient_folds(manifest, folds=5, seed=8)] != [f.test for f in folds]
+
+
+def test_fewer_patients_than_folds_is_refused_with_the_numbers() -> None:
+    with pytest.raises(DatasetError, match=r"5 folds need at least 5 patients.*has 4"):
+        patient_folds(_synthetic(positive=2, negative=2), folds=5)

@@ -82,7 +82,7 @@ def test_the_gate_promotes_a_better_model_and_keeps_a_worse_one_out_on_the_same_
     tracking_uri = f"sqlite:///{medops_home / 'mlflow.db'}"
     ingested = steps.ingest_data(str(lgg_dir), str(medops_home))
     splits = str(tmp_path / "splits.json")
-    steps.split_data(ingested["manifest"], splits, max_patients={"train": 6, "val": 3, "test": 3})
+    steps.split_data(ingested["manifest"], splits, max_patients={"train": 6, "val": 3, "test": 5})
     lgg = {"home": str(medops_home), "manifest": ingested["manifest"], "splits": splits}
     registry = Registry(tracking_uri, cache_dir=tmp_path / "cache")
 

@@ -1,0 +1,55 @@
+"""Intervals over patients: the unit that is sampled, so the unit that is resampled."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from medops.errors import InvalidInputError
+
+
+def patient_bootstrap(
+    patient_ids: Sequence[str],
+    statistic: Callable[[np.ndarray], float],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` with patients resampled (a cluster
+    bootstrap): ``statistic`` gets the row indices of the drawn patients (repeats included).
+
+    Slices of one patient are correlated, so resampling slices would give intervals that are
+    too narrow. Draws where the statistic is undefined (NaN, e.g. one class only) are skipped.
+    """
+    ids = np.asarray(patient_ids)
+    patients = np.unique(ids)
+    if len(patients) == 0:
+        raise InvalidInputError("patient_ids: no patients to resample")
+    rows = [np.flatnonzero(ids == p) for p in patients]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        drawn = rng.integers(0, len(patients), len(patients))
+        value = statistic(np.concatenate([rows[i] for i in drawn]))
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def mean_interval(
+    values: Sequence[float], *, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap interval of the mean of per-patient ``values`` (one value per patient)."""
+    v = np.asarray(values, dtype=np.float64)
+    return patient_bootstrap(
+        [str(i) for i in range(len(v))],
+        lambda idx: float(v[idx].mean()),
+        resamples=resamples,
+        seed=seed,
+    )
