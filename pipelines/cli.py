@@ -65,6 +65,14 @@ def pipeline() -> None:
     "in the registry (e.g. champion), or a local weights file.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--folds",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="First judge the recipe by K-fold patient-level cross-validation (K >= 3); the "
+    "registered versions then carry its figures. 0: the held-out split only.",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -74,12 +82,31 @@ def run(
     type_classifier: bool | None,
     warm_start: str,
     seed: int,
+    folds: int,
 ) -> None:
     """Run the pipeline here with kfp.local; registers and promotes into MEDOPS_TRACKING_URI."""
-    from pipelines.local import run_local
+    from pipelines.local import LGG_DIR, run_local
 
     settings = _settings(ctx)
     settings.ensure_home()
+    crossval = None
+    if folds:
+        from pipelines.crossval import cross_validate
+
+        if folds < 3:
+            raise click.BadParameter(f"need at least 3 folds, got {folds}", param_hint="--folds")
+        work = settings.home / "crossval" / f"{preset}-k{folds}-seed{seed}"
+        result_cv = cross_validate(
+            preset,
+            (data_dir or settings.data_dir) / LGG_DIR,
+            settings.home,
+            folds=folds,
+            seed=seed,
+            work=work,
+            on_fold=lambda fold: click.echo(f"cross-validation: fold {fold.fold}/{folds} done"),
+        )
+        click.echo(result_cv.to_text())
+        crossval = result_cv.save(work / "crossval.json")
     result = run_local(
         preset,
         data_dir=data_dir or settings.data_dir,
@@ -89,6 +116,7 @@ def run(
         type_classifier=type_classifier,
         seed=seed,
         warm_start=warm_start,
+        crossval=crossval,
     )
     click.echo(
         f"pipeline {preset} finished in {result.seconds:.0f} s; registry {settings.mlflow_uri}"
@@ -105,6 +133,7 @@ def run(
             )
             click.echo(f"  new version v{latest.version}: {shown}")
     click.echo(f"Triton model repository: {result.triton_repo}")
+    click.echo(f"step logs: {result.log_path}")
 
 
 @pipeline.command("compile")

@@ -90,6 +90,7 @@ def train(
     import json
 
     from pipelines import steps
+    from pipelines.progress import epoch_reporter
 
     summary = steps.train(
         task,
@@ -101,6 +102,7 @@ def train(
         overrides=overrides,
         warm_start=warm_start,
         tracking_uri=tracking_uri,
+        on_epoch=epoch_reporter(task, steps.train_config(task, preset, overrides).epochs),
     )
     with open(training.path, "w") as fh:
         json.dump(summary, fh)

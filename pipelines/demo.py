@@ -4,6 +4,11 @@ Data → training pipeline → registry → gateway → canary → monitor, on t
 no cluster and no GPU: MLflow on SQLite, ONNX Runtime in the gateway, ``kfp.local``. The
 gateway and the monitor run as their own processes, reached over HTTP exactly as a hospital
 client would, and are stopped by PID at the end.
+
+A gate verdict never fails the job: a model the gate keeps out has no ``champion``, so the
+gateway serves only the models that have one, the steps that need a missing model are skipped
+with the reason, and a closing table says what was trained, judged and served. The steps'
+output goes to ``<home>/logs/pipeline.log``; the console shows headings and progress bars.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from medops.data import Manifest, ingest, split_dataset, validate
 from medops.data.cli import describe_command
 from medops.errors import BackendUnavailableError, DatasetError
 from medops.imaging import lgg_patient_volume, write_dicom_series
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER
+from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, MODEL_NAMES, SEGMENTER
 from medops.registry import Registry
 from medops.rle import rle_decode
 from medops.settings import MedopsSettings
 from pipelines.local import FOURCLASS_DIR, LGG_DIR, run_local
+from pipelines.report import Summary, headline, versions
 
 SERVICE_START_S = 180.0
 MONITOR_WINDOW = 100
@@ -79,7 +85,10 @@ def _service(
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise BackendUnavailableError(f"`medops {args[0]}` not ready; see {log_path}")
+                raise BackendUnavailableError(
+                    f"`medops {args[0]}` not ready after {SERVICE_START_S:g} s "
+                    f"({_body(health_url)}); see {log_path}"
+                )
             time.sleep(0.5)
         yield proc
     finally:
@@ -90,6 +99,13 @@ def _service(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def _body(url: str) -> str:
+    try:
+        return httpx.get(url, timeout=2.0).text[:500]
+    except httpx.TransportError as exc:
+        return f"unreachable: {exc}"
 
 
 def _data(ctx: click.Context, lgg: Path, home: Path) -> tuple[Manifest, list[str]]:
@@ -109,7 +125,18 @@ def _data(ctx: click.Context, lgg: Path, home: Path) -> tuple[Manifest, list[str
     return manifest, splits.test
 
 
-def _train(settings: MedopsSettings, preset: str, home: Path, *, seed: int, warm: str) -> None:
+def _train(
+    settings: MedopsSettings,
+    registry: Registry,
+    summary: Summary,
+    preset: str,
+    home: Path,
+    *,
+    seed: int,
+    warm: str,
+) -> list[tuple[str, str]]:
+    """Run the pipeline; say what each new version is and what the gate decided about it."""
+    before = set(versions(registry))
     run = run_local(
         preset,
         data_dir=settings.data_dir.resolve(),
@@ -118,30 +145,43 @@ def _train(settings: MedopsSettings, preset: str, home: Path, *, seed: int, warm
         seed=seed,
         warm_start=warm,
     )
-    click.echo(f"pipeline ({preset}) finished in {run.seconds / 60:.1f} min")
+    click.echo(
+        f"pipeline ({preset}) finished in {run.seconds / 60:.1f} min; step logs in {run.log_path}"
+    )
+    after = versions(registry)
+    new = sorted((k for k in after if k not in before), key=lambda k: (k[0], int(k[1])))
+    summary.add_versions(registry, new)
+    for name, version in new:
+        v = after[name, version]
+        click.echo(f"  {name} v{version} [{','.join(v.aliases) or '-'}] {headline(v.metrics)}")
+        verdict = summary.verdicts[name, version]
+        click.echo(f"    promotion gate: {verdict.sentence()}")
+        champion = registry.get_alias(name, CHAMPION)
+        if verdict.recorded and not verdict.promote:
+            if champion is None:
+                click.secho(
+                    f"    {name} has no champion: it is not served, and what needs it is skipped",
+                    fg="yellow",
+                )
+            elif champion != version:
+                click.echo(f"    the champion stays v{champion}")
+    return new
 
 
-def _models(registry: Registry) -> None:
-    for model in registry.list_models():
-        for v in model.versions:
-            aliases = ",".join(v.aliases) or "-"
-            shown = {
-                k.removeprefix("test_"): round(x, 3)
-                for k, x in sorted(v.metrics.items())
-                if k.removeprefix("test_") in _HEADLINE
-            }
-            click.echo(f"  {model.name} v{v.version} [{aliases}] {shown}")
-
-
-_HEADLINE = {"auc", "sensitivity", "specificity", "ece", "dice_patient_mean", "accuracy"}
+def _champions(registry: Registry) -> dict[str, str]:
+    """Model -> champion version, for the models that have one."""
+    found = {name: registry.get_alias(name, CHAMPION) for name in MODEL_NAMES}
+    return {name: version for name, version in found.items() if version is not None}
 
 
 class _Client:
     """The gateway as a client sees it."""
 
-    def __init__(self, base: str, key: str, admin: str) -> None:
+    def __init__(self, base: str, key: str, admin: str, *, segment: str = "auto") -> None:
         self.http = httpx.Client(base_url=base, timeout=120.0)
         self.key, self.admin = key, admin
+        self.segment = segment
+        """``never`` when no segmenter is served."""
 
     def analyze(
         self, name: str, data: bytes, *, headers: Mapping[str, str] | None = None, **params: str
@@ -149,7 +189,7 @@ class _Client:
         response = self.http.post(
             "/v1/analyze",
             files={"file": (name, data)},
-            params=params,
+            params={"segment": self.segment, **params},
             headers={"Authorization": f"Bearer {self.key}", **(headers or {})},
         )
         return response
@@ -168,7 +208,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
-def _serve_test_patients(client: _Client, manifest: Manifest, patients: list[str]) -> None:
+def _serve_test_patients(
+    client: _Client, manifest: Manifest, patients: list[str], *, segment: bool
+) -> None:
     _step("3. Serving: /v1/analyze on the held-out patients, one slice per request")
     by_patient: dict[str, list[Any]] = {}
     for s in manifest.samples:
@@ -184,18 +226,17 @@ def _serve_test_patients(client: _Client, manifest: Manifest, patients: list[str
             r = client.analyze(Path(s.image).name, manifest.image_path(s).read_bytes())
             r.raise_for_status()
             doc = r.json()
-            mask = rle_decode(doc["mask"]["slices"][0])
-            predicted.append(mask)
-            truth.append(tifffile.imread(manifest.mask_path(s)) > 0)
             correct += int(doc["slices"][0]["tumour"] == (s.label == 1))
             total += 1
-        d = _dice(np.stack(predicted), np.stack(truth))
-        dices.append(d)
-        click.echo(f"  {patient}: {len(predicted)} slices, volume Dice {d:.3f}")
-    click.echo(
-        f"slice-level decision accuracy {correct / total:.3f} over {total} slices; "
-        f"mean Dice per patient {np.mean(dices):.3f}"
-    )
+            if segment:
+                predicted.append(rle_decode(doc["mask"]["slices"][0]))
+                truth.append(tifffile.imread(manifest.mask_path(s)) > 0)
+        if segment:
+            d = _dice(np.stack(predicted), np.stack(truth))
+            dices.append(d)
+            click.echo(f"  {patient}: {len(predicted)} slices, volume Dice {d:.3f}")
+    dice = f"; mean Dice per patient {np.mean(dices):.3f}" if dices else ""
+    click.echo(f"slice-level decision accuracy {correct / total:.3f} over {total} slices{dice}")
 
 
 def _dicom_seg(client: _Client, manifest: Manifest, patient: str) -> None:
@@ -223,7 +264,9 @@ def _dicom_seg(client: _Client, manifest: Manifest, patient: str) -> None:
     )
 
 
-def _canary(client: _Client, registry: Registry, manifest: Manifest, requests: int) -> None:
+def _canary(
+    client: _Client, registry: Registry, manifest: Manifest, requests: int
+) -> Counter[tuple[str, str]]:
     _step("5. Canary: 30 % of the classifier's traffic to the challenger, sticky by study")
     document = {
         "mode": "gateway",
@@ -274,6 +317,7 @@ def _canary(client: _Client, registry: Registry, manifest: Manifest, requests: i
         click.echo("  analysis: waiting for enough requests")
     champion = registry.get_alias(CLASSIFIER, CHAMPION)
     click.echo(f"MLflow: {CLASSIFIER} champion → v{champion}")
+    return split
 
 
 def _monitor(client: _Client, monitor: httpx.Client, fourclass: Path, n: int) -> None:
@@ -307,21 +351,72 @@ def _evaluate(monitor: httpx.Client, title: str) -> None:
 def demo(ctx: click.Context, preset: str, requests: int) -> None:
     """Run the whole platform once on embedded defaults: train, serve, route, monitor."""
     settings: MedopsSettings = ctx.obj
+    _quiet_mlflow()
     home = settings.ensure_home().resolve()
     data_dir = settings.data_dir.resolve()
     lgg = data_dir / LGG_DIR
     if not lgg.is_dir():
         raise DatasetError(f"{lgg} not found: set MEDOPS_DATA_DIR to the folder holding {LGG_DIR}/")
     started = time.monotonic()
+    summary = Summary()
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
     manifest, test_patients = _data(ctx, lgg, home)
 
     _step(f"2. Training pipeline (kfp.local, {preset} preset) → MLflow champions")
-    _train(settings, preset, home, seed=0, warm="")
     registry = Registry(settings.mlflow_uri)
-    _models(registry)
+    _train(settings, registry, summary, preset, home, seed=0, warm="")
+    champions = _champions(registry)
+    summary.add_versions(registry, sorted(champions.items()))
+    if champions:
+        _serve(settings, registry, summary, manifest, test_patients, preset, home, requests)
+    else:
+        _skipped(
+            summary,
+            "3-6. Serving, challenger, canary, monitoring",
+            "no model has a champion: there is nothing to serve",
+        )
 
+    _step("Summary")
+    for line in summary.table(registry):
+        click.echo(line)
+    for what in summary.skipped:
+        click.echo(f"  skipped: {what}")
+    shown = ", ".join(LOG_NOTES.get(p.name, p.name) for p in sorted(logs.glob("*.log")))
+    click.echo(f"  logs in {logs}/: {shown}")
+    click.echo(
+        f"  state in {home}/: mlflow.db (`mlflow ui --backend-store-uri {settings.mlflow_uri}`), "
+        "reports and ONNX in mlartifacts/, the Triton repository in triton-repo/"
+    )
+    click.echo(f"  {(time.monotonic() - started) / 60:.1f} min")
+
+
+LOG_NOTES = {"pipeline.log": "pipeline.log (every training step's output)"}
+
+
+def _quiet_mlflow() -> None:
+    """No artifact download bars or database migration lines from MLflow on the console."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already is
+
+
+def _serve(
+    settings: MedopsSettings,
+    registry: Registry,
+    summary: Summary,
+    manifest: Manifest,
+    test_patients: list[str],
+    preset: str,
+    home: Path,
+    requests: int,
+) -> None:
+    """Steps 3-6 with the models that have a champion; what needs a missing one is skipped."""
     logs = home / "logs"
-    logs.mkdir(exist_ok=True)
+    champions = _champions(registry)
+    missing = [name for name in (CLASSIFIER, SEGMENTER) if name not in champions]
     port, grpc_port, monitor_port = _free_port(), _free_port(), _free_port()
     store = f"sqlite:///{home / 'predictions.db'}"
     gateway_env = {
@@ -329,25 +424,62 @@ def demo(ctx: click.Context, preset: str, requests: int) -> None:
         "MEDOPS_GATEWAY_TRACKING_URI": settings.mlflow_uri,
         "MEDOPS_GATEWAY_POLL_SECONDS": "2",
         "MEDOPS_GATEWAY_PREDICTION_STORE_URL": store,
-        # the type classifier is trained only by the full preset (or --type-classifier)
-        "MEDOPS_GATEWAY_MODELS": json.dumps([CLASSIFIER, SEGMENTER]),
+        # only models with a champion: readiness then waits for nothing that cannot load
+        "MEDOPS_GATEWAY_MODELS": json.dumps(sorted(champions)),
     }
+    health = f"http://127.0.0.1:{port}/v2/health/ready"
     with _service(
         ["serve", "--port", str(port), "--grpc-port", str(grpc_port)],
         gateway_env,
-        f"http://127.0.0.1:{port}/v2/health/ready",
+        health,
         logs / "gateway.log",
     ):
+        ready = httpx.get(health, timeout=5.0).json().get("models", {})
+        for name, state in ready.items():
+            if state.get("ready"):
+                summary.served[name, str(state["version"])] = f"champion (REST :{port})"
         keys = json.loads((home / "credentials.json").read_text())
-        client = _Client(f"http://127.0.0.1:{port}", keys["client"], keys["admin"])
-        click.echo(f"gateway ready: REST :{port}, gRPC :{grpc_port}; keys in credentials.json")
-        _serve_test_patients(client, manifest, test_patients)
-        _dicom_seg(client, manifest, test_patients[0])
+        segment = SEGMENTER in champions
+        client = _Client(
+            f"http://127.0.0.1:{port}",
+            keys["client"],
+            keys["admin"],
+            segment="auto" if segment else "never",
+        )
+        loaded = ", ".join(f"{n} v{s['version']}" for n, s in ready.items() if s.get("ready"))
+        click.echo(f"gateway ready: REST :{port}, gRPC :{grpc_port}; serving {loaded}")
+        if missing:
+            click.secho(f"not served (no champion): {', '.join(missing)}", fg="yellow")
+        click.echo("API keys in credentials.json")
 
-        _step("4. A challenger: a few epochs on top of the champions; the gate only records")
-        _train(settings, "tiny" if preset == "tiny" else "refresh", home, seed=1, warm=CHAMPION)
-        _models(registry)
-        _canary(client, registry, manifest, requests)
+        if CLASSIFIER not in champions:
+            _skipped(
+                summary,
+                "3. Serving, 3b. DICOM SEG, 6. Monitoring",
+                f"/v1/analyze needs {CLASSIFIER}, which has no champion",
+            )
+            _no_challenger(summary, missing)
+            return
+        _serve_test_patients(client, manifest, test_patients, segment=segment)
+        if segment:
+            _dicom_seg(client, manifest, test_patients[0])
+        else:
+            _skipped(summary, "3b. DICOM SEG (and masks, Dice)", f"{SEGMENTER} has no champion")
+
+        if missing:
+            _no_challenger(summary, missing)
+        else:
+            _step("4. A challenger: a few epochs on top of the champions; the gate only records")
+            challenger_preset = "tiny" if preset == "tiny" else "refresh"
+            _train(settings, registry, summary, challenger_preset, home, seed=1, warm=CHAMPION)
+            if registry.get_alias(CLASSIFIER, CHALLENGER) is None:
+                _skipped(summary, "5. Canary", f"{CLASSIFIER} has no challenger")
+            else:
+                split = _canary(client, registry, manifest, requests)
+                for (variant, version), n in split.items():
+                    key = (CLASSIFIER, version)
+                    summary.add_versions(registry, [key])
+                    summary.served[key] = f"{variant} (canary, {n} requests)"
 
         with _service(
             ["monitor", "--port", str(monitor_port), "--store-url", store, "--interval", "3600"],
@@ -356,11 +488,20 @@ def demo(ctx: click.Context, preset: str, requests: int) -> None:
             logs / "monitor.log",
         ):
             monitor = httpx.Client(base_url=f"http://127.0.0.1:{monitor_port}", timeout=300.0)
-            _monitor(client, monitor, data_dir / FOURCLASS_DIR, MONITOR_WINDOW)
+            _monitor(client, monitor, settings.data_dir.resolve() / FOURCLASS_DIR, MONITOR_WINDOW)
 
-    _step("Done")
-    click.echo(
-        f"{(time.monotonic() - started) / 60:.1f} min. State under {home}: mlflow.db "
-        f"(open with `mlflow ui --backend-store-uri {settings.mlflow_uri}`), reports and "
-        f"ONNX in mlartifacts/, the Triton repository in triton-repo/, logs in logs/."
+
+def _skipped(summary: Summary, steps: str, reason: str) -> None:
+    """A step heading that says the step is skipped, and why; noted for the summary."""
+    _step(f"{steps}: skipped")
+    click.secho(reason, fg="yellow")
+    summary.skip(f"{steps}: {reason}")
+
+
+def _no_challenger(summary: Summary, missing: list[str]) -> None:
+    names = " and ".join(missing)
+    _skipped(
+        summary,
+        "4. Challenger, 5. Canary",
+        f"a challenger is warm-started from every model's champion; {names} has none",
     )

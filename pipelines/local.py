@@ -13,6 +13,7 @@ from typing import Any
 from medops.errors import MedopsError, TrainingError
 from pipelines import steps
 from pipelines.presets import get_preset
+from pipelines.progress import plain, quiet_console
 
 LGG_DIR = "lgg-mri-segmentation"
 FOURCLASS_DIR = "brain-tumor-mri-4class/Training"
@@ -28,6 +29,8 @@ class LocalRun:
     models: list[Any] = field(default_factory=list)
     """``medops.registry.ModelSummary`` of every registered model after the run."""
     triton_repo: Path | None = None
+    log_path: Path | None = None
+    """Where the steps' output (kfp's executor logs) went."""
 
 
 def preflight(
@@ -54,12 +57,17 @@ def run_local(
     seed: int = 0,
     warm_start: str = "",
     lgg_path: Path | None = None,
+    log_path: Path | None = None,
+    crossval: Path | None = None,
 ) -> LocalRun:
     """Run the whole pipeline through ``kfp.local.SubprocessRunner`` in this environment.
 
     ``lgg_path`` overrides ``data_dir / lgg-mri-segmentation``. The registry at
     ``tracking_uri`` and the data are checked before anything trains. Step outputs live under
-    ``<home>/pipeline-runs``; cached steps are reused across runs.
+    ``<home>/pipeline-runs``; cached steps are reused across runs. ``crossval``: the recipe's
+    cross-validation file, whose figures the registered versions then carry. What the steps
+    print goes to ``log_path`` (default ``<home>/logs/pipeline.log``); the console shows one
+    progress bar per training run (:mod:`pipelines.progress`).
     """
     from kfp import local
 
@@ -80,8 +88,9 @@ def run_local(
         pipeline_root=str(home / "pipeline-runs"),
         raise_on_error=True,
     )
+    log_path = log_path or home / "logs" / "pipeline.log"
     started = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_console(log_path) as console:
         # the components name a cluster image; locally they run in this environment
         warnings.filterwarnings("ignore", message=".*base image.*")
         try:
@@ -97,10 +106,13 @@ def run_local(
                 type_classifier=with_type,
                 max_patients=max_patients,
                 type_max_patients=chosen.type_max_patients or {},
+                crossval=str(crossval or ""),
             )
         except RuntimeError as exc:
+            tail = "\n".join(f"  | {line}" for line in console.tail)
             raise TrainingError(
-                f"pipeline failed: {exc} (the failing step's log is above)"
+                f"pipeline failed: {plain(str(exc))}; the step's last lines:\n{tail}\n"
+                f"full log: {log_path}"
             ) from exc
     seconds = time.perf_counter() - started
     published = json.loads(task.output) if isinstance(task.output, str) else []
@@ -114,4 +126,5 @@ def run_local(
         published=published,
         models=models,
         triton_repo=home / "triton-repo",
+        log_path=log_path,
     )

@@ -5,7 +5,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from medops.errors import InvalidInputError
 from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
+
+SINGLE_SPLIT = "single-split"
+CROSS_VALIDATED = "cross-validated"
+EVALUATIONS = (SINGLE_SPLIT, CROSS_VALIDATED)
+"""Values of a version's ``evaluation`` tag: how its figures were measured."""
+CI_LOW = "_ci_low"
+CI_HIGH = "_ci_high"
+"""Suffixes of the metrics holding a figure's bootstrap 95% interval (``test_auc_ci_low``)."""
+
+_EVALUATION_TEXT = {
+    SINGLE_SPLIT: (
+        "Metrics (single split, held-out test patients)",
+        "every figure below is measured once on the held-out test patients of one split; "
+        "with few patients such figures move between splits and machines",
+    ),
+    CROSS_VALIDATED: (
+        "Metrics (patient-level cross-validation)",
+        "every figure below is cross-validated by patient: each fold's patients are held out "
+        "of its training, and figures are the mean (and spread) over folds",
+    ),
+}
 
 INTENDED_USE: dict[str, str] = {
     CLASSIFIER: (
@@ -34,12 +56,36 @@ KNOWN_LIMITS: list[str] = [
 ]
 
 
+def _shown(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _table(rows: Mapping[str, Any]) -> str:
     lines = ["| metric | value |", "|---|---|"]
     for key, value in rows.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        lines.append(f"| {key} | {shown} |")
+        lines.append(f"| {key} | {_shown(value)} |")
     return "\n".join(lines)
+
+
+def _interval_table(rows: Mapping[str, Any], intervals: Mapping[str, tuple[float, float]]) -> str:
+    lines = ["| metric | value | 95% interval |", "|---|---|---|"]
+    for key in [*rows, *(k for k in intervals if k not in rows)]:
+        bounds = intervals.get(key)
+        shown = f"{bounds[0]:.4f} - {bounds[1]:.4f}" if bounds else ""
+        lines.append(f"| {key} | {_shown(rows.get(key, ''))} | {shown} |")
+    return "\n".join(lines)
+
+
+def intervals_from_metrics(metrics: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    """``{name: (low, high)}`` from metric pairs ``<name>_ci_low`` / ``<name>_ci_high``."""
+    out: dict[str, tuple[float, float]] = {}
+    for key, low in metrics.items():
+        if key.endswith(CI_LOW):
+            base = key.removesuffix(CI_LOW)
+            high = metrics.get(base + CI_HIGH)
+            if high is not None:
+                out[base] = (float(low), float(high))
+    return out
 
 
 def render_model_card(
@@ -52,12 +98,27 @@ def render_model_card(
     version: str | None = None,
     intended_use: str | None = None,
     limits: list[str] | None = None,
+    evaluation: str = SINGLE_SPLIT,
+    intervals: Mapping[str, tuple[float, float]] | None = None,
 ) -> str:
     """A Markdown model card: intended use, data version, metrics, subgroups, known limits.
 
     ``subgroups`` maps a group label (``"sex=F"``, ``"age=40-59"``...) to its metrics and
-    counts; it holds no patient identifiers.
+    counts; it holds no patient identifiers. ``evaluation`` (``single-split`` or
+    ``cross-validated``) says how the figures were measured; ``intervals`` maps a metric to
+    its 95% interval (low, high), shown beside it.
     """
+    if evaluation not in _EVALUATION_TEXT:
+        raise InvalidInputError(
+            f"evaluation: {evaluation!r} is not one of {', '.join(EVALUATIONS)}"
+        )
+    heading, how = _EVALUATION_TEXT[evaluation]
+    if intervals:
+        table = _interval_table(metrics, intervals)
+        if evaluation == SINGLE_SPLIT:
+            how += "; intervals are bootstrap 95% intervals over test patients"
+    else:
+        table = _table(metrics) if metrics else "No metrics were recorded."
     title = f"# Model card: {name}" + (f" (version {version})" if version else "")
     parts = [
         title,
@@ -65,9 +126,9 @@ def render_model_card(
         intended_use or INTENDED_USE.get(name, "Research use only."),
         "## Data",
         f"Dataset version `{dataset_version}`; split by patient into train, validation and "
-        "test sets; every figure below is measured on held-out test patients.",
-        "## Metrics (held-out test patients)",
-        _table(metrics) if metrics else "No metrics were recorded.",
+        f"test sets; {how}.",
+        f"## {heading}",
+        table,
     ]
     if subgroups:
         keys = sorted({k for row in subgroups.values() for k in row})

@@ -7,6 +7,7 @@ global MLflow state), so the pipeline and the serving gateway can each hold a re
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -32,14 +34,25 @@ from medops.modelspec import (
     CHAMPION,
     INPUT_NAME,
     META_CLASSES,
+    META_GATE_THRESHOLD,
     META_INPUT_SIZE,
+    META_MIN_COMPONENT,
     META_TASK,
+    META_TEMPERATURE,
     META_THRESHOLD,
     MODEL_NAMES,
     OUTPUT_NAME,
     ModelInfo,
 )
-from medops.registry.card import render_model_card
+from medops.registry import audit
+from medops.registry.card import (
+    CI_HIGH,
+    CI_LOW,
+    EVALUATIONS,
+    SINGLE_SPLIT,
+    intervals_from_metrics,
+    render_model_card,
+)
 from medops.registry.gate import GateDecision
 
 MODEL_DIR = "model"
@@ -53,6 +66,19 @@ GATE_PATH = "gate.json"
 TAG_DATASET = "dataset_version"
 TAG_COMMIT = "git_commit"
 TAG_GATE = "gate.promote"
+TAG_GATE_REASONS = "gate.reasons"
+TAG_EVALUATION = "evaluation"
+"""``cross-validated`` or ``single-split``: how the version's figures were measured."""
+TAG_PREVIOUS_CHAMPION = "champion.previous"
+"""On a version that became champion: the version that was champion just before it."""
+TAG_OVERRIDE = "override."
+"""Prefix of the tags an operator override writes on the version it names: ``action``
+(promote|demote), ``alias``, ``from``, ``to`` (``""``: none), ``reason``, ``by``, ``at``."""
+_CI_SUFFIXES = (CI_LOW, CI_HIGH)
+_VERSION_TAGS = (TAG_DATASET, TAG_COMMIT, TAG_EVALUATION)
+"""Run tags copied onto the version."""
+PARITY_TOLERANCE = 1e-4
+"""Largest |ONNX Runtime - PyTorch| an override accepts (the export's own tolerance)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +109,54 @@ class VersionSummary:
     git_commit: str | None
     metrics: dict[str, float]
     created_at_ms: int
+    evaluation: str | None = None
+    """``cross-validated``, ``single-split``, or None (versions older than the tag)."""
+    gate: bool | None = None
+    """The promotion gate's verdict (``record_gate``); None when it never ran."""
+    gate_reasons: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    """All version tags (``override.*`` included)."""
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """One operator override of an alias, as recorded in the version's tags and the audit."""
+
+    name: str
+    alias: str
+    action: str
+    """``promote`` or ``demote``."""
+    version: str
+    """The version the operator named (promoted or demoted)."""
+    before: str | None
+    """The version the alias pointed at before (None: it pointed nowhere)."""
+    after: str | None
+    """The version it points at now (None: the alias was removed)."""
+    reason: str
+    by: str
+    at: str
+    """ISO 8601 time in UTC, to the second."""
+    parity_max_abs_diff: float | None = None
+    """The parity check of ``after`` (None when the alias was removed)."""
+
+    def audit_entry(self) -> dict[str, Any]:
+        """The entry for the audit trail (the gateway's routing audit shape, no revision)."""
+        return {
+            "time": self.at,
+            "actor": self.by,
+            "action": self.action,
+            "source": f"medops models {self.action}",
+            "changes": [
+                {
+                    "model": self.name,
+                    "change": "alias",
+                    "alias": self.alias,
+                    "versions": [self.before, self.after],
+                }
+            ],
+            "reason": self.reason,
+            "parity_max_abs_diff": self.parity_max_abs_diff,
+        }
 
 
 @dataclass(frozen=True)
@@ -110,6 +184,55 @@ def current_git_commit(cwd: Path | None = None) -> str:
     return out.stdout.strip() or "unknown"
 
 
+def current_user() -> str:
+    """The OS user running this process (``unknown`` when it has no name)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def _ints(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    """A tuple logged by ``TrainConfig.to_params`` (``"16-32-64"``)."""
+    if not text:
+        return default
+    try:
+        return tuple(int(x) for x in text.split("-"))
+    except ValueError:
+        raise InvalidInputError(f"run parameter {text!r} is not a dash-joined list") from None
+
+
+def _torch_model(info: ModelInfo, params: Mapping[str, str], meta: Mapping[str, str]) -> Any:
+    """The network as it serves, untrained: architecture from the run parameters
+    (``TrainConfig.to_params``; its defaults when absent), calibration temperature from the
+    ONNX metadata, test-time flips from ``test_time_flip``."""
+    from medops.models import DEFAULT_WIDTHS, ServingWrapper, build_classifier, build_segmenter
+
+    if info.task == "segmentation":
+        net = build_segmenter(
+            channels=_ints(params.get("channels"), (16, 32, 64, 128, 256)),
+            num_res_units=int(params.get("num_res_units", 2)),
+        )
+    else:
+        widths = _ints(params.get("widths"), DEFAULT_WIDTHS)
+        net = build_classifier(
+            len(info.classes), arch=params.get("arch", "resnet18"), widths=widths
+        )
+    return ServingWrapper(
+        net,
+        info.task,
+        temperature=float(meta.get(META_TEMPERATURE, 1.0)),
+        flip_average=params.get("test_time_flip", "False").lower() == "true",
+    )
+
+
+def _onnx_meta(path: Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
 def read_onnx_info(path: Path, *, name: str = "", version: str = "") -> ModelInfo:
     """Serving facts from an ONNX file's ``metadata_props`` (see :mod:`medops.modelspec`)."""
     import onnx
@@ -127,6 +250,10 @@ def read_onnx_info(path: Path, *, name: str = "", version: str = "") -> ModelInf
             input_size=int(meta[META_INPUT_SIZE]),
             classes=tuple(json.loads(meta[META_CLASSES])),
             threshold=float(meta[META_THRESHOLD]),
+            gate_threshold=float(meta[META_GATE_THRESHOLD])
+            if META_GATE_THRESHOLD in meta
+            else None,
+            min_component_px=int(meta.get(META_MIN_COMPONENT, 0)),
         )
     except (KeyError, ValueError) as exc:
         raise InvalidInputError(
@@ -294,6 +421,11 @@ class Registry:
         for label, path in [("report_html", report_html), ("weights_path", weights_path)]:
             if path is not None and not Path(path).is_file():
                 raise InvalidInputError(f"{label}: {path} does not exist")
+        evaluation = (tags or {}).get(TAG_EVALUATION, SINGLE_SPLIT)
+        if evaluation not in EVALUATIONS:
+            raise InvalidInputError(
+                f"tag {TAG_EVALUATION}: {evaluation!r} is not one of {', '.join(EVALUATIONS)}"
+            )
         info = read_onnx_info(onnx_path, name=name)
         self.check()
         commit = git_commit or current_git_commit()
@@ -301,9 +433,11 @@ class Registry:
         card = model_card or render_model_card(
             name,
             dataset_version=dataset_version,
-            metrics=clean_metrics,
+            metrics={k: v for k, v in clean_metrics.items() if not k.endswith(_CI_SUFFIXES)},
             subgroups=subgroups,
             params=params,
+            evaluation=evaluation,
+            intervals=intervals_from_metrics(clean_metrics),
         )
         run_tags = {
             TAG_DATASET: dataset_version,
@@ -406,7 +540,7 @@ class Registry:
                     source=f"{run.info.artifact_uri}/{MODEL_DIR}",
                     run_id=run_id,
                     tags={
-                        **{k: tags[k] for k in (TAG_DATASET, TAG_COMMIT)},
+                        **{k: tags[k] for k in _VERSION_TAGS if k in tags},
                         "medops.task": info.task,
                         "medops.input_size": str(info.input_size),
                     },
@@ -430,9 +564,25 @@ class Registry:
     # ------------------------------------------------------------------ aliases
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        """Point ``alias`` of ``name`` at ``version`` (moving it if it was elsewhere)."""
+        """Point ``alias`` of ``name`` at ``version`` (moving it if it was elsewhere).
+
+        Moving ``champion`` records the version it leaves as ``champion.previous`` on
+        ``version``, so that ``demote`` can move it back.
+        """
+        version = str(version)
+        before = self.get_alias(name, alias) if alias == CHAMPION else None
         with self._errors(f"set alias {alias} of {name} to version {version}"):
-            self._client.set_registered_model_alias(name, alias, str(version))
+            self._client.set_registered_model_alias(name, alias, version)
+            if before is not None and before != version:
+                self._client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, before)
+
+    def _restore_alias(self, name: str, alias: str, version: str | None) -> None:
+        """Put ``alias`` back where it was (None: nowhere), recording nothing."""
+        with self._errors(f"restore alias {alias} of {name}"):
+            if version is None:
+                self._client.delete_registered_model_alias(name, alias)
+            else:
+                self._client.set_registered_model_alias(name, alias, version)
 
     def get_alias(self, name: str, alias: str) -> str | None:
         """The version ``alias`` points to now, or None; one cheap registry call."""
@@ -511,9 +661,11 @@ class Registry:
                 aliases = {a: str(v) for a, v in (model.aliases or {}).items()}
                 summaries = []
                 for mv in sorted(versions, key=lambda v: -int(v.version)):
-                    run_metrics = (
-                        dict(self._client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
-                    )
+                    run = self._client.get_run(mv.run_id) if mv.run_id else None
+                    run_metrics = dict(run.data.metrics) if run else {}
+                    run_tags = dict(run.data.tags) if run else {}
+                    tags = dict(mv.tags or {})
+                    verdict = tags.get(TAG_GATE, run_tags.get(TAG_GATE))
                     summaries.append(
                         VersionSummary(
                             version=str(mv.version),
@@ -525,6 +677,10 @@ class Registry:
                             git_commit=mv.tags.get(TAG_COMMIT),
                             metrics=run_metrics,
                             created_at_ms=int(mv.creation_timestamp or 0),
+                            evaluation=tags.get(TAG_EVALUATION, run_tags.get(TAG_EVALUATION)),
+                            gate=None if verdict is None else verdict == "true",
+                            gate_reasons=run_tags.get(TAG_GATE_REASONS),
+                            tags=tags,
                         )
                     )
                 out.append(
@@ -563,6 +719,238 @@ class Registry:
             for artifact_path, file in (artifacts or {}).items():
                 self._copy_as(mv.run_id, Path(file), artifact_path)
 
+    # ------------------------------------------------------------ operator override
+
+    def _known_model(self, name: str) -> None:
+        """InvalidInputError unless ``name`` is a registered model."""
+        try:
+            with self._errors(f"find model {name}"):
+                self._client.get_registered_model(name)
+        except NotFoundError:
+            with self._errors("list registered models"):
+                known = sorted(m.name for m in self._client.search_registered_models())
+            raise InvalidInputError(
+                f"unknown model {name!r} (registered: {', '.join(known) or 'none'})"
+            ) from None
+
+    def _known_version(self, name: str, ref: str) -> Any:
+        """The version ``ref`` (a number, ``v2`` or an alias) of a registered model, or an
+        InvalidInputError naming what is unknown."""
+        self._known_model(name)
+        ref = str(ref).strip()
+        if ref[:1] in {"v", "V"} and ref[1:].isdigit():
+            ref = ref[1:]
+        try:
+            return self._version(name, ref)
+        except (NotFoundError, InvalidInputError):
+            with self._errors(f"list the versions of {name}"):
+                found = self._client.search_model_versions(f"name='{name}'")
+            versions = sorted(int(v.version) for v in found)
+            raise InvalidInputError(
+                f"{name} has no version {ref!r} "
+                f"(versions: {', '.join(map(str, versions)) or 'none'})"
+            ) from None
+
+    def _has_artifact(self, run_id: str, path: str) -> bool:
+        folder = path.rpartition("/")[0] or None
+        with self._errors(f"list the artifacts of run {run_id}"):
+            return any(a.path == path for a in self._client.list_artifacts(run_id, folder))
+
+    def verify_parity(
+        self, name: str, version: str, *, tolerance: float = PARITY_TOLERANCE
+    ) -> float:
+        """Check that a version can be served: its ONNX file is there, readable, and
+        reproduces its logged torch weights (:func:`medops.export.check_onnx_parity`).
+
+        Downloads afresh (not from the cache, which may outlive the artifact). Returns the
+        largest difference; raises InvalidInputError saying what is wrong.
+        """
+        from medops.export import ExportError, check_onnx_parity
+        from medops.training import load_weights
+
+        mv = self._known_version(name, version)
+        label = f"{name} version {mv.version}"
+        onnx_artifact = f"{MODEL_DIR}/{ONNX_FILE}"
+        if not mv.run_id or not self._has_artifact(mv.run_id, onnx_artifact):
+            raise InvalidInputError(f"{label} has no ONNX artifact ({onnx_artifact}) to serve")
+        if not self._has_artifact(mv.run_id, WEIGHTS_PATH):
+            raise InvalidInputError(
+                f"{label} has no torch weights ({WEIGHTS_PATH}) to check its ONNX against"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            with self._errors(f"download {label}"):
+                onnx_path = Path(self._client.download_artifacts(mv.run_id, onnx_artifact, tmp))
+                weights = Path(self._client.download_artifacts(mv.run_id, WEIGHTS_PATH, tmp))
+                params = dict(self._client.get_run(mv.run_id).data.params)
+            info = read_onnx_info(onnx_path, name=name, version=str(mv.version))
+            try:
+                model = _torch_model(info, params, _onnx_meta(onnx_path))
+                load_weights(model, weights)
+                return check_onnx_parity(
+                    model, onnx_path, input_size=info.input_size, tolerance=tolerance
+                )
+            except (ExportError, InvalidInputError) as exc:
+                raise InvalidInputError(f"{label} fails the ONNX parity check: {exc}") from None
+            except Exception as exc:  # onnxruntime and torch raise many types for bad graphs
+                raise InvalidInputError(
+                    f"{label} fails the ONNX parity check: {type(exc).__name__}: {exc}"
+                ) from None
+
+    def _record_override(
+        self, change: AliasChange, audit_path: Path | None, before: str | None
+    ) -> None:
+        """Tag the named version and append the audit entry; on failure, put the alias back."""
+        tags = {
+            "action": change.action,
+            "alias": change.alias,
+            "from": change.before or "",
+            "to": change.after or "",
+            "reason": change.reason[:5000],
+            "by": change.by,
+            "at": change.at,
+        }
+        try:
+            with self._errors(f"tag {change.name} version {change.version}"):
+                for key, value in tags.items():
+                    self._client.set_model_version_tag(
+                        change.name, change.version, TAG_OVERRIDE + key, value
+                    )
+            if audit_path is not None:
+                audit.append_entry(audit_path, change.audit_entry())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._restore_alias(change.name, change.alias, before)
+            raise
+
+    @staticmethod
+    def _who(reason: str, by: str | None) -> tuple[str, str]:
+        reason, who = reason.strip(), (by or current_user()).strip()
+        if not reason:
+            raise InvalidInputError("reason: say why the alias is moved (it is audited)")
+        if not who:
+            raise InvalidInputError("by: name who moves the alias")
+        return reason, who
+
+    def promote(
+        self,
+        name: str,
+        version: str,
+        *,
+        reason: str,
+        by: str | None = None,
+        audit_path: Path | None = None,
+        tolerance: float = PARITY_TOLERANCE,
+    ) -> AliasChange:
+        """Operator override: make ``version`` the champion of ``name``, bypassing the gate.
+
+        Refused (InvalidInputError, champion unchanged) for an unknown model or version, a
+        version without its ONNX artifact or weights, or one failing the parity check, and
+        when it is already champion. Records ``override.*`` tags on the version and, with
+        ``audit_path``, one audit entry; ``by`` defaults to the OS user.
+        """
+        reason, who = self._who(reason, by)
+        mv = self._known_version(name, version)
+        target = str(mv.version)
+        before = self.get_alias(name, CHAMPION)
+        if before == target:
+            raise InvalidInputError(f"{name} version {target} is already the champion")
+        diff = self.verify_parity(name, target, tolerance=tolerance)
+        if audit_path is not None:
+            audit.check_writable(audit_path)  # an override that cannot be audited is not made
+        change = AliasChange(
+            name=name,
+            alias=CHAMPION,
+            action="promote",
+            version=target,
+            before=before,
+            after=target,
+            reason=reason,
+            by=who,
+            at=_now_iso(),
+            parity_max_abs_diff=diff,
+        )
+        self.set_alias(name, CHAMPION, target)
+        self._record_override(change, audit_path, before)
+        return change
+
+    def _fallback(self, name: str, version: str) -> str | None:
+        """The champion before ``version``, skipping versions an operator demoted since and
+        versions that no longer exist; None when there is none."""
+        seen = {version}
+        tags = dict(self._version(name, version).tags)
+        while (prev := tags.get(TAG_PREVIOUS_CHAMPION)) and prev not in seen:
+            seen.add(prev)
+            try:
+                tags = dict(self._version(name, prev).tags)
+            except NotFoundError:
+                return None  # deleted: the chain ends here
+            if tags.get(TAG_OVERRIDE + "action") != "demote":
+                return prev
+        return None
+
+    def demote(
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        reason: str,
+        by: str | None = None,
+        audit_path: Path | None = None,
+        tolerance: float = PARITY_TOLERANCE,
+    ) -> AliasChange:
+        """Operator override: take ``champion`` away from ``version`` (default: the current
+        champion).
+
+        ``champion`` moves back to the previous champion recorded on the version (skipping
+        versions demoted since), which must pass the same checks as a promotion; with none
+        recorded, the alias is removed. Refused (InvalidInputError, champion unchanged) for an
+        unknown model or version, a version that is not champion, or a previous champion that
+        fails its checks. Records ``override.*`` tags on the demoted version and, with
+        ``audit_path``, one audit entry.
+        """
+        reason, who = self._who(reason, by)
+        self._known_model(name)
+        current = self.get_alias(name, CHAMPION)
+        if version is not None:
+            demoted = str(self._known_version(name, version).version)
+        elif current is not None:
+            demoted = current
+        else:
+            raise InvalidInputError(f"{name} has no champion to demote")
+        if current != demoted:
+            raise InvalidInputError(
+                f"{name} version {demoted} is not the champion "
+                f"({'the champion is version ' + current if current else 'there is no champion'})"
+            )
+        fallback = self._fallback(name, demoted)
+        diff = None
+        if fallback is not None:
+            try:
+                diff = self.verify_parity(name, fallback, tolerance=tolerance)
+            except InvalidInputError as exc:
+                raise InvalidInputError(
+                    f"the previous champion cannot take over ({exc}); promote another version "
+                    "instead"
+                ) from None
+        if audit_path is not None:
+            audit.check_writable(audit_path)
+        change = AliasChange(
+            name=name,
+            alias=CHAMPION,
+            action="demote",
+            version=demoted,
+            before=demoted,
+            after=fallback,
+            reason=reason,
+            by=who,
+            at=_now_iso(),
+            parity_max_abs_diff=diff,
+        )
+        # not set_alias: moving back must not record the demoted version as "previous"
+        self._restore_alias(name, CHAMPION, fallback)
+        self._record_override(change, audit_path, demoted)
+        return change
+
     # --------------------------------------------------------------------- gate
 
     def record_gate(
@@ -583,7 +971,7 @@ class Registry:
             self._client.log_artifact(mv.run_id, str(path))
             verdict = "true" if decision.promote else "false"
             self._client.set_tag(mv.run_id, TAG_GATE, verdict)
-            self._client.set_tag(mv.run_id, "gate.reasons", "; ".join(decision.reasons)[:5000])
+            self._client.set_tag(mv.run_id, TAG_GATE_REASONS, "; ".join(decision.reasons)[:5000])
             self._client.set_model_version_tag(name, str(mv.version), TAG_GATE, verdict)
         if decision.promote and move_champion:
             self.set_alias(name, CHAMPION, str(mv.version))
@@ -595,3 +983,7 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -38,7 +38,7 @@ from medops.monitoring import PredictionFeatures
 from medops.monitoring.metrics import GatewayMetrics
 from medops.monitoring.store import PredictionRecord, PredictionStore
 from medops.rle import rle_encode, rle_encode_volume
-from medops.transforms import preprocess_slice, restore_mask
+from medops.transforms import drop_small_components, preprocess_slice, restore_mask
 
 from .dataplane import DataPlane, Prediction
 from .logs import REQUEST_ID
@@ -102,6 +102,10 @@ class Analysis:
     image: Image
     probabilities: np.ndarray
     positive: np.ndarray
+    """The served slice decision: a tumour mask survived the two-stage rule (or, with
+    ``segment=never``, the classifier at its operating threshold)."""
+    flagged: np.ndarray
+    """The classifier's own decision at its operating threshold (its prediction log)."""
     mask: np.ndarray
     segmented: np.ndarray
     classifier: Prediction
@@ -202,15 +206,31 @@ class Analyzer:
         if probs.ndim != 2 or probs.shape[1] < 2:
             raise MedopsError(f"{CLASSIFIER} answered shape {probs.shape}, expected (N, 2)")
         tumour = probs[:, -1].astype(float)
-        positive = tumour >= classifier.info.threshold
-        wanted = {"auto": positive, "always": np.ones(z, bool), "never": np.zeros(z, bool)}[mode]
+        flagged = tumour >= classifier.info.threshold
         mask = np.zeros((z, h, w), np.uint8)
         segmenter = None
         segment_max: dict[int, float] = {}
+        if mode == "never":
+            return Analysis(
+                image,
+                tumour,
+                flagged,
+                flagged,
+                mask,
+                np.zeros(z, bool),
+                classifier,
+                None,
+                slices,
+                {},
+            )
+        # the segmenter version carries the rule chosen with its classifier on validation data
+        seg_route = await self._route(SEGMENTER, headers)
+        rule = seg_route[0].info
+        gate = classifier.info.threshold if rule.gate_threshold is None else rule.gate_threshold
+        wanted = np.asarray(tumour >= gate) if mode == "auto" else np.ones(z, bool)
         index = np.flatnonzero(wanted)
         if index.size:
-            seg_route = await self._route(SEGMENTER, headers)
-            seg_size = seg_route[0].info.input_size
+            seg_size = rule.input_size
             seg_in = (
                 [slices[k] for k in index]
                 if seg_size == cls_size
@@ -219,12 +239,24 @@ class Analyzer:
                 )
             )
             segmenter = await self._predict(SEGMENTER, seg_in, seg_route)
-            binary = (segmenter.probabilities[:, 0] >= segmenter.info.threshold).astype(np.uint8)
+            binary = drop_small_components(
+                segmenter.probabilities[:, 0] >= rule.threshold, rule.min_component_px
+            ).astype(np.uint8)
             mask[index] = restore_mask(binary, (h, w))
             peaks = segmenter.probabilities.reshape(len(index), -1).max(axis=1)
             segment_max = {int(k): float(p) for k, p in zip(index, peaks, strict=True)}
+        positive = np.asarray(mask.reshape(z, -1).any(axis=1))
         return Analysis(
-            image, tumour, positive, mask, wanted, classifier, segmenter, slices, segment_max
+            image,
+            tumour,
+            positive,
+            flagged,
+            mask,
+            wanted,
+            classifier,
+            segmenter,
+            slices,
+            segment_max,
         )
 
     # ------------------------------------------------------------------ answers
@@ -266,6 +298,16 @@ class Analyzer:
             },
             "decision": "tumour" if bool(a.positive.any()) else "no tumour",
             "threshold": a.classifier.info.threshold,
+            **(
+                {
+                    "rule": {
+                        "gate_threshold": a.segmenter.info.gate_threshold,
+                        "min_component_px": a.segmenter.info.min_component_px,
+                    }
+                }
+                if a.segmenter is not None
+                else {}
+            ),
             "slices": [
                 {
                     "index": k,
@@ -316,7 +358,7 @@ class Analyzer:
         for k, inputs in enumerate(a.inputs):
             features = self.features(cls.info.name, cls.version, inputs, original_shape=shape)
             row = cls.probabilities[k]
-            answered = len(classes) - 1 if a.positive[k] else int(row[:-1].argmax())
+            answered = len(classes) - 1 if a.flagged[k] else int(row[:-1].argmax())
             records.append(
                 PredictionRecord(
                     request_id=f"{base_id}.{k}",

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from medops.errors import MedopsError
 from medops.monitoring.metrics import GatewayMetrics
 from medops.monitoring.store import PredictionStore
+from medops.registry.audit import default_audit_path
 
 from .analyze import Analyzer
 from .auth import Authenticator
@@ -147,7 +148,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
 
     router = Router(
         config,
-        audit_path=settings.routing_audit_file,
+        audit_path=settings.routing_audit_file or default_audit_path(settings.home),
         known_models=settings.models,
         on_promote=promote,
         ready_by_default=False,

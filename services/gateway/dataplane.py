@@ -29,7 +29,7 @@ from medops.monitoring.metrics import GatewayMetrics
 
 from .backends import Backend
 from .logs import MODEL, VARIANT
-from .models import LoadedModel, ModelManager, ref_of
+from .models import LoadedModel, MissingVersionError, ModelManager, ref_of
 from .routing import Router
 from .types import InferRequest, InferResponse, Tensor
 
@@ -111,21 +111,53 @@ class DataPlane:
     async def live(self) -> bool:
         return True
 
-    async def ready(self) -> bool:
-        """Ready when the backend answers and every model's default variant is loaded."""
-        if not await self.backend.live():
-            return False
-        for name in self.models.models:
-            entry = self._default_entry(name)
-            if entry is None or not await self.backend.ready(name, entry.version):
-                return False
-        return True
-
-    def _default_entry(self, name: str) -> LoadedModel | None:
-        """The baseline variant's model (what readiness and metadata describe)."""
+    def _baseline_ref(self, name: str) -> str:
+        """The reference of the baseline variant (what readiness and metadata describe)."""
         routing = self.router.config.for_model(name)
         _, alias, version = routing.variant(routing.baseline).target
-        return self.models.get(name, ref_of(alias, version))
+        return ref_of(alias, version)
+
+    def _default_entry(self, name: str) -> LoadedModel | None:
+        return self.models.get(name, self._baseline_ref(name))
+
+    def required(self, name: str) -> bool:
+        """Whether readiness waits for ``name``: the routing document names it, or it is
+        served by the default routing (its champion) and that champion exists. A model absent
+        from the document whose champion is missing is not served: it answers 503 alone."""
+        if name in self.router.config.models:
+            return True
+        ref = self._baseline_ref(name)
+        return self.models.get(name, ref) is not None or not self.models.missing(name, ref)
+
+    async def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
+        """Ready when the backend answers and every served model's baseline is loaded; with
+        each known model's state (``ready``, ``version``, ``served`` and a ``reason`` when
+        not ready)."""
+        live = await self.backend.live()
+        states: dict[str, dict[str, Any]] = {}
+        for name in self.models.models:
+            ref = self._baseline_ref(name)
+            entry = self.models.get(name, ref)
+            ok = entry is not None and live and await self.backend.ready(name, entry.version)
+            state: dict[str, Any] = {
+                "ready": ok,
+                "version": entry.version if entry is not None else None,
+                "served": self.required(name),
+            }
+            if not ok:
+                if not live:
+                    state["reason"] = "the inference backend is unavailable"
+                elif entry is not None:
+                    state["reason"] = f"the backend has not loaded version {entry.version}"
+                else:
+                    state["reason"] = self.models.problem(name, ref) or "not loaded yet"
+            states[name] = state
+        ready = live and all(s["ready"] for s in states.values() if s["served"])
+        return ready, states
+
+    async def ready(self) -> bool:
+        ready, _ = await self.readiness()
+        return ready
 
     def _check_model(self, name: str) -> None:
         if not self.models.serves(name):
@@ -137,7 +169,12 @@ class DataPlane:
         if entry is None:
             if version:
                 raise NotFoundError(f"model {name} version {version} is not served")
-            raise BackendUnavailableError(f"model {name} is not loaded yet")
+            ref = self._baseline_ref(name)
+            reason = self.models.problem(name, ref)
+            if reason and self.models.missing(name, ref):
+                raise MissingVersionError(reason)
+            why = f": {reason}" if reason else " yet"
+            raise BackendUnavailableError(f"model {name} is not loaded{why}")
         return entry
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:

@@ -4,7 +4,9 @@ A *source* turns a reference (an MLflow alias such as ``champion`` or a version 
 version, its serving facts and a local ONNX file. The :class:`ModelManager` keeps one loaded
 entry per (model, reference); a background task polls the aliases and, when one moves, loads the
 new version into the backend and swaps the entry in one assignment, so requests in flight finish
-on the old version and new ones get the new version with no restart.
+on the old version and new ones get the new version with no restart. A reference that points at
+no version (a model without a ``champion``) is recorded as *missing*: that model answers 503
+naming the alias, and the others serve on.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from medops.errors import MedopsError, NotFoundError
+from medops.errors import BackendUnavailableError, MedopsError, NotFoundError
 from medops.modelspec import CHAMPION, ModelInfo
 
 from .backends import Backend
 
 log = logging.getLogger("medops.gateway.models")
+
+
+class MissingVersionError(BackendUnavailableError):
+    """The reference (an alias such as ``champion``) points at no version: 503 for that model."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class ModelSource(Protocol):
 
     def resolve(self, name: str, ref: str) -> Resolved:
         """Version, serving facts and a local ONNX file for ``ref``."""
+
+    def missing(self, name: str, ref: str) -> str:
+        """Why ``ref`` of ``name`` has no version, for callers (``current`` gave None)."""
 
 
 class RegistrySource:
@@ -54,6 +63,9 @@ class RegistrySource:
     def resolve(self, name: str, ref: str) -> Resolved:
         r = self.registry.resolve(name, ref)
         return Resolved(version=r.info.version, info=r.info, onnx_path=r.onnx_path)
+
+    def missing(self, name: str, ref: str) -> str:
+        return f"{name} has no {ref!r} version in the registry"
 
 
 class FileSource:
@@ -74,6 +86,9 @@ class FileSource:
         return Resolved(
             version="1", info=read_onnx_info(path, name=name, version="1"), onnx_path=path
         )
+
+    def missing(self, name: str, ref: str) -> str:
+        return f"{name} has no ONNX file configured (model_files)"
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,7 @@ class ModelManager:
         self.models = tuple(models)
         self._loaded: dict[tuple[str, str], LoadedModel] = {}
         self._errors: dict[tuple[str, str], str] = {}
+        self._missing: dict[tuple[str, str], str] = {}
         self._lock = asyncio.Lock()
 
     def serves(self, name: str) -> bool:
@@ -113,16 +129,23 @@ class ModelManager:
                 return m
         return None
 
-    def problems(self) -> dict[str, str]:
-        """Why a wanted (model, reference) is not loaded, for readiness answers and logs."""
-        return {f"{n}@{r}": e for (n, r), e in self._errors.items()}
+    def problem(self, name: str, ref: str) -> str | None:
+        """Why ``ref`` of ``name`` is not loaded (None: loaded, or not tried yet)."""
+        return self._errors.get((name, ref)) or self._missing.get((name, ref))
+
+    def missing(self, name: str, ref: str) -> bool:
+        """Whether the last attempt found that ``ref`` points at no version (no champion)."""
+        return (name, ref) in self._missing
 
     async def ensure(self, name: str, ref: str) -> LoadedModel:
         """Load ``ref`` of ``name`` if it is not loaded yet or has moved; return the entry."""
         current = self._loaded.get((name, ref))
         version = await asyncio.to_thread(self.source.current, name, ref)
         if version is None:
-            raise NotFoundError(f"model {name} has no version {ref}")
+            message = self.source.missing(name, ref)
+            self._missing[(name, ref)] = message
+            raise MissingVersionError(message)
+        self._missing.pop((name, ref), None)
         if current is not None and current.version == version:
             return current
         async with self._lock:
@@ -154,15 +177,28 @@ class ModelManager:
         """Load every wanted (model, reference); failures are recorded, never raised."""
         wanted = list(dict.fromkeys(wanted))
         for name, ref in wanted:
+            was_missing = self.missing(name, ref)
             try:
                 await self.ensure(name, ref)
+            except MissingVersionError as exc:
+                self._errors.pop((name, ref), None)
+                if not was_missing:
+                    log.warning(
+                        "model not served", extra={"model": name, "ref": ref, "reason": exc.message}
+                    )
             except MedopsError as exc:
+                # e.g. the registry is unreachable: whether a version exists is unknown
+                self._missing.pop((name, ref), None)
                 if self._errors.get((name, ref)) != exc.message:
                     log.warning(
                         "model not loaded", extra={"model": name, "ref": ref, "reason": exc.message}
                     )
                 self._errors[(name, ref)] = exc.message
-        stale = [key for key in self._loaded if key not in set(wanted)]
+        keep = set(wanted)
+        for recorded in (self._errors, self._missing):
+            for key in [k for k in recorded if k not in keep]:
+                del recorded[key]
+        stale = [key for key in self._loaded if key not in keep]
         for key in stale:
             entry = self._loaded.pop(key)
             await self._unload_if_unused(entry.name, entry.version)

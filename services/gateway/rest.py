@@ -196,11 +196,8 @@ def create_app(
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
-        ok = await dataplane.ready()
-        doc: dict[str, Any] = {"ready": ok}
-        if not ok and dataplane.models.problems():
-            doc["models"] = dataplane.models.problems()
-        return _json(doc, 200 if ok else 503)
+        ok, models = await dataplane.readiness()
+        return _json({"ready": ok, "models": models}, 200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

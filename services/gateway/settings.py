@@ -51,7 +51,9 @@ class GatewaySettings(BaseSettings):
     """MLflow tracking URI of the model registry; defaults to ``sqlite:///<home>/mlflow.db``."""
 
     models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
-    """The registered models this gateway serves."""
+    """The registered models this gateway knows (V2 endpoints, routing document). One absent
+    from the routing document is served from its ``champion`` alias once that exists; until
+    then it alone answers 503 and readiness does not wait for it."""
 
     model_files: dict[str, Path] = Field(default_factory=dict)
     """Serve these ONNX files (model name -> path) as version ``1`` instead of asking the
@@ -82,10 +84,12 @@ class GatewaySettings(BaseSettings):
     """Generate a client and an admin key on the first start when no key exists."""
 
     routing_file: Path | None = None
-    """Routing document (JSON or YAML) loaded at start; defaults to champion-only routing."""
+    """Routing document (JSON or YAML) loaded at start; defaults to champion-only routing.
+    Readiness waits for every model the document names."""
 
     routing_audit_file: Path | None = None
-    """Where the routing audit trail is appended (JSON lines); none when unset."""
+    """Where the routing audit trail is appended (JSON lines); default
+    ``<home>/audit/routing.jsonl``, the file ``medops models promote/demote`` also writes."""
 
     onnx_threads: int = 2
     """Intra-op threads of each in-process ONNX Runtime session."""

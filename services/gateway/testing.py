@@ -54,9 +54,16 @@ def free_port() -> int:
 
 
 def write_tiny_model(
-    name: str, path: Path, *, size: int = 64, threshold: float = 0.5, seed: int = 0
+    name: str,
+    path: Path,
+    *,
+    size: int = 64,
+    threshold: float = 0.5,
+    seed: int = 0,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
-    """A small seeded conv net obeying the ONNX contract of ``medops.modelspec``."""
+    """A small seeded conv net obeying the ONNX contract of ``medops.modelspec``;
+    ``metadata`` adds keys (e.g. a segmenter's two-stage rule)."""
     import onnx
     import torch
     from torch import nn
@@ -131,6 +138,7 @@ def write_tiny_model(
         META_CLASSES: json.dumps(classes),
         META_THRESHOLD: str(threshold),
         META_DATASET_VERSION: "test",
+        **(metadata or {}),
     }.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

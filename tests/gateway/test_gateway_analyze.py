@@ -15,16 +15,16 @@ import onnxruntime as ort
 import pydicom
 import pytest
 import tifffile
-from gateway_support import CLASSIFIER_THRESHOLD, SIZE
+from gateway_support import CLASSIFIER_THRESHOLD, SIZE, make_settings, read_keys
 from PIL import Image as PILImage
 
 from medops.deid import UIDMap
 from medops.imaging.dicom import write_dicom_series
 from medops.imaging.lgg import lgg_patient_volume
-from medops.modelspec import CLASSIFIER, SEGMENTER
+from medops.modelspec import CLASSIFIER, META_GATE_THRESHOLD, META_MIN_COMPONENT, SEGMENTER
 from medops.rle import rle_decode_volume
-from medops.transforms import preprocess_slice, restore_mask
-from services.gateway.testing import GatewayThread
+from medops.transforms import drop_small_components, preprocess_slice, restore_mask
+from services.gateway.testing import GatewayThread, write_tiny_model
 
 
 def direct(models: dict[str, Path], slices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,9 +76,10 @@ def test_an_lgg_slice_gives_the_models_own_probability_and_mask(
     assert r.status_code == 200, r.text
     doc = r.json()
     assert doc["slices"][0]["probability"] == pytest.approx(float(probs[0]), abs=1e-5)
-    assert doc["slices"][0]["tumour"] == bool(probs[0] >= CLASSIFIER_THRESHOLD)
     mask = rle_decode_volume(doc["mask"]["slices"]).astype(np.uint8)
     assert mask.shape == (1, 256, 256) and 0 < mask.sum() < mask.size
+    # the served decision is the two-stage answer's: a mask survived the rule
+    assert doc["slices"][0]["tumour"] is True and doc["decision"] == "tumour"
     np.testing.assert_array_equal(mask, masks)
     assert doc["tumour_area_mm2"] == pytest.approx(float(masks.sum()) * 1.0)
     assert doc["tumour_volume_ml"] is None  # one slice: an area, not a volume
@@ -275,3 +276,60 @@ def test_a_nifti_volume_and_a_jpeg_picture_are_analysed_like_any_other_image(
     doc = r.json()
     assert doc["slices"][0]["probability"] == pytest.approx(float(probs[0]), abs=1e-5)
     np.testing.assert_array_equal(rle_decode_volume(doc["mask"]["slices"]).astype(np.uint8), masks)
+
+
+def test_the_segmenters_stored_rule_decides_what_is_segmented_and_kept(
+    tiny_models: dict[str, Path],
+    lgg_patient: Path,
+    dicom_series: list[Path],
+    tmp_path: Path,
+) -> None:
+    """A segmenter version carries the two-stage rule chosen on validation: its gate threshold
+    (here 0: every slice is segmented, whatever the classifier says) and its smallest kept
+    component; the served decision is whether a mask survived."""
+    slices = np.moveaxis(lgg_patient_volume(lgg_patient).array, 1, 0)
+    probs, _ = direct(tiny_models, slices)
+    binary = np.stack(
+        [
+            ort.InferenceSession(str(tiny_models[SEGMENTER])).run(
+                None, {"image": preprocess_slice(s, SIZE)[None]}
+            )[0][0, 0]
+            >= 0.5
+            for s in slices
+        ]
+    )
+    smallest = int(np.percentile([m.sum() for m in binary if m.any()], 50)) + 1
+    segmenter = write_tiny_model(
+        SEGMENTER,
+        tmp_path / "segmenter.onnx",
+        size=SIZE,
+        seed=1,
+        metadata={META_GATE_THRESHOLD: "0.0", META_MIN_COMPONENT: str(smallest)},
+    )
+    files = tiny_models | {SEGMENTER: segmenter}
+    with GatewayThread(make_settings(tmp_path / "home", files)) as gw:
+        headers = {"authorization": f"Bearer {read_keys(tmp_path / 'home')['client']}"}
+        r = httpx.post(
+            f"http://{gw.url}/v1/analyze",
+            content=_zip(dicom_series),
+            headers={**headers, "content-type": "application/zip"},
+            timeout=120,
+        )
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert all(s["segmented"] for s in doc["slices"])  # gate 0: every slice
+    assert doc["rule"] == {"gate_threshold": 0.0, "min_component_px": smallest}
+    expected = np.stack(
+        [
+            restore_mask(drop_small_components(b, smallest).astype(np.uint8), (256, 256))
+            for b in binary
+        ]
+    )
+    mask = rle_decode_volume(doc["mask"]["slices"]).astype(np.uint8)
+    np.testing.assert_array_equal(mask, expected)
+    assert expected.any() and not expected.all(axis=(1, 2)).all()
+    assert [s["tumour"] for s in doc["slices"]] == expected.reshape(len(expected), -1).any(
+        1
+    ).tolist()
+    # the classifier's own probabilities are answered unchanged
+    np.testing.assert_allclose([s["probability"] for s in doc["slices"]], probs, atol=1e-5)

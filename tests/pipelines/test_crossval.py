@@ -38,6 +38,6 @@ def test_every_patient_is_judged_once_by_models_that_never_saw_it(
 def test_more_folds_than_patients_fail_before_any_training(
     lgg_dir: Path, medops_home: Path
 ) -> None:
-    with pytest.raises(DatasetError, match="41 folds need at least 41 patients.*has 40"):
+    with pytest.raises(DatasetError, match=r"41 folds need at least 41 patients.*has 40"):
         cross_validate("tiny", lgg_dir, medops_home, folds=41, work=medops_home / "cv")
     assert not list((medops_home / "cv").glob("fold-*/*.pt"))
