@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
+from medops.errors import InvalidInputError
 from medops.settings import MedopsSettings
-from pipelines.presets import PRESETS
+from pipelines.presets import PRESETS, TASKS, Floors, describe_floors, get_preset, parse_floors
 
 SHOWN = (
     "test_auc",
@@ -23,6 +26,33 @@ SHOWN = (
 
 def _settings(ctx: click.Context) -> MedopsSettings:
     return ctx.find_object(MedopsSettings) or MedopsSettings()
+
+
+def _parse_floors(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]) -> Floors:
+    try:
+        return parse_floors(items)
+    except InvalidInputError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def floor_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--floor TASK.METRIC=VALUE`` (repeatable), parsed to :data:`Floors` before the command
+    runs, so a bad one stops it before anything trains."""
+    return click.option(
+        "--floor",
+        "floors",
+        multiple=True,
+        metavar="TASK.METRIC=VALUE",
+        callback=_parse_floors,
+        help="The promotion gate's floor (a ceiling for ece) for this run, over the preset's; "
+        f"repeatable. TASK: {', '.join(TASKS)}. E.g. segmenter.dice_patient_mean=0.99.",
+    )(func)
+
+
+def echo_floors(preset: str, floors: Floors) -> None:
+    """Say which gate floors this run overrides."""
+    for line in describe_floors(get_preset(preset), floors):
+        click.echo(f"gate floor for this run: {line}")
 
 
 @click.group("pipeline")
@@ -43,7 +73,8 @@ def pipeline() -> None:
     "--data-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Folder holding lgg-mri-segmentation/ (default: MEDOPS_DATA_DIR).",
+    help="Folder holding lgg-mri-segmentation/ (and brain-tumor-mri-4class/Training/ for the "
+    "type classifier; default: MEDOPS_DATA_DIR).",
 )
 @click.option(
     "--hpo",
@@ -73,6 +104,7 @@ def pipeline() -> None:
     help="First judge the recipe by K-fold patient-level cross-validation (K >= 3); the "
     "registered versions then carry its figures. 0: the held-out split only.",
 )
+@floor_option
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -83,22 +115,28 @@ def run(
     warm_start: str,
     seed: int,
     folds: int,
+    floors: Floors,
 ) -> None:
     """Run the pipeline here with kfp.local; registers and promotes into MEDOPS_TRACKING_URI."""
-    from pipelines.local import LGG_DIR, run_local
+    from pipelines.local import check_data, run_local
+    from pipelines.steps import check_registry
 
     settings = _settings(ctx)
+    if folds and folds < 3:
+        raise click.BadParameter(f"need at least 3 folds, got {folds}", param_hint="--folds")
+    # the data the preset asks for is there before anything (cross-validation included) trains
+    data = check_data(preset, data_dir or settings.data_dir, type_classifier=type_classifier)
     settings.ensure_home()
+    echo_floors(preset, floors)
     crossval = None
     if folds:
         from pipelines.crossval import cross_validate
 
-        if folds < 3:
-            raise click.BadParameter(f"need at least 3 folds, got {folds}", param_hint="--folds")
+        check_registry(settings.mlflow_uri)
         work = settings.home / "crossval" / f"{preset}-k{folds}-seed{seed}"
         result_cv = cross_validate(
             preset,
-            (data_dir or settings.data_dir) / LGG_DIR,
+            data.lgg,
             settings.home,
             folds=folds,
             seed=seed,
@@ -117,6 +155,7 @@ def run(
         seed=seed,
         warm_start=warm_start,
         crossval=crossval,
+        floors=floors,
     )
     click.echo(
         f"pipeline {preset} finished in {result.seconds:.0f} s; registry {settings.mlflow_uri}"

@@ -240,12 +240,18 @@ def register(
 
 
 def gate(
-    task: str, preset: str, tracking_uri: str, version: str, evaluation: Input[Artifact]
+    task: str,
+    preset: str,
+    tracking_uri: str,
+    version: str,
+    evaluation: Input[Artifact],
+    floors: dict,
 ) -> bool:
-    """The promotion gate: record the decision; move champion when it passes."""
+    """The promotion gate: record the decision; move champion when it passes. ``floors``:
+    this run's floors per task over the preset's (``{}``: the preset's alone)."""
     from pipelines import steps
 
-    return steps.gate(task, preset, tracking_uri, version, evaluation.path)
+    return steps.gate(task, preset, tracking_uri, version, evaluation.path, floors=floors)
 
 
 def skipped() -> bool:

@@ -41,7 +41,9 @@ from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, MODEL_NAMES, SEGM
 from medops.registry import Registry
 from medops.rle import rle_decode
 from medops.settings import MedopsSettings
-from pipelines.local import FOURCLASS_DIR, LGG_DIR, run_local
+from pipelines.cli import echo_floors, floor_option
+from pipelines.local import FOURCLASS_DIR, check_data, run_local
+from pipelines.presets import Floors
 from pipelines.report import Summary, headline, versions
 
 SERVICE_START_S = 180.0
@@ -134,9 +136,11 @@ def _train(
     *,
     seed: int,
     warm: str,
+    floors: Floors,
 ) -> list[tuple[str, str]]:
     """Run the pipeline; say what each new version is and what the gate decided about it."""
     before = set(versions(registry))
+    echo_floors(preset, floors)
     run = run_local(
         preset,
         data_dir=settings.data_dir.resolve(),
@@ -144,6 +148,7 @@ def _train(
         tracking_uri=settings.mlflow_uri,
         seed=seed,
         warm_start=warm,
+        floors=floors,
     )
     click.echo(
         f"pipeline ({preset}) finished in {run.seconds / 60:.1f} min; step logs in {run.log_path}"
@@ -347,16 +352,17 @@ def _evaluate(monitor: httpx.Client, title: str) -> None:
 @click.command("demo")
 @click.option("--preset", type=click.Choice(["tiny", "fast", "full"]), default="fast")
 @click.option("--requests", type=int, default=150, show_default=True, help="Canary requests.")
+@floor_option
 @click.pass_context
-def demo(ctx: click.Context, preset: str, requests: int) -> None:
-    """Run the whole platform once on embedded defaults: train, serve, route, monitor."""
+def demo(ctx: click.Context, preset: str, requests: int, floors: Floors) -> None:
+    """Run the whole platform once on embedded defaults: train, serve, route, monitor.
+
+    --floor applies to every gate of the job (the challenger's too)."""
     settings: MedopsSettings = ctx.obj
     _quiet_mlflow()
+    # the data the preset asks for is there before anything is ingested or trained
+    lgg = check_data(preset, settings.data_dir).lgg
     home = settings.ensure_home().resolve()
-    data_dir = settings.data_dir.resolve()
-    lgg = data_dir / LGG_DIR
-    if not lgg.is_dir():
-        raise DatasetError(f"{lgg} not found: set MEDOPS_DATA_DIR to the folder holding {LGG_DIR}/")
     started = time.monotonic()
     summary = Summary()
     logs = home / "logs"
@@ -365,11 +371,11 @@ def demo(ctx: click.Context, preset: str, requests: int) -> None:
 
     _step(f"2. Training pipeline (kfp.local, {preset} preset) → MLflow champions")
     registry = Registry(settings.mlflow_uri)
-    _train(settings, registry, summary, preset, home, seed=0, warm="")
+    _train(settings, registry, summary, preset, home, seed=0, warm="", floors=floors)
     champions = _champions(registry)
     summary.add_versions(registry, sorted(champions.items()))
     if champions:
-        _serve(settings, registry, summary, manifest, test_patients, preset, home, requests)
+        _serve(settings, registry, summary, manifest, test_patients, preset, home, requests, floors)
     else:
         _skipped(
             summary,
@@ -412,6 +418,7 @@ def _serve(
     preset: str,
     home: Path,
     requests: int,
+    floors: Floors,
 ) -> None:
     """Steps 3-6 with the models that have a champion; what needs a missing one is skipped."""
     logs = home / "logs"
@@ -471,7 +478,16 @@ def _serve(
         else:
             _step("4. A challenger: a few epochs on top of the champions; the gate only records")
             challenger_preset = "tiny" if preset == "tiny" else "refresh"
-            _train(settings, registry, summary, challenger_preset, home, seed=1, warm=CHAMPION)
+            _train(
+                settings,
+                registry,
+                summary,
+                challenger_preset,
+                home,
+                seed=1,
+                warm=CHAMPION,
+                floors=floors,
+            )
             if registry.get_alias(CLASSIFIER, CHALLENGER) is None:
                 _skipped(summary, "5. Canary", f"{CLASSIFIER} has no challenger")
             else:

@@ -6,13 +6,14 @@ import json
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medops.errors import MedopsError, TrainingError
+from medops.errors import DatasetError, MedopsError, TrainingError
 from pipelines import steps
-from pipelines.presets import get_preset
+from pipelines.presets import check_floors, get_preset
 from pipelines.progress import plain, quiet_console
 
 LGG_DIR = "lgg-mri-segmentation"
@@ -33,17 +34,79 @@ class LocalRun:
     """Where the steps' output (kfp's executor logs) went."""
 
 
+@dataclass(frozen=True)
+class DataPaths:
+    """The dataset folders one run reads, checked to exist."""
+
+    lgg: Path
+    fourclass: Path
+    type_classifier: bool
+    """Whether the run trains the type classifier (and so reads ``fourclass``)."""
+
+
+def _missing(path: Path) -> str | None:
+    if not path.exists():
+        return "not found"
+    return None if path.is_dir() else "not a folder"
+
+
+def check_data(
+    preset: str,
+    data_dir: Path,
+    *,
+    lgg_path: Path | None = None,
+    type_classifier: bool | None = None,
+) -> DataPaths:
+    """The folders the preset (and ``type_classifier``) asks for; a :class:`DatasetError`
+    naming the setting and the path when one is missing, before anything is read or trained."""
+    chosen = get_preset(preset)
+    lgg = Path(lgg_path or Path(data_dir) / LGG_DIR).resolve()
+    fourclass = (Path(data_dir) / FOURCLASS_DIR).resolve()
+    with_type = chosen.type_classifier if type_classifier is None else type_classifier
+    problem = _missing(lgg)
+    if problem:
+        setting = "lgg_path" if lgg_path else "data dir (MEDOPS_DATA_DIR or --data-dir)"
+        raise DatasetError(
+            f"{setting}: {lgg} {problem}; every preset needs the LGG data ({LGG_DIR}/)"
+        )
+    problem = _missing(fourclass) if with_type else None
+    if problem:
+        setting = (
+            "--type-classifier"
+            if type_classifier
+            else f"preset {chosen.name} (type_classifier=True)"
+        )
+        raise DatasetError(
+            f"{setting} needs the 4-class data: {fourclass} {problem}; put {FOURCLASS_DIR}/ "
+            "under the data dir (MEDOPS_DATA_DIR or --data-dir), or run without the type "
+            "classifier (--no-type-classifier)"
+        )
+    return DataPaths(lgg=lgg, fourclass=fourclass, type_classifier=with_type)
+
+
 def preflight(
-    lgg_path: Path, home: Path, tracking_uri: str, *, seed: int, max_patients: dict[str, int]
+    lgg_path: Path,
+    home: Path,
+    tracking_uri: str,
+    *,
+    seed: int,
+    max_patients: dict[str, int],
+    fourclass_path: Path | None = None,
+    type_max_patients: dict[str, int] | None = None,
 ) -> None:
     """Check the registry and the data in-process, so bad input fails with its own message
-    before the pipeline starts (the pipeline runs the same checks again as components)."""
+    before the pipeline starts (the pipeline runs the same checks again as components).
+    ``fourclass_path``: the 4-class data too, when the run trains the type classifier."""
     steps.check_registry(tracking_uri)
-    ingested = steps.ingest_data(str(lgg_path), str(home))
-    with tempfile.TemporaryDirectory(prefix="medops-preflight-") as tmp:
-        splits = str(Path(tmp) / "splits.json")
-        steps.split_data(ingested["manifest"], splits, seed=seed, max_patients=max_patients or None)
-        steps.validate_data(ingested["manifest"], splits, str(Path(tmp) / "report.txt"))
+    datasets = [(lgg_path, max_patients)]
+    if fourclass_path is not None:
+        datasets.append((fourclass_path, type_max_patients or {}))
+    for path, caps in datasets:
+        ingested = steps.ingest_data(str(path), str(home))
+        with tempfile.TemporaryDirectory(prefix="medops-preflight-") as tmp:
+            splits = str(Path(tmp) / "splits.json")
+            steps.split_data(ingested["manifest"], splits, seed=seed, max_patients=caps or None)
+            steps.validate_data(ingested["manifest"], splits, str(Path(tmp) / "report.txt"))
 
 
 def run_local(
@@ -59,13 +122,15 @@ def run_local(
     lgg_path: Path | None = None,
     log_path: Path | None = None,
     crossval: Path | None = None,
+    floors: Mapping[str, Mapping[str, float]] | None = None,
 ) -> LocalRun:
     """Run the whole pipeline through ``kfp.local.SubprocessRunner`` in this environment.
 
     ``lgg_path`` overrides ``data_dir / lgg-mri-segmentation``. The registry at
     ``tracking_uri`` and the data are checked before anything trains. Step outputs live under
     ``<home>/pipeline-runs``; cached steps are reused across runs. ``crossval``: the recipe's
-    cross-validation file, whose figures the registered versions then carry. What the steps
+    cross-validation file, whose figures the registered versions then carry. ``floors``: this
+    run's gate floors per task over the preset's ``minimums`` (``--floor``). What the steps
     print goes to ``log_path`` (default ``<home>/logs/pipeline.log``); the console shows one
     progress bar per training run (:mod:`pipelines.progress`).
     """
@@ -75,13 +140,20 @@ def run_local(
     from pipelines.pipeline import build_pipeline
 
     chosen = get_preset(preset)
+    gate_floors = check_floors(floors)
+    data = check_data(preset, data_dir, lgg_path=lgg_path, type_classifier=type_classifier)
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    lgg = Path(lgg_path or Path(data_dir) / LGG_DIR).resolve()
-    fourclass = (Path(data_dir) / FOURCLASS_DIR).resolve()
-    with_type = chosen.type_classifier if type_classifier is None else type_classifier
     max_patients = chosen.max_patients or {}
-    preflight(lgg, home, tracking_uri, seed=seed, max_patients=max_patients)
+    preflight(
+        data.lgg,
+        home,
+        tracking_uri,
+        seed=seed,
+        max_patients=max_patients,
+        fourclass_path=data.fourclass if data.type_classifier else None,
+        type_max_patients=chosen.type_max_patients,
+    )
 
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
@@ -93,20 +165,23 @@ def run_local(
     with warnings.catch_warnings(), quiet_console(log_path) as console:
         # the components name a cluster image; locally they run in this environment
         warnings.filterwarnings("ignore", message=".*base image.*")
+        # display names and resources matter on a cluster only
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
         try:
             task = build_pipeline()(
-                lgg_path=str(lgg),
-                fourclass_path=str(fourclass),
+                lgg_path=str(data.lgg),
+                fourclass_path=str(data.fourclass),
                 home=str(home),
                 tracking_uri=tracking_uri,
                 preset=preset,
                 seed=seed,
                 hpo_trials=hpo_trials,
                 warm_start=warm_start,
-                type_classifier=with_type,
+                type_classifier=data.type_classifier,
                 max_patients=max_patients,
                 type_max_patients=chosen.type_max_patients or {},
                 crossval=str(crossval or ""),
+                floors=gate_floors,
             )
         except RuntimeError as exc:
             tail = "\n".join(f"  | {line}" for line in console.tail)

@@ -152,6 +152,7 @@ def _model_branch(
     tracking_uri: Any,
     hpo_trials: Any,
     crossval: Any,
+    floors: Any,
     after: list[Any],
     cluster: ClusterSettings | None,
     gated_by: dict[str, Any] | None = None,
@@ -247,6 +248,7 @@ def _model_branch(
             tracking_uri=tracking_uri,
             version=registered.output,
             evaluation=evaluated.outputs["evaluation"],
+            floors=floors,
         ),
         "gate",
         f"promotion gate {task}",
@@ -276,6 +278,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
         max_patients: dict = {},  # noqa: B006 - kfp needs a literal default
         type_max_patients: dict = {},  # noqa: B006
         crossval: str = "",
+        floors: dict = {},  # noqa: B006 - per task: metric -> gate floor, over the preset's
     ) -> str:
         registry_ok = _finish(
             c.check_registry(tracking_uri=tracking_uri), "check_registry", "check registry", cluster
@@ -315,6 +318,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
                 tracking_uri=tracking_uri,
                 hpo_trials=hpo_trials,
                 crossval=crossval,
+                floors=floors,
                 after=[registry_ok],
                 cluster=cluster,
                 gated_by=branches.get("classifier"),
@@ -336,6 +340,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
                 tracking_uri=tracking_uri,
                 hpo_trials=0,
                 crossval="",
+                floors=floors,
                 after=[registry_ok, validated4],
                 cluster=cluster,
             )

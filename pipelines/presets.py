@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,6 +39,9 @@ _TOLERANCE = {
     "segmenter": {"dice_patient_mean": 0.01},
     "type-classifier": {"accuracy": 0.01},
 }
+
+TASKS = ("classifier", "segmenter", "type-classifier")
+"""The tasks a preset configures (and a gate floor override may name)."""
 
 PRESETS: dict[str, PipelinePreset] = {
     "tiny": PipelinePreset(
@@ -106,3 +112,78 @@ def get_preset(name: str) -> PipelinePreset:
         return PRESETS[name]
     except KeyError:
         raise InvalidInputError(f"preset: {name!r} is not one of {', '.join(PRESETS)}") from None
+
+
+# ------------------------------------------------------------------ per-run gate floors
+
+Floors = dict[str, dict[str, float]]
+"""Task -> metric -> floor (a ceiling for lower-is-better metrics such as ``ece``)."""
+
+
+def _floor_value(where: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise InvalidInputError(f"{where}: {value!r} is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{where}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise InvalidInputError(f"{where}: {value!r} is not a finite number")
+    return number
+
+
+def _floor_key(task: str, metric: str, where: str) -> None:
+    if task not in TASKS:
+        raise InvalidInputError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", metric):
+        raise InvalidInputError(f"{where}: {metric!r} is not a metric name")
+
+
+def parse_floors(items: Iterable[str]) -> Floors:
+    """``["segmenter.dice_patient_mean=0.99", ...]`` -> ``{"segmenter": {...: 0.99}}``.
+
+    Raises :class:`InvalidInputError` naming the bad item (malformed, unknown task, not a
+    finite number, or one metric given twice)."""
+    floors: Floors = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        task, dot, metric = key.strip().partition(".")
+        if not eq or not dot:
+            raise InvalidInputError(f"{item!r}: expected TASK.METRIC=VALUE")
+        metric = metric.strip()
+        _floor_key(task, metric, repr(item))
+        if metric in floors.get(task, {}):
+            raise InvalidInputError(f"{item!r}: {task}.{metric} is given twice")
+        floors.setdefault(task, {})[metric] = _floor_value(repr(item), raw.strip())
+    return floors
+
+
+def check_floors(floors: Mapping[str, Any] | None) -> Floors:
+    """Validate floors as they arrive through the pipeline parameter; a clean copy."""
+    checked: Floors = {}
+    for task, metrics in (floors or {}).items():
+        if not isinstance(metrics, Mapping):
+            raise InvalidInputError(f"floors.{task}: expected a mapping of metric to floor")
+        for metric, value in metrics.items():
+            where = f"floors.{task}.{metric}"
+            _floor_key(str(task), str(metric), where)
+            checked.setdefault(str(task), {})[str(metric)] = _floor_value(where, value)
+    return checked
+
+
+def gate_minimums(
+    preset: PipelinePreset, task: str, floors: Mapping[str, Mapping[str, float]] | None = None
+) -> dict[str, float]:
+    """The gate's floors for ``task``: the preset's ``minimums`` with this run's over them."""
+    return {**preset.minimums.get(task, {}), **check_floors(floors).get(task, {})}
+
+
+def describe_floors(preset: PipelinePreset, floors: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """One line per overridden floor: ``segmenter.dice_patient_mean 0.99 (preset tiny: 0)``."""
+    lines = []
+    for task, metrics in check_floors(floors).items():
+        for metric, value in metrics.items():
+            was = preset.minimums.get(task, {}).get(metric)
+            before = f"{was:g}" if was is not None else "none"
+            lines.append(f"{task}.{metric} {value:g} (preset {preset.name}: {before})")
+    return lines

@@ -47,7 +47,10 @@ class Check:
     """``dice_patient_mean 0.512 < 0.6``."""
 
 
-def _failed(key: str, check: Mapping[str, Any]) -> Check | None:
+def _failed(
+    key: str, check: Mapping[str, Any], overridden: Mapping[str, Any] | None = None
+) -> Check | None:
+    """``overridden``: the metrics whose floor this run set (``--floor``), so named."""
     if check.get("passed"):
         return None
     kind, _, metric = key.partition(":")
@@ -57,8 +60,9 @@ def _failed(key: str, check: Mapping[str, Any]) -> Check | None:
         if value is None or limit is None:
             return Check(f"{metric} is missing from the evaluation", f"{metric} missing")
         bound, side, sign = ("ceiling", "above", ">") if lower else ("floor", "below", "<")
+        note = " set for this run" if metric in (overridden or {}) else ""
         return Check(
-            f"{metric} = {value:.3f}, {side} the {bound} {limit:g}",
+            f"{metric} = {value:.3f}, {side} the {bound} {limit:g}{note}",
             f"{metric} {value:.3f} {sign} {limit:g}",
         )
     if kind == "versus":
@@ -116,10 +120,12 @@ def read_gate(registry: Registry, name: str, version: str) -> GateVerdict:
             document = {}
     evidence = document.get("evidence") or {}
     checks = evidence.get("checks") or {}
+    overridden = evidence.get("floor_overrides")
+    overridden = overridden if isinstance(overridden, Mapping) else {}
     failed = tuple(
         c
         for key, check in checks.items()
-        if isinstance(check, Mapping) and (c := _failed(key, check)) is not None
+        if isinstance(check, Mapping) and (c := _failed(key, check, overridden)) is not None
     )
     promoted_by = evidence.get("promoted_by")
     return GateVerdict(

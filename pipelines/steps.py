@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from medops.errors import DatasetError, InvalidInputError
 from medops.modelspec import CHALLENGER, CHAMPION, INPUT_NAME, MODEL_NAMES
-from pipelines.presets import get_preset
+from pipelines.presets import check_floors, gate_minimums, get_preset
 
 if TYPE_CHECKING:
     from medops.data import ArraySet
@@ -697,19 +697,32 @@ def register(
     return registered.version
 
 
-def gate(task: str, preset: str, tracking_uri: str, version: str, evaluation_path: str) -> bool:
-    """Apply the promotion gate to a new version and record the decision (and promotion)."""
+def gate(
+    task: str,
+    preset: str,
+    tracking_uri: str,
+    version: str,
+    evaluation_path: str,
+    *,
+    floors: Mapping[str, Mapping[str, float]] | None = None,
+) -> bool:
+    """Apply the promotion gate to a new version and record the decision (and promotion).
+
+    ``floors``: this run's floors per task (``--floor``), over the preset's ``minimums``; the
+    recorded evidence holds the floors used (``minimums``) and which were overridden."""
     from medops.registry import Registry, promotion_gate
 
     chosen = get_preset(preset)
+    overridden = check_floors(floors).get(_task(task), {})
     evaluation = _read_json(evaluation_path)
     champion = evaluation.get("champion")
     decision = promotion_gate(
         evaluation["headline"],
         champion["headline"] if champion else None,
-        minimums=chosen.minimums.get(task, {}),
+        minimums=gate_minimums(chosen, task, floors),
         tolerance=chosen.tolerance.get(task, 0.0),
     )
+    decision.evidence["floor_overrides"] = overridden
     decision.evidence["champion_version"] = champion["version"] if champion else None
     decision.evidence["challenger_version"] = str(version)
     decision.evidence["same_test_patients"] = True
