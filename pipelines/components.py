@@ -73,6 +73,16 @@ def no_tuning() -> str:
     return "{}"
 
 
+def pretrain(preset: str, fourclass_path: str, home: str) -> str:
+    """The classifier's network trained on tumour types (transfer learning); "" if the preset
+    does not pretrain. Cached under ``home``."""
+    from pipelines import steps
+    from pipelines.progress import epoch_reporter
+
+    epochs = steps.train_config("type-classifier", preset).epochs
+    return steps.pretrain(preset, fourclass_path, home, on_epoch=epoch_reporter("pretrain", epochs))
+
+
 def train(
     task: str,
     preset: str,
@@ -81,6 +91,7 @@ def train(
     splits: Input[Artifact],
     overrides: str,
     warm_start: str,
+    pretrained: str,
     tracking_uri: str,
     model: Output[Model],
     training: Output[Artifact],
@@ -101,6 +112,7 @@ def train(
         model.path,
         overrides=overrides,
         warm_start=warm_start,
+        pretrained=pretrained,
         tracking_uri=tracking_uri,
         on_epoch=epoch_reporter(task, steps.train_config(task, preset, overrides).epochs),
     )
@@ -280,6 +292,7 @@ class Components:
     validate: Any
     tune: Any
     no_tuning: Any
+    pretrain: Any
     train: Any
     evaluate: Any
     evaluate_segmenter: Any
@@ -302,6 +315,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> Components:
         split=wrap(split),
         validate=wrap(validate),
         tune=wrap(tune),
+        pretrain=wrap(pretrain),
         no_tuning=wrap(no_tuning),
         train=wrap(train),
         evaluate=wrap(evaluate),

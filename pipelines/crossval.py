@@ -182,24 +182,35 @@ def cross_validate(
     seed: int = 0,
     work: Path | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    fourclass_path: Path | None = None,
     on_fold: Callable[[FoldResult], None] | None = None,
     on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
 ) -> CrossValidation:
     """Train and evaluate the classifier and the gated segmenter on every fold.
 
     ``folds`` 1 judges the single held-out split of a pipeline run instead. ``overrides`` are
-    per-task training settings on top of the preset (for ablations).
+    per-task training settings on top of the preset (for ablations; ``{"classifier":
+    {"pretrain": false}}`` trains the classifier from scratch). A preset that pretrains does
+    so once, on ``fourclass_path`` (default: beside ``lgg_path``), for every fold.
     """
+    from pipelines.local import FOURCLASS_DIR
+
     started = time.perf_counter()
     work = Path(work or home / "crossval" / f"{preset}-seed{seed}")
     manifest = steps.ingest_data(str(lgg_path), str(home))["manifest"]
+    classifier_overrides = dict((overrides or {}).get("classifier", {}))
+    pretrained = ""
+    if classifier_overrides.pop("pretrain", True):
+        fourclass = fourclass_path or Path(lgg_path).parent / FOURCLASS_DIR
+        pretrained = steps.pretrain(preset, str(fourclass), str(home))
+    overrides = {**(overrides or {}), "classifier": classifier_overrides}
     if folds == 1:
         paths = [held_out_split(manifest, work, seed=seed)]
     else:
         paths = fold_splits(manifest, work, folds=folds, seed=seed)
     result = CrossValidation(preset=preset, seed=seed)
     for i, splits_path in enumerate(paths, 1):
-        fold = _run_fold(i, preset, manifest, splits_path, home, overrides or {}, on_epoch)
+        fold = _run_fold(i, preset, manifest, splits_path, home, overrides, pretrained, on_epoch)
         result.folds.append(fold)
         result.seconds = time.perf_counter() - started
         result.save(work / "crossval.json")
@@ -215,6 +226,7 @@ def _run_fold(
     splits_path: Path,
     home: Path,
     overrides: Mapping[str, Mapping[str, Any]],
+    pretrained: str,
     on_epoch: Callable[[str, int, dict[str, float]], None] | None,
 ) -> FoldResult:
     folder = splits_path.parent
@@ -230,6 +242,7 @@ def _run_fold(
             str(home),
             weights,
             overrides=extra,
+            pretrained=pretrained if task == "classifier" else "",
             on_epoch=(lambda e, r, t=task: on_epoch(t, e, r)) if on_epoch else None,
         )
         gated: dict[str, Any] = (

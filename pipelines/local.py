@@ -63,23 +63,24 @@ def check_data(
     lgg = Path(lgg_path or Path(data_dir) / LGG_DIR).resolve()
     fourclass = (Path(data_dir) / FOURCLASS_DIR).resolve()
     with_type = chosen.type_classifier if type_classifier is None else type_classifier
+    needs_fourclass = with_type or chosen.pretrain
     problem = _missing(lgg)
     if problem:
         setting = "lgg_path" if lgg_path else "data dir (MEDOPS_DATA_DIR or --data-dir)"
         raise DatasetError(
             f"{setting}: {lgg} {problem}; every preset needs the LGG data ({LGG_DIR}/)"
         )
-    problem = _missing(fourclass) if with_type else None
+    problem = _missing(fourclass) if needs_fourclass else None
     if problem:
-        setting = (
-            "--type-classifier"
-            if type_classifier
-            else f"preset {chosen.name} (type_classifier=True)"
-        )
+        if with_type:
+            setting = "--type-classifier" if type_classifier else f"preset {chosen.name}"
+            other = "or run without the type classifier (--no-type-classifier)"
+        else:
+            setting = f"preset {chosen.name} (its classifier is pretrained on tumour types)"
+            other = "or use the tiny preset"
         raise DatasetError(
             f"{setting} needs the 4-class data: {fourclass} {problem}; put {FOURCLASS_DIR}/ "
-            "under the data dir (MEDOPS_DATA_DIR or --data-dir), or run without the type "
-            "classifier (--no-type-classifier)"
+            f"under the data dir (MEDOPS_DATA_DIR or --data-dir), {other}"
         )
     return DataPaths(lgg=lgg, fourclass=fourclass, type_classifier=with_type)
 

@@ -19,6 +19,7 @@ PIPELINE_NAME = "medops-training"
 NO_CACHE = (
     "check_registry",
     "ingest",
+    "pretrain",
     "evaluate",
     "evaluate_segmenter",
     "register",
@@ -149,6 +150,7 @@ def _model_branch(
     splits: Any,
     overrides: Any,
     warm_start: Any,
+    pretrained: Any,
     tracking_uri: Any,
     hpo_trials: Any,
     crossval: Any,
@@ -169,6 +171,7 @@ def _model_branch(
             splits=splits,
             overrides=overrides,
             warm_start=warm_start,
+            pretrained=pretrained,
             tracking_uri=tracking_uri,
         ).after(*after),
         "train",
@@ -286,6 +289,14 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
         manifest, splits, validated = _prepare_data(
             c, lgg_path, home, seed, max_patients, label="", cluster=cluster
         )
+        # transfer learning: the classifier starts from its network trained on tumour types
+        pretrained = _finish(
+            c.pretrain(preset=preset, fourclass_path=fourclass_path, home=home),
+            "pretrain",
+            "pretrain classifier on tumour types",
+            cluster,
+            gpu=True,
+        )
         branches: dict[str, Any] = {}
         for task in ("classifier", "segmenter"):
             with dsl.If(hpo_trials > 0, name=f"tune-{task}"):
@@ -315,6 +326,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
                 splits=splits.outputs["splits"],
                 overrides=dsl.OneOf(tuned.output, untuned.output),
                 warm_start=warm_start,
+                pretrained=pretrained.output if task == "classifier" else "",
                 tracking_uri=tracking_uri,
                 hpo_trials=hpo_trials,
                 crossval=crossval,
@@ -337,6 +349,7 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
                 splits=splits4.outputs["splits"],
                 overrides="{}",
                 warm_start="",
+                pretrained="",
                 tracking_uri=tracking_uri,
                 hpo_trials=0,
                 crossval="",

@@ -29,6 +29,9 @@ class PipelinePreset:
     """Per task: how much worse than the champion (same test patients) a challenger may be."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per task: TrainConfig fields changed from the training preset."""
+    pretrain: bool = False
+    """Start the tumour classifier from its own network trained to tell tumour types apart on
+    the 4-class data (transfer learning: nothing can be downloaded, so pretrain on data here)."""
     promote: bool = True
     """The gate moves ``champion`` when a challenger passes; False records the verdict and
     leaves the move to a live canary (progressive delivery in the gateway)."""
@@ -70,6 +73,7 @@ PRESETS: dict[str, PipelinePreset] = {
     "fast": PipelinePreset(
         name="fast",
         train_preset="fast",
+        pretrain=True,
         type_max_patients={"train": 400, "val": 100, "test": 200},
         # floors well below what cross-validation measured (README), so a sound run passes
         # on any CPU, and far above what a broken one reaches
@@ -83,6 +87,7 @@ PRESETS: dict[str, PipelinePreset] = {
     "full": PipelinePreset(
         name="full",
         train_preset="full",
+        pretrain=True,
         type_classifier=True,
         minimums={
             "classifier": {"auc": 0.95, "sensitivity": 0.85, "ece": 0.1},

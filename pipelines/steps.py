@@ -212,6 +212,43 @@ def _warm_start_path(task: str, warm_start: str, tracking_uri: str, home: str) -
     return str(_registry(tracking_uri, home).weights_path(TASK_MODEL[task], warm_start))
 
 
+def pretrain(preset: str, fourclass_path: str, home: str, *, on_epoch: Any = None) -> str:
+    """Transfer learning for the tumour classifier: its own network (architecture, widths,
+    input size) trained to tell tumour types apart on the 4-class data; returns the weights
+    file, or "" when the preset does not pretrain.
+
+    The 4-class slices come from other patients, scanners and sites than the LGG data, so one
+    pretraining serves every split and fold without leaking test patients. Kept under
+    ``<home>/pretrained`` by a key of the settings and the data version: trained once.
+    """
+    import hashlib
+
+    from medops.training import save_weights, train_model
+
+    if not get_preset(preset).pretrain:
+        return ""
+    binary = train_config("classifier", preset)
+    shape = {"arch": binary.arch, "widths": binary.widths, "image_size": binary.image_size}
+    config = train_config("type-classifier", preset, shape)
+    ingested = ingest_data(fourclass_path, home)
+    key = hashlib.sha256(
+        json.dumps([config.to_params(), ingested["version"]], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    weights = Path(home) / "pretrained" / f"{TASK_MODEL['classifier']}-{key}.pt"
+    if weights.is_file():
+        return str(weights)
+    splits = weights.with_suffix(".splits.json")
+    split_data(ingested["manifest"], str(splits), seed=config.seed)
+    size = config.image_size
+    train_set = load_split(ingested["manifest"], str(splits), "train", size=size, home=home)
+    val_set = load_split(ingested["manifest"], str(splits), "val", size=size, home=home)
+    result = train_model(config, train_set, val_set, on_epoch=on_epoch)
+    partial = save_weights(result.model, weights.with_suffix(".partial"))
+    partial.replace(weights)  # a run stopped halfway leaves no weights that look complete
+    log.info("pretrained on tumour types: %s %.3f", result.metric_name, result.best_metric)
+    return str(weights)
+
+
 def train(
     task: str,
     preset: str,
@@ -222,14 +259,18 @@ def train(
     *,
     overrides: Mapping[str, Any] | str = "",
     warm_start: str = "",
+    pretrained: str = "",
     tracking_uri: str = "",
     on_epoch: Any = None,
 ) -> dict[str, Any]:
-    """Train one model on the train split (early stopping on val); save its weights."""
+    """Train one model on the train split (early stopping on val); save its weights.
+
+    ``warm_start`` (a registry alias or version, or a file) wins over ``pretrained`` (the
+    weights :func:`pretrain` wrote); the classifier's new two-class head starts fresh."""
     from medops.training import save_weights, train_model
 
     config = train_config(task, preset, overrides)
-    start = _warm_start_path(task, warm_start, tracking_uri, home)
+    start = _warm_start_path(task, warm_start, tracking_uri, home) or pretrained or None
     if start:
         config = config.replace(warm_start=start)
     size = config.image_size

@@ -155,6 +155,7 @@ class TrainConfig:
                     arch="resnet18",
                     widths=(32, 64, 128, 256),
                     test_time_flip=True,
+                    freeze_epochs=1,
                 )
         else:
             if task == "segmenter":
@@ -176,5 +177,6 @@ class TrainConfig:
                     arch="resnet18",
                     widths=(32, 64, 128, 256),
                     test_time_flip=True,
+                    freeze_epochs=1,
                 )
         return cls(**(base | overrides))

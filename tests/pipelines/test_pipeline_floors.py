@@ -271,8 +271,12 @@ def test_a_preset_asking_for_missing_data_is_refused_by_setting_and_path_before_
     with pytest.raises(DatasetError, match="--type-classifier needs the 4-class data") as exc:
         run_local("tiny", data_dir=data, home=home, tracking_uri=uri, type_classifier=True)
     assert fourclass in str(exc.value)
-    with pytest.raises(DatasetError, match=r"preset full \(type_classifier=True\)") as exc:
+    with pytest.raises(DatasetError, match="preset full needs the 4-class data") as exc:
         run_local("full", data_dir=data, home=home, tracking_uri=uri)
+    assert fourclass in str(exc.value)
+    # the fast preset pretrains its classifier on the 4-class data
+    with pytest.raises(DatasetError, match=r"preset fast .*pretrained on tumour types") as exc:
+        run_local("fast", data_dir=data, home=home, tracking_uri=uri)
     assert fourclass in str(exc.value)
     missing = tmp_path / "elsewhere"
     with pytest.raises(DatasetError, match=r"data dir \(MEDOPS_DATA_DIR or --data-dir\)") as exc:
@@ -323,5 +327,5 @@ def test_the_cli_and_the_demo_refuse_missing_data_before_cross_validation_or_ing
     assert "--type-classifier needs the 4-class data" in str(result.exception)
     result = CliRunner().invoke(demo_module.demo, ["--preset", "full"], obj=settings)
     assert isinstance(result.exception, DatasetError), result.output
-    assert "preset full (type_classifier=True)" in str(result.exception)
+    assert "preset full needs the 4-class data" in str(result.exception)
     assert not home.exists()

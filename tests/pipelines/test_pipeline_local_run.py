@@ -96,12 +96,19 @@ def test_the_tiny_pipeline_trains_registers_promotes_and_publishes_both_models(
         assert ("prob_tumour" in reference.frame.columns) == (name == CLASSIFIER)
     assert (medops_home / "pipeline-runs").is_dir()
 
-    # the two-stage system was evaluated end to end and logged on the segmenter's run
+    # the segmenter was judged as it serves, gated by this run's classifier, and carries the
+    # rule chosen on validation in its ONNX metadata
     segmenter_metrics = models[SEGMENTER].versions[0].metrics
-    assert 0.0 <= segmenter_metrics["two_stage_dice_patient_mean"] <= 1.0
-    assert "segmenter_only_dice_patient_mean" in segmenter_metrics
-    system = registry.download_artifact(SEGMENTER, "1", "report/system.html", tmp_path / "sys")
-    assert "two-stage" in system.read_text().lower()
+    assert 0.0 <= segmenter_metrics["test_two_stage_dice_patient_mean"] <= 1.0
+    low = segmenter_metrics["test_two_stage_dice_patient_mean_ci_low"]
+    assert low <= segmenter_metrics["test_two_stage_dice_patient_mean"]
+    assert "test_segmenter_only_dice_patient_mean" in segmenter_metrics
+    rule = registry.resolve(SEGMENTER, "1").info
+    assert rule.gate_threshold == segmenter_metrics["test_two_stage_threshold"]
+    assert rule.min_component_px == segmenter_metrics["test_two_stage_min_component_px"]
+    report = registry.download_artifact(SEGMENTER, "1", REPORT_PATH, tmp_path / "sys")
+    assert "two-stage" in report.read_text().lower()
+    assert registry.version_tags(SEGMENTER, "1")["evaluation"] == "single-split"
 
     monkeypatch.setenv("MEDOPS_TRACKING_URI", mlflow_server)
     listed = CliRunner().invoke(cli, ["models", "list"])
