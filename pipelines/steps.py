@@ -384,42 +384,6 @@ INTERVAL_METRICS = {
 """Headline metrics that get a patient-level bootstrap 95 % interval (``_ci_low/_ci_high``)."""
 
 
-def _classifier_intervals(task: str, ev: Any) -> dict[str, float]:
-    import numpy as np
-
-    from medops.evaluation import metrics
-    from medops.evaluation.classifier import binary_scores
-    from medops.evaluation.stats import patient_bootstrap
-
-    def figure(name: str) -> Any:
-        def statistic(idx: Any) -> float:
-            if name == "auc":
-                truth = ev.labels[idx] == ev.positive_class
-                return metrics.roc_auc(truth, ev.probs[idx, ev.positive_class])
-            if name == "accuracy":
-                return float(np.mean(ev.predictions[idx] == ev.labels[idx]))
-            scores = binary_scores(ev.labels[idx], ev.probs[idx], ev.positive_class, ev.threshold)
-            return scores[name]
-
-        return statistic
-
-    out: dict[str, float] = {}
-    for name in INTERVAL_METRICS[task]:
-        low, high = patient_bootstrap(ev.patient_ids, figure(name))
-        out |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
-    return out
-
-
-def _dice_intervals(values: Mapping[str, Any]) -> dict[str, float]:
-    from medops.evaluation.stats import mean_interval
-
-    out: dict[str, float] = {}
-    for name, per_patient in values.items():
-        low, high = mean_interval(per_patient)
-        out |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
-    return out
-
-
 def _evaluate_classifier(
     task: str, model: Any, test: ArraySet, val: ArraySet
 ) -> tuple[Any, dict[str, float], float, Any]:
@@ -429,6 +393,7 @@ def _evaluate_classifier(
     intervals), the fitted temperature and the uncalibrated test probabilities.
     """
     from medops.evaluation import calibration, evaluate_classifier, predict_probs
+    from medops.evaluation.stats import classifier_intervals
     from medops.evaluation.temperature import apply_temperature, fit_temperature
 
     val_raw, test_raw = predict_probs(model, val.images), predict_probs(model, test.images)
@@ -442,7 +407,7 @@ def _evaluate_classifier(
         ev = evaluate_classifier(test_probs, test)
         uncalibrated = calibration(test_raw.max(1), test_raw.argmax(1) == test.labels)[0]
     extra = {"ece_uncalibrated": uncalibrated, "temperature": temperature}
-    return ev, extra | _classifier_intervals(task, ev), temperature, test_raw
+    return ev, extra | classifier_intervals(ev, INTERVAL_METRICS[task]), temperature, test_raw
 
 
 def _evaluate_segmenter(
@@ -463,6 +428,7 @@ def _evaluate_segmenter(
     import numpy as np
 
     from medops.evaluation import evaluate_two_stage, predict_probs
+    from medops.evaluation.stats import mean_intervals
     from medops.evaluation.two_stage import GATE_GRID, choose_two_stage_rule
 
     probs: dict[str, dict[str, Any]] = {"val": {}, "test": {}}
@@ -506,7 +472,7 @@ def _evaluate_segmenter(
         per_patient["two_stage_dice_patient_mean"] = [
             p["dice"] for p in two.gated.patients.values()
         ]
-    return two, rule, extra | _dice_intervals(per_patient), test
+    return two, rule, extra | mean_intervals(per_patient), test
 
 
 def evaluate(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medops.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from medops.evaluation.classifier import ClassifierEvaluation
 
 
 def patient_bootstrap(
@@ -53,3 +57,37 @@ def mean_interval(
         resamples=resamples,
         seed=seed,
     )
+
+
+def mean_intervals(values: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """``<name>_ci_low`` / ``<name>_ci_high`` of the mean of each list of per-patient values."""
+    out: dict[str, float] = {}
+    for name, per_patient in values.items():
+        low, high = mean_interval(per_patient)
+        out |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
+    return out
+
+
+def classifier_intervals(ev: ClassifierEvaluation, names: Sequence[str]) -> dict[str, float]:
+    """Patient-bootstrap intervals of a classifier's auc, sensitivity, specificity (at its
+    operating threshold) or accuracy, as ``<name>_ci_low`` / ``<name>_ci_high``."""
+    from medops.evaluation.classifier import binary_scores
+    from medops.evaluation.metrics import roc_auc
+
+    def figure(name: str) -> Callable[[np.ndarray], float]:
+        def statistic(idx: np.ndarray) -> float:
+            if name == "auc":
+                truth = ev.labels[idx] == ev.positive_class
+                return roc_auc(truth, ev.probs[idx, ev.positive_class])
+            if name == "accuracy":
+                return float(np.mean(ev.predictions[idx] == ev.labels[idx]))
+            scores = binary_scores(ev.labels[idx], ev.probs[idx], ev.positive_class, ev.threshold)
+            return scores[name]
+
+        return statistic
+
+    out: dict[str, float] = {}
+    for name in names:
+        low, high = patient_bootstrap(ev.patient_ids, figure(name))
+        out |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
+    return out

@@ -135,3 +135,29 @@ def test_the_rule_chosen_on_validation_beats_the_plain_gate() -> None:
             min_component_px=rule.min_component_px,
         ).headline()["two_stage_dice_patient_mean"]
     )
+
+
+def test_classifier_intervals_cover_the_point_estimate_and_widen_with_fewer_patients() -> None:
+    from medops.evaluation import evaluate_classifier
+    from medops.evaluation.stats import classifier_intervals
+
+    rng = np.random.default_rng(5)
+
+    def evaluation(patients: int) -> object:
+        labels = rng.integers(0, 2, patients * 30)
+        scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
+        data = SimpleNamespace(
+            images=np.zeros((len(labels), 3, 2, 2), np.float32),
+            masks=None,
+            labels=labels,
+            sample_ids=[str(i) for i in range(len(labels))],
+            patient_ids=[f"p{i // 30}" for i in range(len(labels))],
+        )
+        return evaluate_classifier(scores, data, threshold=0.5)
+
+    many, few = evaluation(40), evaluation(4)
+    wide = classifier_intervals(few, ["auc", "sensitivity"])
+    narrow = classifier_intervals(many, ["auc", "sensitivity"])
+    assert narrow["auc_ci_low"] <= many.auc <= narrow["auc_ci_high"]
+    assert narrow["sensitivity_ci_low"] <= many.sensitivity <= narrow["sensitivity_ci_high"]
+    assert wide["auc_ci_high"] - wide["auc_ci_low"] > narrow["auc_ci_high"] - narrow["auc_ci_low"]
