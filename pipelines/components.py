@@ -80,7 +80,9 @@ def pretrain(preset: str, fourclass_path: str, home: str) -> str:
     from pipelines.progress import epoch_reporter
 
     epochs = steps.train_config("type-classifier", preset).epochs
-    return steps.pretrain(preset, fourclass_path, home, on_epoch=epoch_reporter("classifier on tumour types", epochs))
+    return steps.pretrain(
+        preset, fourclass_path, home, on_epoch=epoch_reporter("classifier on tumour types", epochs)
+    )
 
 
 def train(
