@@ -36,6 +36,7 @@ import numpy as np
 from medops.data import Manifest, ingest, split_dataset, validate
 from medops.data.cli import describe_command
 from medops.errors import BackendUnavailableError, DatasetError
+from medops.evaluation import pseudonym
 from medops.imaging import lgg_patient_volume, write_dicom_series
 from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, MODEL_NAMES, SEGMENTER
 from medops.registry import Registry
@@ -239,7 +240,7 @@ def _serve_test_patients(
         if segment:
             d = _dice(np.stack(predicted), np.stack(truth))
             dices.append(d)
-            click.echo(f"  {patient}: {len(predicted)} slices, volume Dice {d:.3f}")
+            click.echo(f"  {pseudonym(patient)}: {len(predicted)} slices, volume Dice {d:.3f}")
     dice = f"; mean Dice per patient {np.mean(dices):.3f}" if dices else ""
     click.echo(f"slice-level decision accuracy {correct / total:.3f} over {total} slices{dice}")
 
