@@ -485,7 +485,8 @@ def _serve(
                 summary,
                 challenger_preset,
                 home,
-                seed=1,
+                # the champion's split: the gate compares both on patients neither trained on
+                seed=0,
                 warm=CHAMPION,
                 floors=floors,
             )
