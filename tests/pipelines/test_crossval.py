@@ -41,3 +41,31 @@ def test_more_folds_than_patients_fail_before_any_training(
     with pytest.raises(DatasetError, match=r"41 folds need at least 41 patients.*has 40"):
         cross_validate("tiny", lgg_dir, medops_home, folds=41, work=medops_home / "cv")
     assert not list((medops_home / "cv").glob("fold-*/*.pt"))
+
+
+def test_pipeline_run_with_folds_registers_versions_that_carry_the_cross_validation(
+    data_dir: Path, medops_home: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from medops.modelspec import CLASSIFIER, SEGMENTER
+    from medops.registry import Registry
+    from medops.registry.cli import models
+    from medops.settings import MedopsSettings
+    from pipelines.cli import pipeline
+
+    settings = MedopsSettings(home=medops_home, data_dir=data_dir)
+    result = CliRunner().invoke(pipeline, ["run", "--preset", "tiny", "--folds", "3"], obj=settings)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "3-fold patient-level cross-validation" in result.output
+    registry = Registry(settings.mlflow_uri)
+    for name in (CLASSIFIER, SEGMENTER):
+        summary = {m.name: m for m in registry.list_models()}[name]
+        metrics = summary.versions[0].metrics
+        assert 0 <= metrics["cv_pooled_two_stage_dice_mean"] <= 1
+        assert "cv_auc_mean" in metrics and "cv_auc_std" in metrics
+        assert registry.version_tags(name, summary.versions[0].version)["evaluation"] == (
+            "cross-validated"
+        )
+    listed = CliRunner().invoke(models, ["list"], obj=settings)
+    assert listed.exit_code == 0 and "cross-validated" in listed.output, listed.output
