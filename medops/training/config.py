@@ -142,10 +142,10 @@ class TrainConfig:
             if task == "segmenter":
                 # long patience: validation Dice is noisy in the middle of the one-cycle schedule
                 base |= dict(
-                    epochs=40 if full else 18,
+                    epochs=40 if full else 30,
                     batch_size=16,
                     lr=3e-3,
-                    patience=12 if full else 8,
+                    patience=12 if full else 10,
                 )
             else:
                 base |= dict(
