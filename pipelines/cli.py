@@ -66,7 +66,7 @@ def pipeline() -> None:
     type=click.Choice(list(PRESETS)),
     default="fast",
     show_default=True,
-    help="tiny: seconds (tests); fast: about 15 min on 2 CPU cores; refresh: 3 epochs on "
+    help="tiny: seconds (tests); fast: about 10 min on 2 CPU cores; refresh: 3 epochs on "
     "top of --warm-start; full: quality.",
 )
 @click.option(

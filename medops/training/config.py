@@ -109,10 +109,10 @@ class TrainConfig:
     def preset(cls, task: Task, name: Preset = "fast", **overrides: Any) -> TrainConfig:
         """A named preset for ``task``.
 
-        tiny: seconds, for tests. fast: the whole fast pipeline (both models, evaluation, export,
-        40 LGG patients) well within 12 minutes on 2 CPU cores: 128 px slices, a ResNet18 with
-        half widths, a 16-256 ResUNet, both served with left-right flip averaging. full: the
-        data's native 256 px and longer schedules (about an hour on 2 cores).
+        tiny: seconds, for tests. fast: the whole fast pipeline (pretraining, both models,
+        evaluation, export, 40 LGG patients) in about 10 minutes on 2 CPU cores: 128 px slices,
+        a ResNet18 with half widths, a 16-256 ResUNet, both served with left-right flip
+        averaging. full: the data's native 256 px and longer schedules.
         """
         if task not in TASKS:
             raise InvalidInputError(f"task: {task!r} is not one of {list(TASKS)}")
@@ -135,7 +135,7 @@ class TrainConfig:
                 max_steps_per_epoch=4,
             )
         else:
-            # fast: 128 px, the whole fast pipeline well within 12 minutes on 2 cores;
+            # fast: 128 px, the whole fast pipeline in about 10 minutes on 2 cores;
             # full: the data's native 256 px and longer schedules
             full = name == "full"
             base |= dict(image_size=256 if full else 128, test_time_flip=True)
