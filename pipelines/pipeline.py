@@ -179,33 +179,24 @@ def _model_branch(
         cluster,
         gpu=True,
     )
+    inputs = dict(
+        preset=preset,
+        manifest=manifest,
+        home=home,
+        splits=splits,
+        model=trained.outputs["model"],
+        overrides=overrides,
+        tracking_uri=tracking_uri,
+    )
     if gated_by is None:
         evaluated = _finish(
-            c.evaluate(
-                task=task,
-                preset=preset,
-                manifest=manifest,
-                home=home,
-                splits=splits,
-                model=trained.outputs["model"],
-                overrides=overrides,
-                tracking_uri=tracking_uri,
-            ),
-            "evaluate",
-            f"evaluate {task}",
-            cluster,
+            c.evaluate(task=task, **inputs), "evaluate", f"evaluate {task}", cluster
         )
     else:
         # the segmenter is judged as it serves: gated by this run's classifier
         evaluated = _finish(
             c.evaluate_segmenter(
-                preset=preset,
-                manifest=manifest,
-                home=home,
-                splits=splits,
-                model=trained.outputs["model"],
-                overrides=overrides,
-                tracking_uri=tracking_uri,
+                **inputs,
                 classifier=gated_by["train"].outputs["model"],
                 classifier_evaluation=gated_by["evaluate"].outputs["evaluation"],
                 classifier_training=gated_by["train"].outputs["training"],
