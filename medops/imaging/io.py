@@ -221,14 +221,9 @@ def _sniff_gzip(data: bytes, name: str) -> str:
     return "nifti"
 
 
-def _read_zip(
-    data: bytes,
-    name: str,
-    deidentify: bool,
-    series_uid: str | None,
-    uid_map: UIDMap | None,
-    burned_in: BurnedIn,
-) -> Image:
+def zip_members(data: bytes, name: str) -> dict[str, bytes]:
+    """The files of a ZIP upload (folders, hidden files and macOS resource forks left out),
+    within :data:`MAX_DECOMPRESSED_BYTES`; every ZIP medops reads goes through here."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [
@@ -242,11 +237,22 @@ def _read_zip(
             raise PayloadTooLargeError(
                 f"{name}: the ZIP expands beyond {MAX_DECOMPRESSED_BYTES} bytes"
             )
-        contents = {m.filename: archive.read(m) for m in members}
+        return {m.filename: archive.read(m) for m in members}
     except PayloadTooLargeError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, zlib.error, NotImplementedError, ...
         raise ImageReadError(f"{name}: damaged ZIP archive ({exc})") from None
+
+
+def _read_zip(
+    data: bytes,
+    name: str,
+    deidentify: bool,
+    series_uid: str | None,
+    uid_map: UIDMap | None,
+    burned_in: BurnedIn,
+) -> Image:
+    contents = zip_members(data, name)
     dicoms = [b for b in contents.values() if is_dicom_bytes(b[:132])]
     if dicoms:
         return read_dicom_series_bytes(

@@ -13,12 +13,14 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from medops.clinical import Chain, ClinicalPlane
 from medops.errors import MedopsError
+from medops.modelspec import CLASSIFIER, SEGMENTER
+from medops.monitoring import PredictionFeatures
 from medops.monitoring.metrics import GatewayMetrics
 from medops.monitoring.store import PredictionStore
 from medops.registry.audit import default_audit_path
 
-from .analyze import Analyzer
 from .auth import Authenticator
 from .backends import Backend, make_backend
 from .dataplane import DataPlane
@@ -167,15 +169,16 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         auth = Authenticator.from_file(settings.keys_path)
     else:
         auth = Authenticator((), enabled=False)
-    analyzer = Analyzer(
+    clinical = ClinicalPlane(
         dataplane,
+        Chain(classifier=CLASSIFIER, segmenter=SEGMENTER),
         batch_size=settings.analyze_batch_size,
         deid_key=settings.deid_key.encode() if settings.deid_key else None,
         store=store,
         metrics=metrics,
-        home=settings.home,
+        features=PredictionFeatures(settings.home),
     )
-    app = create_app(settings, dataplane, auth, analyzer)
+    app = create_app(settings, dataplane, auth, clinical)
     gateway = Gateway(
         settings=settings, backend=backend, dataplane=dataplane, auth=auth, app=app, store=store
     )

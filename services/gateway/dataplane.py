@@ -10,13 +10,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _pkg_version
 from typing import Any
 
 import numpy as np
 
+from medops.clinical.types import Route
 from medops.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
@@ -24,7 +24,7 @@ from medops.errors import (
     MedopsError,
     NotFoundError,
 )
-from medops.modelspec import INPUT_NAME, OUTPUT_NAME, ModelInfo
+from medops.modelspec import INPUT_NAME, OUTPUT_NAME
 from medops.monitoring.metrics import GatewayMetrics
 
 from .backends import Backend
@@ -46,16 +46,6 @@ def _medops_version() -> str:
 
 
 EXTENSIONS = ["binary_tensor_data", "medops_analyze", "medops_routing"]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Output of :meth:`DataPlane.predict`: the probabilities and which model made them."""
-
-    probabilities: np.ndarray
-    info: ModelInfo
-    version: str
-    variant: str
 
 
 class DataPlane:
@@ -248,47 +238,51 @@ class DataPlane:
         return entry, decision.variant, tuple(decision.shadow)
 
     async def infer(
-        self,
-        request: InferRequest,
-        headers: Mapping[str, str] | None = None,
-        *,
-        chosen: tuple[LoadedModel, str] | None = None,
+        self, request: InferRequest, headers: Mapping[str, str] | None = None
     ) -> InferResponse:
-        """Route, validate and run one request; the answer names the variant and version.
-
-        ``chosen`` skips routing (a volume keeps the variant its first batch got).
-        """
-        headers = headers or {}
-        shadow: tuple[tuple[str, str | None, str | None], ...] = ()
-        if chosen is None:
-            entry, variant, shadow = await self.choose(request.model, request.version, headers)
-        else:
-            entry, variant = chosen
-        MODEL.set(request.model)
-        VARIANT.set(variant)
-        self._validate(request, entry)
+        """Route, validate and run one V2 request; the answer names the variant and version.
+        Its count and its ``infer`` and ``total`` stages are observed here, once."""
         start = time.perf_counter()
+        entry, variant, shadow = await self.choose(request.model, request.version, headers or {})
+        labels = {"model": request.model, "version": entry.version, "variant": variant}
         status = 500
         try:
-            response = await self._run(request, entry.version)
+            response, seconds = await self._infer(request, entry, variant)
             status = 200
         except MedopsError as exc:
             status = exc.status_code
             raise
         finally:
-            elapsed = time.perf_counter() - start
-            if variant != "pinned":
-                self.router.observe(request.model, variant, ok=status == 200, latency_s=elapsed)
             if self.metrics is not None:
-                labels = {"model": request.model, "version": entry.version, "variant": variant}
-                self.metrics.observe_request(**labels, status=status, seconds=elapsed)
-                self.metrics.observe_stage(**labels, stage="infer", seconds=elapsed)
-        if self.metrics is not None:
-            self._count_predictions(response, entry, variant)
-        response.variant = variant
+                total = time.perf_counter() - start
+                self.metrics.observe_request(**labels, status=status, seconds=total)
+                if status == 200:
+                    self.metrics.observe_stage(**labels, stage="infer", seconds=seconds)
         for s_variant, alias, version in shadow:
             self._spawn_shadow(request, response, s_variant, ref_of(alias, version))
         return response
+
+    async def _infer(
+        self, request: InferRequest, entry: LoadedModel, variant: str
+    ) -> tuple[InferResponse, float]:
+        """Validate and run on a chosen version; feeds progressive delivery's analysis and
+        the per-class prediction counts. Returns the answer and the backend's seconds."""
+        MODEL.set(request.model)
+        VARIANT.set(variant)
+        self._validate(request, entry)
+        start = time.perf_counter()
+        ok = False
+        try:
+            response = await self._run(request, entry.version)
+            ok = True
+        finally:
+            elapsed = time.perf_counter() - start
+            if variant != "pinned":
+                self.router.observe(request.model, variant, ok=ok, latency_s=elapsed)
+        if self.metrics is not None:
+            self._count_predictions(response, entry, variant)
+        response.variant = variant
+        return response, elapsed
 
     def _count_predictions(self, response: InferResponse, entry: LoadedModel, variant: str) -> None:
         """Answered classes and their probabilities, for classifiers (cheap: an argmax)."""
@@ -361,31 +355,24 @@ class DataPlane:
             },
         )
 
-    async def predict(
-        self,
-        model: str,
-        batch: np.ndarray,
-        headers: Mapping[str, str] | None = None,
-        *,
-        chosen: tuple[LoadedModel, str] | None = None,
-    ) -> tuple[Prediction, tuple[LoadedModel, str]]:
-        """Run the contract's input (N, 3, S, S); returns the probabilities and the choice
-        made, to pass back as ``chosen`` for the next batch of the same volume."""
+    # ------------------------------------------------------------------ the clinical plane's port
+
+    async def route(self, model: str, routing: Mapping[str, str]) -> Route:
+        """Route once per image: every batch of it goes to this version (whose input size
+        fixes the preprocessing too)."""
+        entry, variant, _ = await self.choose(model, None, routing)
+        return Route(entry.info, entry.version, variant, handle=entry)
+
+    async def predict(self, model: str, batch: np.ndarray, route: Route) -> np.ndarray:
+        """Probabilities for the contract's input ``(N, 3, S, S)`` on a routed version (the
+        clinical plane times and counts its requests itself)."""
         request = InferRequest(
             model=model, inputs=[Tensor(INPUT_NAME, batch)], outputs=[OUTPUT_NAME]
         )
-        if chosen is None:
-            entry, variant, _ = await self.choose(model, None, headers or {})
-            chosen = (entry, variant)
-        response = await self.infer(request, headers, chosen=chosen)
-        entry = chosen[0]
-        prediction = Prediction(
-            probabilities=np.asarray(response.outputs[0].data),
-            info=entry.info,
-            version=entry.version,
-            variant=chosen[1],
-        )
-        return prediction, chosen
+        entry = route.handle
+        assert isinstance(entry, LoadedModel)
+        response, _ = await self._infer(request, entry, route.variant)
+        return np.asarray(response.outputs[0].data)
 
 
 def _disagree(a: InferResponse, b: InferResponse) -> bool:

@@ -13,16 +13,24 @@ import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from medops.clinical import (
+    SEGMENT_MODES,
+    AnalyzeRequest,
+    ClinicalPlane,
+    SegmentMode,
+    Upload,
+    choose_media_type,
+)
 from medops.errors import InvalidInputError, MedopsError, NotFoundError, PayloadTooLargeError
 
-from .analyze import Analyzer
 from .auth import Authenticator
 from .codec import HEADER_LENGTH, decode_request, encode_response
 from .dataplane import DataPlane
@@ -156,12 +164,34 @@ def _decode_body(body: bytes, encoding: str | None) -> bytes:
     raise InvalidInputError(f"unsupported Content-Encoding {encoding!r}")
 
 
+async def _upload(request: Request) -> Upload:
+    """The body as an :class:`Upload`: one file, or a multipart form's file parts (several
+    parts: the files of one DICOM series)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form()
+        except Exception as exc:  # the multipart parser raises its own types
+            raise InvalidInputError(f"malformed multipart body ({type(exc).__name__})") from None
+        parts = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not parts:
+            raise InvalidInputError("multipart body holds no file part")
+        files = tuple([await p.read() for p in parts])
+        if len(files) == 1:
+            return Upload(files, parts[0].filename, parts[0].content_type)
+        return Upload(files, None, "application/dicom")
+    body = await request.body()
+    if not body:
+        raise InvalidInputError("empty body: send an image file or a multipart upload")
+    return Upload((body,), None, content_type or None)
+
+
 def _json(doc: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(doc, status_code=status)
 
 
 def create_app(
-    settings: GatewaySettings, dataplane: DataPlane, auth: Authenticator, analyzer: Analyzer
+    settings: GatewaySettings, dataplane: DataPlane, auth: Authenticator, clinical: ClinicalPlane
 ) -> FastAPI:
     """The REST application; the composition root builds its parts."""
     app = FastAPI(
@@ -253,7 +283,28 @@ def create_app(
 
     @app.post("/v1/analyze")
     async def analyze(request: Request) -> Response:
-        return await analyzer.handle(request)
+        media_type = choose_media_type(request.headers.get("accept"))
+        segment = request.query_params.get("segment", "auto").lower()
+        if segment not in SEGMENT_MODES:
+            raise InvalidInputError(f"segment must be one of {SEGMENT_MODES}, got {segment!r}")
+        analysis = await clinical.analyze(
+            AnalyzeRequest(
+                upload=await _upload(request),
+                segment=cast(SegmentMode, segment),
+                media_type=media_type,
+                routing=request.headers,
+                request_id=REQUEST_ID.get(),
+            )
+        )
+        answer = analysis.answer
+        assert answer is not None
+        headers = {
+            "x-medops-variant": analysis.classifier.route.variant,
+            "x-medops-model-version": analysis.classifier.route.version,
+        }
+        if answer.filename:
+            headers["content-disposition"] = f'attachment; filename="{answer.filename}"'
+        return Response(answer.body, media_type=answer.media_type, headers=headers)
 
     # ------------------------------------------------------------------ routing
 

@@ -41,7 +41,7 @@ TRITON_VENV = Path(os.environ.get("MEDOPS_TRITON_VENV", ROOT / ".venv-triton"))
 START_TRITON = ROOT / "infra" / "triton" / "start-triton.sh"
 
 TASKS = {
-    CLASSIFIER: ("classification", ["no tumour", "tumour"]),
+    CLASSIFIER: ("classification", ["no_tumour", "tumour"]),
     SEGMENTER: ("segmentation", ["tumour"]),
     TYPE_CLASSIFIER: ("classification", ["glioma", "meningioma", "notumor", "pituitary"]),
 }

@@ -121,7 +121,7 @@ def stack(tmp_path: Path, lgg_split: LggSplit, receiver: Receiver) -> Iterator[d
         "MEDOPS_MONITOR_MODELS": json.dumps([CLASSIFIER]),
         "MEDOPS_MONITOR_INTERVAL_S": "1",
         "MEDOPS_MONITOR_MIN_WINDOW": "30",
-        "MEDOPS_MONITOR_NEGATIVE_LABEL": "no tumour",  # the tiny models' class name
+        "MEDOPS_MONITOR_NEGATIVE_LABEL": "no_tumour",  # the tiny models' class name
         "MEDOPS_MONITOR_TRIGGERS": '["webhook"]',
         "MEDOPS_MONITOR_WEBHOOK_URL": receiver.url,
     }
@@ -253,7 +253,7 @@ def test_live_prometheus_sees_every_metric_every_dashboard_query_and_the_quality
     # reviewers confirm 10 of the gateway's answers and correct 20
     for i, doc in enumerate(answers[:30]):
         said = doc["decision"]
-        label = said if i < 10 else ("tumour" if said == "no tumour" else "no tumour")
+        label = said if i < 10 else ("tumour" if said == "no_tumour" else "no_tumour")
         body = {"request_id": doc["slices"][0]["prediction_id"], "label": label}
         r = httpx.post(f"{monitor}/v1/feedback", json=body)
         assert r.status_code == 200, r.text

@@ -1,0 +1,124 @@
+"""The clinical plane's vocabulary: what a request asks, how models are reached, what an
+analysis holds. Shared by the plane and the encoders (and by every caller)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from medops.imaging.upload import ReadUpload, Upload
+from medops.modelspec import ModelInfo
+from medops.monitoring.store import PredictionRecord
+
+SegmentMode = Literal["auto", "always", "never"]
+SEGMENT_MODES: tuple[SegmentMode, ...] = ("auto", "always", "never")
+
+JSON = "application/json"
+PNG = "image/png"
+NIFTI = "application/x-nifti"
+NIFTI_GZ = "application/gzip"
+DICOM = "application/dicom"
+OFFERED = (JSON, PNG, NIFTI, NIFTI_GZ, DICOM)
+"""Answer encodings: JSON, or the mask as one PNG slice, NIfTI (plain or gzipped) or a
+DICOM SEG referencing the de-identified source series."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    media_type: str
+    filename: str | None = None
+    """A download name for mask files (``Content-Disposition``)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """The version and variant routing chose for one model and one request."""
+
+    info: ModelInfo
+    version: str
+    variant: str
+    handle: object = None
+    """The predictor's own reference to the chosen version."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: np.ndarray
+    route: Route
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.route.info
+
+
+class Predictor(Protocol):
+    """What the plane needs from whoever serves the models."""
+
+    async def route(self, model: str, routing: Mapping[str, str]) -> Route:
+        """Choose the version for one request (A/B, canary, pinned by header)."""
+        ...
+
+    async def predict(self, model: str, batch: np.ndarray, route: Route) -> np.ndarray:
+        """Probabilities of the contract's input ``(N, 3, S, S)`` on the routed version."""
+        ...
+
+
+class LogStore(Protocol):
+    def record_many(self, records: Sequence[PredictionRecord]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The models of one analysis: a slice classifier and, optionally, a segmenter run on
+    the slices it flags (its version carries the rule chosen with that classifier)."""
+
+    classifier: str
+    segmenter: str | None = None
+
+
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    upload: Upload
+    segment: SegmentMode = "auto"
+    media_type: str = JSON
+    """The answer's encoding, one of :data:`OFFERED`."""
+    routing: Mapping[str, str] = field(default_factory=dict)
+    """The caller's routing keys (for the gateway: its request headers)."""
+    request_id: str | None = None
+    """Becomes the prediction log id (with a slice suffix) when it is a safe token."""
+
+
+@dataclass
+class Analysis:
+    request_id: str | None
+    image: ReadUpload
+    probabilities: np.ndarray
+    """P(positive class) per slice, from the classifier."""
+    positive: np.ndarray
+    """The served slice decision: a mask survived the rule (or, with ``segment=never`` or no
+    segmenter, the classifier at its operating threshold)."""
+    flagged: np.ndarray
+    """The classifier's own decision at its operating threshold (its prediction log)."""
+    mask: np.ndarray
+    segmented: np.ndarray
+    classifier: Prediction
+    segmenter: Prediction | None
+    inputs: list[np.ndarray]
+    """The classifier's inputs (preprocessed slices), for the prediction log's statistics."""
+    segment_max: dict[int, float]
+    """Highest positive probability of every segmented slice."""
+    prediction_ids: list[str] | None = None
+    """Per-slice ids in the prediction log (for feedback), when logging is on."""
+    answer: Encoded | None = None
+    """The answer in the request's media type, once encoded."""
+
+    @property
+    def decision(self) -> str:
+        """The classifier's own class name for the study: its last class when any slice is
+        positive, its first otherwise."""
+        classes = self.classifier.info.classes
+        return classes[-1] if bool(self.positive.any()) else classes[0]
