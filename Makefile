@@ -38,6 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy medops services pipelines
+	$(BIN)/zizmor --offline --no-progress .github/workflows/
 
 ## Benchmarks that take minutes; bench-quality cross-validates the fast preset (about 45 min
 ## on 2 cores), bench-quality-full trains the full preset once on the held-out split (hours).

@@ -35,6 +35,7 @@ META_DATASET_VERSION: Final = "medops.dataset_version"
 META_TEMPERATURE: Final = "medops.temperature"  # calibration, already applied in the graph
 META_GATE_THRESHOLD: Final = "medops.gate_threshold"  # segmenter: segment at P(tumour) >= this
 META_MIN_COMPONENT: Final = "medops.min_component_px"  # segmenter: drop smaller components
+META_ACCEPTS_NONFINITE: Final = "medops.accepts_nonfinite"  # "true": NaN/±Inf inputs are valid
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,6 @@ class ModelInfo:
     classifier on validation data); None: the classifier's own operating threshold."""
     min_component_px: int = 0
     """Segmenter: connected components smaller than this (model pixels) are dropped."""
+    accepts_nonfinite: bool = False
+    """Whether NaN or ±Inf in a floating-point input is meaningful to the model (e.g. a mask
+    marker); otherwise serving refuses such inputs with a 400."""

@@ -61,13 +61,24 @@ def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
     return flat.reshape((h, w), order="F")
 
 
+def dice_from_counts(intersection: Any, predicted: Any, truth: Any) -> np.ndarray:
+    """Dice from pixel counts, elementwise (scalars or arrays, e.g. one entry per patient):
+    ``2 |A and B| / (|A| + |B|)``, 1.0 where both masks are empty."""
+    inter = np.asarray(intersection, dtype=np.float64)
+    total = np.asarray(predicted, dtype=np.float64) + np.asarray(truth, dtype=np.float64)
+    return np.where(total > 0, 2.0 * inter / np.where(total > 0, total, 1.0), 1.0)
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two masks of one shape; two empty masks agree perfectly (1.0)."""
+    """Dice overlap of two masks of one shape; two empty masks agree perfectly (1.0).
+
+    The platform's one Dice (evaluation, training, the monitor's feedback quality); it lives
+    here, beside the mask encoding, so that the monitor gets it without importing torch."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if a.shape != b.shape:
         raise InvalidInputError(f"mask: shapes differ, {a.shape} vs {b.shape}")
-    a, b = a.astype(bool), b.astype(bool)
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+    both = np.count_nonzero(a & b)
+    return float(dice_from_counts(both, np.count_nonzero(a), np.count_nonzero(b)))
 
 
 def rle_encode_volume(mask: np.ndarray) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ from medops.evaluation import pseudonym
 from medops.imaging import lgg_patient_volume, write_dicom_series
 from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, MODEL_NAMES, SEGMENTER
 from medops.registry import Registry
-from medops.rle import rle_decode
+from medops.rle import dice, rle_decode
 from medops.settings import MedopsSettings
 from pipelines.cli import echo_floors, floor_option
 from pipelines.local import FOURCLASS_DIR, check_data, run_local
@@ -209,11 +209,6 @@ class _Client:
         return self.http.put(path, json=document, headers={"Authorization": f"Bearer {self.admin}"})
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
-
-
 def _serve_test_patients(
     client: _Client, manifest: Manifest, patients: list[str], *, segment: bool
 ) -> None:
@@ -238,11 +233,13 @@ def _serve_test_patients(
                 predicted.append(rle_decode(doc["mask"]["slices"][0]))
                 truth.append(tifffile.imread(manifest.mask_path(s)) > 0)
         if segment:
-            d = _dice(np.stack(predicted), np.stack(truth))
+            d = dice(np.stack(predicted), np.stack(truth))
             dices.append(d)
             click.echo(f"  {pseudonym(patient)}: {len(predicted)} slices, volume Dice {d:.3f}")
-    dice = f"; mean Dice per patient {np.mean(dices):.3f}" if dices else ""
-    click.echo(f"slice-level decision accuracy {correct / total:.3f} over {total} slices{dice}")
+    mean_dice = f"; mean Dice per patient {np.mean(dices):.3f}" if dices else ""
+    click.echo(
+        f"slice-level decision accuracy {correct / total:.3f} over {total} slices{mean_dice}"
+    )
 
 
 def _dicom_seg(client: _Client, manifest: Manifest, patient: str) -> None:

@@ -144,7 +144,7 @@ def _confusion(ev: ClassifierEvaluation) -> go.Figure:
     return fig
 
 
-def _dice(ev: SegmenterEvaluation) -> go.Figure:
+def _dice_figure(ev: SegmenterEvaluation) -> go.Figure:
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("per patient (volume Dice)", "per tumour slice")
     )
@@ -302,7 +302,7 @@ def build_report(
         figures.append(("Classifier", "calibration", _calibration(classifier)))
     if segmenter is not None:
         tables.append(_table(segmenter.headline(), "segmenter"))
-        figures.append(("Segmenter", "dice-distribution", _dice(segmenter)))
+        figures.append(("Segmenter", "dice-distribution", _dice_figure(segmenter)))
         if data is not None:
             worst = _worst(segmenter, data)
             if worst is not None:

@@ -8,6 +8,7 @@ import numpy as np
 
 from medops.errors import InvalidInputError
 from medops.evaluation.segmenter import SegmenterEvaluation, segmentation_metrics
+from medops.rle import dice_from_counts
 from medops.training.arrays import SliceArrays, check_arrays
 from medops.transforms import drop_small_components
 
@@ -111,8 +112,7 @@ def _mean_patient_dice(
     i = np.bincount(groups, weights=inter * keep, minlength=n)
     p = np.bincount(groups, weights=pred * keep, minlength=n)
     t = np.bincount(groups, weights=truth, minlength=n)
-    total = p + t
-    return float(np.mean(np.where(total > 0, 2 * i / np.maximum(total, 1), 1.0)))
+    return float(np.mean(dice_from_counts(i, p, t)))
 
 
 def choose_two_stage_rule(

@@ -33,6 +33,7 @@ from medops.modelspec import (
     CHALLENGER,
     CHAMPION,
     INPUT_NAME,
+    META_ACCEPTS_NONFINITE,
     META_CLASSES,
     META_GATE_THRESHOLD,
     META_INPUT_SIZE,
@@ -254,11 +255,21 @@ def read_onnx_info(path: Path, *, name: str = "", version: str = "") -> ModelInf
             if META_GATE_THRESHOLD in meta
             else None,
             min_component_px=int(meta.get(META_MIN_COMPONENT, 0)),
+            accepts_nonfinite=_flag(META_ACCEPTS_NONFINITE, meta.get(META_ACCEPTS_NONFINITE)),
         )
     except (KeyError, ValueError) as exc:
         raise InvalidInputError(
             f"{path.name}: ONNX metadata_props lack or garble a medops key ({exc})"
         ) from exc
+
+
+def _flag(key: str, text: str | None) -> bool:
+    """A boolean metadata value: absent, "true" or "false" (any case); anything else is
+    garbled rather than silently false."""
+    value = (text or "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"{key} must be 'true' or 'false', got {text!r}")
+    return value == "true"
 
 
 def _signature(info: ModelInfo) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from pathlib import Path
 
 import click
@@ -62,8 +61,6 @@ def serve(
         overrides["model_files"] = {name: Path(path) for name, path in pairs}
     if no_auth:
         overrides["auth_enabled"] = False
-    if "MEDOPS_GATEWAY_HOME" not in os.environ and os.environ.get("MEDOPS_HOME"):
-        overrides["home"] = Path(os.environ["MEDOPS_HOME"])
     settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level)
     gateway = build_gateway(settings)

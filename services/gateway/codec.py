@@ -40,7 +40,9 @@ def _tensor_from_json(item: dict[str, Any], binary: memoryview, offset: int) -> 
     if "data" not in item:
         raise InvalidInputError(f"input {name!r}: neither 'data' nor binary_data_size given")
     try:
-        values: np.ndarray = np.asarray(item["data"], dtype=dtype)
+        # A number beyond the datatype's range becomes ±Inf, which validation then refuses.
+        with np.errstate(over="ignore"):
+            values: np.ndarray = np.asarray(item["data"], dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"input {name!r}: data is not {item['datatype']}: {exc}") from None
     if values.size != count:

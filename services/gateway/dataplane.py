@@ -31,7 +31,7 @@ from .backends import Backend
 from .logs import MODEL, VARIANT
 from .models import LoadedModel, MissingVersionError, ModelManager, ref_of
 from .routing import Router
-from .types import InferRequest, InferResponse, Tensor
+from .types import InferRequest, InferResponse, Tensor, count_nonfinite
 
 log = logging.getLogger("medops.gateway.dataplane")
 
@@ -189,6 +189,7 @@ class DataPlane:
             "input_size": entry.info.input_size,
             "classes": list(entry.info.classes),
             "threshold": entry.info.threshold,
+            "accepts_nonfinite": entry.info.accepts_nonfinite,
             "version": entry.version,
         }
         return meta
@@ -214,6 +215,12 @@ class DataPlane:
             )
             if shape and not ok:
                 raise InvalidInputError(f"{what} has shape {t.shape}, expected {shape} (-1: any)")
+            nonfinite = 0 if entry.info.accepts_nonfinite else count_nonfinite(t.data.dtype, t.data)
+            if nonfinite:
+                raise InvalidInputError(
+                    f"{what} holds {nonfinite} non-finite value(s) (NaN or ±Inf) of "
+                    f"{t.data.size}; this model does not accept them"
+                )
         if request.outputs is not None:
             known = {o["name"] for o in entry.metadata.get("outputs", [])}
             unknown = set(request.outputs) - known

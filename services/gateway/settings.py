@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medops.modelspec import MODEL_NAMES
@@ -14,7 +14,10 @@ BackendKind = Literal["onnx", "triton-http", "triton-grpc", "v2-http"]
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MEDOPS_GATEWAY_", extra="ignore")
+    # populate_by_name: fields with a second environment name are still set by field name
+    model_config = SettingsConfigDict(
+        env_prefix="MEDOPS_GATEWAY_", extra="ignore", populate_by_name=True
+    )
 
     host: str = "127.0.0.1"
     """Address the REST server binds."""
@@ -44,11 +47,17 @@ class GatewaySettings(BaseSettings):
     shared_memory_slot_bytes: int = 4 * 1024 * 1024
     """Size of each region; larger requests go inline."""
 
-    home: Path = Field(default=Path(".medops"))
-    """The medops home (``MEDOPS_HOME`` is read by the entry point): credentials live here."""
+    home: Path = Field(
+        default=Path(".medops"), validation_alias=AliasChoices("MEDOPS_GATEWAY_HOME", "MEDOPS_HOME")
+    )
+    """The medops home (``MEDOPS_GATEWAY_HOME``, else ``MEDOPS_HOME``): credentials live here."""
 
-    tracking_uri: str | None = None
-    """MLflow tracking URI of the model registry; defaults to ``sqlite:///<home>/mlflow.db``."""
+    tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MEDOPS_GATEWAY_TRACKING_URI", "MEDOPS_TRACKING_URI"),
+    )
+    """MLflow tracking URI of the model registry (``MEDOPS_GATEWAY_TRACKING_URI``, else
+    ``MEDOPS_TRACKING_URI``); defaults to ``sqlite:///<home>/mlflow.db``."""
 
     models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
     """The registered models this gateway knows (V2 endpoints, routing document). One absent
@@ -106,9 +115,16 @@ class GatewaySettings(BaseSettings):
     """Log every analysed slice (probabilities, image statistics, mask; no patient data) for
     drift and quality monitoring."""
 
-    prediction_store_url: str | None = None
+    prediction_store_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "MEDOPS_GATEWAY_PREDICTION_STORE_URL", "MEDOPS_GATEWAY_STORE_URL"
+        ),
+    )
     """Where the prediction log goes: ``sqlite:///PATH`` or ``postgresql://...``; defaults to
-    ``sqlite:///<home>/monitoring/predictions.db``, where the monitor service reads it."""
+    ``sqlite:///<home>/monitoring/predictions.db``, where the monitor service reads it. Also
+    read as ``MEDOPS_GATEWAY_STORE_URL``, the name the chart shares with the monitor's
+    ``MEDOPS_MONITOR_STORE_URL``."""
 
     uvloop: bool = False
     """Run on uvloop: cheaper REST requests, but grpc.aio then polls from a helper thread and

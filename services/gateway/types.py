@@ -43,6 +43,16 @@ def v2_datatype(dtype: np.dtype[Any]) -> str:
         raise InvalidInputError(f"unsupported tensor dtype {dtype}") from None
 
 
+def count_nonfinite(dtype: np.dtype[Any], buffer: bytes | memoryview | np.ndarray) -> int:
+    """How many NaN or ±Inf values a tensor holds (0 for non-floating dtypes), in one
+    ``np.isfinite`` pass. Takes a dtype and the raw buffer (bytes or an array) so a path that
+    forwards the wire bytes without decoding a tensor can check them too."""
+    if dtype.kind != "f":
+        return 0
+    values = buffer if isinstance(buffer, np.ndarray) else np.frombuffer(buffer, dtype=dtype)
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
 @dataclass
 class Tensor:
     """One named tensor; ``data`` is a numpy array of ``shape``."""

@@ -5,19 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class MonitorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MEDOPS_MONITOR_", extra="ignore")
+    # populate_by_name: fields with a second environment name are still set by field name
+    model_config = SettingsConfigDict(
+        env_prefix="MEDOPS_MONITOR_", extra="ignore", populate_by_name=True
+    )
 
     host: str = "127.0.0.1"
     """Address to bind; ``0.0.0.0`` in a container."""
     port: int = 8090
     """HTTP port: the API, health and ``/metrics``."""
-    home: Path | None = None
-    """Where references live (``<home>/monitoring/reference``); defaults to ``MEDOPS_HOME``."""
+    home: Path | None = Field(
+        default=None, validation_alias=AliasChoices("MEDOPS_MONITOR_HOME", "MEDOPS_HOME")
+    )
+    """Where references live (``<home>/monitoring/reference``): ``MEDOPS_MONITOR_HOME``, else
+    ``MEDOPS_HOME``, else the library's default home."""
     store_url: str | None = None
     """Prediction log the gateway writes: ``sqlite:///PATH`` or ``postgresql://...``; defaults
     to ``sqlite:///<home>/monitoring/predictions.db``."""

@@ -1,9 +1,10 @@
-"""CI workflows, scripts, images and local-stack configuration: they parse, and everything they
-call exists."""
+"""CI workflows, scripts, images and local-stack configuration: they parse, everything they
+call exists, and the workflows pass the offline supply-chain audit."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -89,6 +90,57 @@ def test_retrain_runs_on_schedule_by_hand_and_on_drift_alerts() -> None:
     assert on["repository_dispatch"]["types"] == [MonitorSettings().github_event_type]
     lines = _run_lines(doc)
     assert "make pipeline-submit" in lines and "make retrain-local" in lines
+
+
+def _steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
+    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_actions_are_pinned_to_a_commit_checkouts_keep_no_credentials_and_rights_are_least(
+    workflow: Path,
+) -> None:
+    text = workflow.read_text()
+    doc = yaml.safe_load(text)
+    for line in re.findall(r"uses:.*", text):
+        # a tag can be moved; a commit cannot. The comment names the release for updates.
+        assert re.fullmatch(r"uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+", line), line
+    for step in _steps(doc):
+        if step.get("uses", "").startswith("actions/checkout@"):
+            assert step.get("with", {}).get("persist-credentials") is False, workflow.name
+    assert doc["permissions"] == {"contents": "read"}, "more rights only per job"
+
+
+def _zizmor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    binary = Path(sys.executable).with_name("zizmor")
+    assert binary.is_file(), "zizmor is a dev dependency: make install"
+    return subprocess.run(
+        [str(binary), "--offline", "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ["PATH"], **env},
+    )
+
+
+def test_make_lint_runs_the_offline_workflow_audit_and_it_finds_nothing_without_network(
+    tmp_path: Path,
+) -> None:
+    lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert lint and "zizmor --offline" in lint.group(1) and ".github/workflows/" in lint.group(1)
+    # an unreachable proxy and no token: any attempt to go online would fail the audit
+    offline = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    result = _zizmor(str(ROOT / ".github" / "workflows"), **offline)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No findings" in result.stdout + result.stderr
+    # and the audit does fail on what it exists to catch
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: push\npermissions:\n  contents: read\njobs:\n  a:\n    runs-on: ubuntu-24.04\n"
+        "    steps:\n      - uses: actions/checkout@v4\n"
+    )
+    result = _zizmor(str(bad), **offline)
+    assert result.returncode != 0 and "unpinned-uses" in result.stdout + result.stderr
 
 
 def test_makefile_targets_the_scripts_and_workflows_rely_on_exist() -> None:
