@@ -55,20 +55,30 @@ def test_analysed_slices_land_in_the_prediction_log_and_requests_in_the_metrics(
         assert (
             httpx.post(
                 f"http://{gw.url}/v2/models/{CLASSIFIER}/infer",
-                json={"inputs": []},
+                json={  # decodes, but the model's contract refuses the shape
+                    "inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [0.0]}]
+                },
                 headers=client_headers,
             ).status_code
             == 400
         )
         metrics = httpx.get(f"http://{gw.url}/metrics").text  # scrapers need no key
-    assert (
-        'medops_requests_total{model="brain-tumor-classifier",stage="total",status="200",variant="champion",version="1"}'
-        in metrics
-    )
-    assert (
-        'medops_request_duration_seconds_count{model="brain-tumor-classifier",stage="decode"'
-        in metrics
-    )
+    # one analyze, one V2 call answered and one refused: each request counted once, each
+    # stage observed once per request that reached it, under the classifier that every
+    # analysis has
+    counts = _samples(metrics, "medops_requests_total")
+    assert counts == {
+        (CLASSIFIER, "total", "200"): 2.0,
+        (CLASSIFIER, "total", "400"): 1.0,
+    }
+    stages = _samples(metrics, "medops_request_duration_seconds_count")
+    assert stages == {
+        (CLASSIFIER, "decode", None): 1.0,
+        (CLASSIFIER, "preprocess", None): 1.0,
+        (CLASSIFIER, "infer", None): 2.0,
+        (CLASSIFIER, "postprocess", None): 1.0,
+        (CLASSIFIER, "total", None): 3.0,
+    }
     assert "medops_predictions_total" in metrics and lgg_patient.name not in metrics
 
     with PredictionStore(store_url) as store:
@@ -83,3 +93,15 @@ def test_analysed_slices_land_in_the_prediction_log_and_requests_in_the_metrics(
     stored = seg_rows.iloc[0]["mask_rle"]
     mask = rle_decode(json.loads(stored) if isinstance(stored, str) else stored)
     assert float(mask.sum()) == doc["tumour_area_mm2"] == seg_rows.iloc[0]["area"]
+
+
+def _samples(text: str, name: str) -> dict[tuple[str, str, str | None], float]:
+    """``(model, stage, status)`` -> value of every non-zero sample called ``name``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.labels["model"], s.labels["stage"], s.labels.get("status")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and s.value
+    }
