@@ -38,10 +38,10 @@ from medops.monitoring import PredictionFeatures
 from medops.monitoring.metrics import GatewayMetrics
 from medops.monitoring.store import PredictionRecord, PredictionStore
 from medops.rle import rle_encode, rle_encode_volume
+from medops.service.logs import REQUEST_ID
 from medops.transforms import drop_small_components, preprocess_slice, restore_mask
 
 from .dataplane import DataPlane, Prediction
-from .logs import REQUEST_ID
 from .models import LoadedModel
 
 log = logging.getLogger("medops.gateway.analyze")

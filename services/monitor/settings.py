@@ -6,10 +6,16 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from medops.service.auth import ApiKeySettings
 
 
-class MonitorSettings(BaseSettings):
+class MonitorSettings(ApiKeySettings):
+    """The monitor's settings; the API-key ones (``MEDOPS_MONITOR_AUTH_ENABLED``,
+    ``..._API_KEYS_FILE``, ``..._CREDENTIALS_FILE``, ``..._LOCAL_MODE``) come from
+    :class:`ApiKeySettings` and name the same files as the gateway's by default."""
+
     model_config = SettingsConfigDict(env_prefix="MEDOPS_MONITOR_", extra="ignore")
 
     host: str = "127.0.0.1"
@@ -17,7 +23,12 @@ class MonitorSettings(BaseSettings):
     port: int = 8090
     """HTTP port: the API, health and ``/metrics``."""
     home: Path | None = None
-    """Where references live (``<home>/monitoring/reference``); defaults to ``MEDOPS_HOME``."""
+    """Where references and the local API keys live (``<home>/monitoring/reference``,
+    ``<home>/gateway/api-keys.json``); defaults to ``MEDOPS_HOME``."""
+    max_request_bytes: int = 16 * 1024 * 1024
+    """Largest accepted request body (a feedback with a reviewer's mask); larger ones get 413."""
+    log_level: str = "INFO"
+    """Level of the JSON log lines written to stderr."""
     store_url: str | None = None
     """Prediction log the gateway writes: ``sqlite:///PATH`` or ``postgresql://...``; defaults
     to ``sqlite:///<home>/monitoring/predictions.db``."""
@@ -61,3 +72,11 @@ class MonitorSettings(BaseSettings):
     """Kubeflow Pipelines API endpoint for the ``kfp`` action."""
     kfp_package: Path | None = None
     """Compiled pipeline YAML the ``kfp`` action submits."""
+
+    @property
+    def medops_home(self) -> Path:
+        if self.home is not None:
+            return self.home
+        from medops.settings import MedopsSettings
+
+        return MedopsSettings().home
