@@ -121,3 +121,14 @@ def test_an_internal_failure_is_the_same_500_with_an_error_id_whose_traceback_is
     for error_id in ids:
         record = logged[error_id]
         assert record.exc_info is not None and "secret internal detail" in str(record.exc_info[1])
+
+
+def test_a_reviewer_key_posts_feedback_to_the_monitor_but_does_not_serve_on_the_gateway(
+    both: tuple[GatewayThread, TestClient, dict[str, str]],
+) -> None:
+    gw, mon, keys = both
+    headers = {"authorization": f"Bearer {keys['reviewer']}"}
+    r = httpx.get(f"http://{gw.url}/v2/models/{CLASSIFIER}", headers=headers)
+    assert r.status_code == 403 and "client" in r.json()["error"]
+    r = mon.post("/v1/feedback", json={"request_id": "r1", "label": "tumour"}, headers=headers)
+    assert r.status_code == 200, r.text
