@@ -499,10 +499,15 @@ def _serve(
         with _service(
             ["monitor", "--port", str(monitor_port), "--store-url", store, "--interval", "3600"],
             {"MEDOPS_MONITOR_HOME": str(home), "MEDOPS_MONITOR_WINDOW_SIZE": str(MONITOR_WINDOW)},
-            f"http://127.0.0.1:{monitor_port}/health/ready",
+            f"http://127.0.0.1:{monitor_port}/v2/health/ready",
             logs / "monitor.log",
         ):
-            monitor = httpx.Client(base_url=f"http://127.0.0.1:{monitor_port}", timeout=300.0)
+            # the monitor reads the keys the gateway wrote; evaluating on demand is an admin's
+            monitor = httpx.Client(
+                base_url=f"http://127.0.0.1:{monitor_port}",
+                headers={"authorization": f"Bearer {keys['admin']}"},
+                timeout=300.0,
+            )
             _monitor(client, monitor, settings.data_dir.resolve() / FOURCLASS_DIR, MONITOR_WINDOW)
 
 

@@ -20,8 +20,8 @@ from medops.monitoring import PredictionFeatures
 from medops.monitoring.metrics import GatewayMetrics
 from medops.monitoring.store import PredictionStore
 from medops.registry.audit import default_audit_path
+from medops.service.auth import Authenticator
 
-from .auth import Authenticator
 from .backends import Backend, make_backend
 from .dataplane import DataPlane
 from .grpc import create_grpc_server
@@ -161,14 +161,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         backend, models, router, timeout_s=settings.request_timeout_s, metrics=metrics
     )
     store = PredictionStore(settings.store_url) if settings.prediction_log else None
-    if settings.local_mode:
-        auth = Authenticator.local(
-            settings.keys_path, settings.credentials_path, enabled=settings.auth_enabled
-        )
-    elif settings.auth_enabled:
-        auth = Authenticator.from_file(settings.keys_path)
-    else:
-        auth = Authenticator((), enabled=False)
+    auth = settings.authenticator()
     clinical = ClinicalPlane(
         dataplane,
         Chain(classifier=CLASSIFIER, segmenter=SEGMENTER),

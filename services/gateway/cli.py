@@ -40,8 +40,9 @@ def serve(
     no_auth: bool,
 ) -> None:
     """Serve the models over the Open Inference Protocol (REST + gRPC) and /v1/analyze."""
+    from medops.service.logs import configure_logging
+
     from .app import build_gateway
-    from .logs import configure_logging
 
     overrides: dict[str, object] = {
         k: v

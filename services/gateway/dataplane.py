@@ -26,9 +26,9 @@ from medops.errors import (
 )
 from medops.modelspec import INPUT_NAME, OUTPUT_NAME
 from medops.monitoring.metrics import GatewayMetrics
+from medops.service.logs import MODEL, VARIANT
 
 from .backends import Backend
-from .logs import MODEL, VARIANT
 from .models import LoadedModel, MissingVersionError, ModelManager, ref_of
 from .routing import Router
 from .types import InferRequest, InferResponse, Tensor, count_nonfinite

@@ -20,12 +20,12 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from medops.errors import InvalidInputError, MedopsError
+from medops.service.auth import Authenticator
+from medops.service.errors import grpc_code, public_error
+from medops.service.logs import MODEL, REQUEST_ID, VARIANT
 
-from .auth import Authenticator
 from .backends.tritongrpc import CHANNEL_OPTIONS
 from .dataplane import DataPlane
-from .errors import grpc_code, public_error
-from .logs import MODEL, REQUEST_ID, VARIANT
 from .types import InferRequest, Tensor, numpy_dtype
 
 log = logging.getLogger("medops.gateway.access")

@@ -1,25 +1,19 @@
 """The REST layer: Open Inference Protocol (JSON and binary tensors), analyze and routing.
 
 Thin by design: it parses the wire format, calls the :class:`DataPlane` and writes the answer.
-Request ids, authentication, size limits, error bodies and access logs are handled once in a
-plain ASGI middleware (cheaper per request than Starlette's ``BaseHTTPMiddleware``).
+Request ids, authentication, size limits, error bodies and access logs are handled once by the
+shared :class:`~medops.service.middleware.ServiceMiddleware` with the gateway's role policy.
 """
 
 from __future__ import annotations
 
 import gzip
-import logging
-import time
-import uuid
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medops.clinical import (
     SEGMENT_MODES,
@@ -29,126 +23,27 @@ from medops.clinical import (
     Upload,
     choose_media_type,
 )
-from medops.errors import InvalidInputError, MedopsError, NotFoundError, PayloadTooLargeError
+from medops.errors import InvalidInputError, NotFoundError
+from medops.service.auth import Authenticator
+from medops.service.errors import install_error_handlers
+from medops.service.health import OPEN_PATHS, add_health_routes
+from medops.service.logs import REQUEST_ID
+from medops.service.middleware import ServiceMiddleware
 
-from .auth import Authenticator
 from .codec import HEADER_LENGTH, decode_request, encode_response
 from .dataplane import DataPlane
-from .errors import error_body, public_error
-from .logs import MODEL, REQUEST_ID, VARIANT
 from .settings import GatewaySettings
 
-log = logging.getLogger("medops.gateway.access")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
-"""Probes and the Prometheus scrape: no key (they carry no patient data)."""
 ADMIN_PATHS = frozenset({"/v1/routing/audit"})
 
 
 def needed_role(method: str, path: str) -> str | None:
-    """``None`` for health, ``admin`` for changing routing, ``client`` otherwise."""
-    if path in PUBLIC_PATHS:
+    """``None`` for health and metrics, ``admin`` for changing routing, ``client`` otherwise."""
+    if path in OPEN_PATHS:
         return None
     if path in ADMIN_PATHS or (path == "/v1/routing" and method != "GET"):
         return "admin"
     return "client"
-
-
-class GatewayMiddleware:
-    """Request id, authentication, body size limit, error bodies and one access log line."""
-
-    def __init__(self, app: ASGIApp, auth: Authenticator, max_request_bytes: int) -> None:
-        self.app = app
-        self.auth = auth
-        self.max_bytes = max_request_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = headers.get("x-request-id") or uuid.uuid4().hex
-        REQUEST_ID.set(rid)
-        MODEL.set(None)
-        VARIANT.set(None)
-        status = 500
-        started = False
-        rid_header = (b"x-request-id", rid.encode("latin-1"))
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                started = True
-                message["headers"] = [*message.get("headers", []), rid_header]
-            await send(message)
-
-        async def reply_error(code: int, text: str) -> None:
-            body = error_body(text)
-            await send_wrapper(
-                {
-                    "type": "http.response.start",
-                    "status": code,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send_wrapper({"type": "http.response.body", "body": body})
-
-        method, path = scope["method"], scope["path"]
-        try:
-            role = needed_role(method, path)
-            scope.setdefault("state", {})["role"] = (
-                self.auth.check(headers.get("authorization"), role) if role else "anonymous"
-            )
-            declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                raise PayloadTooLargeError(
-                    f"request body of {declared} bytes exceeds the limit of {self.max_bytes}"
-                )
-            await self.app(scope, self._limited(receive), send_wrapper)
-        except Exception as exc:
-            code, text = public_error(exc)
-            if not started:
-                await reply_error(code, text)
-        finally:
-            log.info(
-                "request",
-                extra={
-                    "request_id": rid,
-                    "model": MODEL.get(),
-                    "variant": VARIANT.get(),
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-                },
-            )
-
-    def _limited(self, receive: Receive) -> Receive:
-        """Count streamed body bytes too (chunked uploads carry no Content-Length)."""
-        seen = 0
-        limit = self.max_bytes
-
-        async def wrapped() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-            return message
-
-        return wrapped
 
 
 def _decode_body(body: bytes, encoding: str | None) -> bytes:
@@ -201,33 +96,15 @@ def create_app(
         redoc_url=None,
     )
 
-    @app.exception_handler(MedopsError)
-    async def _medops_error(_: Request, exc: MedopsError) -> Response:
-        code, text = public_error(exc)
-        return Response(error_body(text), status_code=code, media_type="application/json")
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        where = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
-        )
-        return Response(error_body(f"invalid request: {where}"), 400, media_type="application/json")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        return Response(error_body(str(exc.detail)), exc.status_code, media_type="application/json")
+    install_error_handlers(app)
 
     # ------------------------------------------------------------------ health
 
-    @app.get("/v2/health/live")
-    async def live() -> Response:
-        ok = await dataplane.live()
-        return _json({"live": ok}, 200 if ok else 503)
-
-    @app.get("/v2/health/ready")
-    async def ready() -> Response:
+    async def ready() -> tuple[bool, dict[str, Any]]:
         ok, models = await dataplane.readiness()
-        return _json({"ready": ok, "models": models}, 200 if ok else 503)
+        return ok, {"models": models}
+
+    add_health_routes(app, dataplane.live, ready)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -334,5 +211,11 @@ def create_app(
         router = dataplane.router
         return _json({"decisions": router.decisions(), "variants": router.stats()})
 
-    app.add_middleware(GatewayMiddleware, auth=auth, max_request_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        ServiceMiddleware,
+        auth=auth,
+        needed_role=needed_role,
+        max_request_bytes=settings.max_request_bytes,
+        service="gateway",
+    )
     return app

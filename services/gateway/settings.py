@@ -6,14 +6,19 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from medops.modelspec import MODEL_NAMES
+from medops.service.auth import ApiKeySettings
 
 BackendKind = Literal["onnx", "triton-http", "triton-grpc", "v2-http"]
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ApiKeySettings):
+    """The gateway's settings; the API-key ones (``MEDOPS_GATEWAY_AUTH_ENABLED``,
+    ``..._API_KEYS_FILE``, ``..._CREDENTIALS_FILE``, ``..._LOCAL_MODE``) come from
+    :class:`ApiKeySettings`."""
+
     # populate_by_name: fields with a second environment name are still set by field name
     model_config = SettingsConfigDict(
         env_prefix="MEDOPS_GATEWAY_", extra="ignore", populate_by_name=True
@@ -78,20 +83,6 @@ class GatewaySettings(BaseSettings):
     request_timeout_s: float = 30.0
     """Deadline of one backend call; past it the caller gets 504."""
 
-    auth_enabled: bool = True
-    """Require ``Authorization: Bearer KEY`` on every endpoint but health."""
-
-    api_keys_file: Path | None = None
-    """JSON file of hashed API keys (``{"keys": [{"role": ..., "sha256": ...}]}``); defaults to
-    ``<home>/gateway/api-keys.json``."""
-
-    credentials_file: Path | None = None
-    """Where local mode writes the plain keys for the user (mode 0600); defaults to
-    ``<home>/credentials.json``."""
-
-    local_mode: bool = True
-    """Generate a client and an admin key on the first start when no key exists."""
-
     routing_file: Path | None = None
     """Routing document (JSON or YAML) loaded at start; defaults to champion-only routing.
     Readiness waits for every model the document names."""
@@ -143,9 +134,5 @@ class GatewaySettings(BaseSettings):
         return self.prediction_store_url or default
 
     @property
-    def keys_path(self) -> Path:
-        return self.api_keys_file or self.home / "gateway" / "api-keys.json"
-
-    @property
-    def credentials_path(self) -> Path:
-        return self.credentials_file or self.home / "credentials.json"
+    def medops_home(self) -> Path:
+        return self.home

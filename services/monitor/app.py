@@ -1,6 +1,8 @@
 """The monitor's HTTP API: drift results and reports, feedback, metrics and health.
 
-``create_app(settings)`` is the one composition root; nothing lives in module globals.
+``create_app(settings)`` is the one composition root; nothing lives in module globals. Keys,
+error bodies, request ids, access logs and health paths are the shared ones of
+:mod:`medops.service`, with the monitor's role policy (:func:`needed_role`).
 """
 
 from __future__ import annotations
@@ -9,12 +11,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -31,9 +31,27 @@ from medops.monitoring.policy import (
     WebhookAction,
 )
 from medops.monitoring.store import REVIEWER_ROLES, PredictionStore
+from medops.service.auth import ROLES, Authenticator
+from medops.service.errors import install_error_handlers
+from medops.service.health import METRICS_PATH, OPEN_PATHS, add_health_routes
+from medops.service.middleware import ServiceMiddleware
 from services.monitor.settings import MonitorSettings
 
 log = logging.getLogger("medops.monitor")
+
+FEEDBACK_PATH = "/v1/feedback"
+
+
+def needed_role(method: str, path: str) -> str | tuple[str, ...] | None:
+    """Health and metrics open; feedback a reviewer or client key; other reads any key; every
+    other call (``POST /v1/evaluate`` can fire a retraining run) an admin key."""
+    if path in OPEN_PATHS:
+        return None
+    if path == FEEDBACK_PATH and method == "POST":
+        return ("reviewer", "client")
+    if method in ("GET", "HEAD"):
+        return ROLES
+    return "admin"
 
 
 class MaskRLE(BaseModel):
@@ -50,14 +68,6 @@ class Feedback(BaseModel):
     label: str | None = Field(default=None, max_length=64)
     mask_rle: MaskRLE | None = None
     reviewer_role: str = "radiologist"
-
-
-def _home(settings: MonitorSettings) -> Path:
-    if settings.home is not None:
-        return settings.home
-    from medops.settings import MedopsSettings
-
-    return MedopsSettings().home
 
 
 def build_actions(settings: MonitorSettings) -> list[RetrainAction]:
@@ -95,7 +105,7 @@ def build_actions(settings: MonitorSettings) -> list[RetrainAction]:
 
 def build_monitor(settings: MonitorSettings, registry: CollectorRegistry) -> Monitor:
     """A :class:`Monitor` wired from settings: store, metrics, policy and actions."""
-    home = _home(settings)
+    home = settings.medops_home
     url = settings.store_url or f"sqlite:///{home.resolve() / 'monitoring' / 'predictions.db'}"
     return Monitor(
         PredictionStore(url),
@@ -122,10 +132,13 @@ def create_app(
     *,
     monitor: Monitor | None = None,
     registry: CollectorRegistry | None = None,
+    auth: Authenticator | None = None,
 ) -> FastAPI:
-    """The monitor app; pass ``monitor`` and its ``registry`` to wire parts yourself."""
+    """The monitor app; pass ``monitor`` and its ``registry`` (or ``auth``) to wire parts
+    yourself."""
     registry = registry or CollectorRegistry()
     mon = monitor or build_monitor(settings, registry)
+    auth = auth or settings.authenticator()
 
     async def loop() -> None:
         while True:
@@ -149,26 +162,21 @@ def create_app(
     app = FastAPI(title="medops monitor", lifespan=lifespan)
     app.state.monitor = mon
 
-    @app.exception_handler(MedopsError)
-    async def medops_error(_: Request, exc: MedopsError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+    install_error_handlers(app)
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=400)
+    async def live() -> bool:
+        return True
 
-    @app.get("/health/live")
-    async def live() -> dict[str, str]:
-        return {"status": "live"}
+    async def ready() -> tuple[bool, dict[str, Any]]:
+        try:
+            await run_in_threadpool(mon.store.count)
+        except MedopsError as exc:  # the prediction log is unreachable
+            return False, {"reason": exc.message}
+        return True, {}
 
-    @app.get("/health/ready")
-    async def ready() -> dict[str, str]:
-        await run_in_threadpool(mon.store.count)  # raises (503) when the log is unreachable
-        return {"status": "ready"}
+    add_health_routes(app, live, ready)
 
-    @app.get("/metrics")
+    @app.get(METRICS_PATH)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -204,7 +212,7 @@ def create_app(
             ]
         }
 
-    @app.post("/v1/feedback")
+    @app.post(FEEDBACK_PATH)
     async def feedback(body: Feedback) -> dict[str, Any]:
         if body.reviewer_role not in REVIEWER_ROLES:
             raise InvalidInputError(f"reviewer_role: expected one of {', '.join(REVIEWER_ROLES)}")
@@ -217,4 +225,11 @@ def create_app(
         )
         return {"request_id": body.request_id, "stored": True}
 
+    app.add_middleware(
+        ServiceMiddleware,
+        auth=auth,
+        needed_role=needed_role,
+        max_request_bytes=settings.max_request_bytes,
+        service="monitor",
+    )
     return app

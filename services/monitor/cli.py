@@ -20,6 +20,7 @@ def monitor(
     """Serve drift and quality monitoring, feedback and /metrics."""
     import uvicorn
 
+    from medops.service.logs import configure_logging
     from services.monitor.app import create_app
 
     overrides: dict[str, Any] = {
@@ -33,4 +34,11 @@ def monitor(
         if v is not None
     }
     settings = MonitorSettings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # JSON lines from configure_logging; the middleware writes access lines
+        access_log=False,
+    )

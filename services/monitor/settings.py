@@ -6,10 +6,16 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from medops.service.auth import ApiKeySettings
 
 
-class MonitorSettings(BaseSettings):
+class MonitorSettings(ApiKeySettings):
+    """The monitor's settings; the API-key ones (``MEDOPS_MONITOR_AUTH_ENABLED``,
+    ``..._API_KEYS_FILE``, ``..._CREDENTIALS_FILE``, ``..._LOCAL_MODE``) come from
+    :class:`ApiKeySettings` and name the same files as the gateway's by default."""
+
     # populate_by_name: fields with a second environment name are still set by field name
     model_config = SettingsConfigDict(
         env_prefix="MEDOPS_MONITOR_", extra="ignore", populate_by_name=True
@@ -22,8 +28,13 @@ class MonitorSettings(BaseSettings):
     home: Path | None = Field(
         default=None, validation_alias=AliasChoices("MEDOPS_MONITOR_HOME", "MEDOPS_HOME")
     )
-    """Where references live (``<home>/monitoring/reference``): ``MEDOPS_MONITOR_HOME``, else
-    ``MEDOPS_HOME``, else the library's default home."""
+    """Where references and the local API keys live (``<home>/monitoring/reference``,
+    ``<home>/gateway/api-keys.json``): ``MEDOPS_MONITOR_HOME``, else ``MEDOPS_HOME``, else
+    the library's default home."""
+    max_request_bytes: int = 16 * 1024 * 1024
+    """Largest accepted request body (a feedback with a reviewer's mask); larger ones get 413."""
+    log_level: str = "INFO"
+    """Level of the JSON log lines written to stderr."""
     store_url: str | None = None
     """Prediction log the gateway writes: ``sqlite:///PATH`` or ``postgresql://...``; defaults
     to ``sqlite:///<home>/monitoring/predictions.db``."""
@@ -67,3 +78,11 @@ class MonitorSettings(BaseSettings):
     """Kubeflow Pipelines API endpoint for the ``kfp`` action."""
     kfp_package: Path | None = None
     """Compiled pipeline YAML the ``kfp`` action submits."""
+
+    @property
+    def medops_home(self) -> Path:
+        if self.home is not None:
+            return self.home
+        from medops.settings import MedopsSettings
+
+        return MedopsSettings().home

@@ -221,12 +221,15 @@ def test_bundled_mlflow_uses_postgresql_and_minio() -> None:
 
 def test_gateway_receives_only_hashes_of_the_api_keys() -> None:
     values = profile_values("kind-cpu")
-    values["apiKeys"] = {"existingSecret": "", "client": "c-key", "admin": "a-key"}
+    values["apiKeys"] = {
+        "existingSecret": "", "client": "c-key", "reviewer": "r-key", "admin": "a-key"
+    }  # fmt: skip
     docs = render(values)
     (secret,) = find(docs, "Secret", "medops-gateway-api-keys")
     hashed = json.loads(secret["stringData"]["api-keys.json"])
     assert {k["role"]: k["sha256"] for k in hashed["keys"]} == {
         "client": hashlib.sha256(b"c-key").hexdigest(),
+        "reviewer": hashlib.sha256(b"r-key").hexdigest(),
         "admin": hashlib.sha256(b"a-key").hexdigest(),
     }
     (gateway,) = find(docs, "Deployment", "medops-gateway")
@@ -248,9 +251,74 @@ def test_generated_api_keys_are_random_and_hashed() -> None:
     hashed = {
         k["role"]: k["sha256"] for k in json.loads(secret["stringData"]["api-keys.json"])["keys"]
     }
-    assert plain["client"] != plain["admin"]
+    assert set(plain) == {"client", "reviewer", "admin"} and len(set(plain.values())) == 3
     assert all(len(v) > 40 for v in plain.values())
     assert hashed == {r: hashlib.sha256(k.encode()).hexdigest() for r, k in plain.items()}
+
+
+@pytest.mark.parametrize("existing", ["", "hospital-api-keys"])
+def test_the_monitor_mounts_the_same_key_hashes_as_the_gateway(existing: str) -> None:
+    values = profile_values("kind-cpu")
+    values["apiKeys"] = {"existingSecret": existing, "client": "", "reviewer": "", "admin": ""}
+    docs = render(values)
+    mounted = {}
+    for name in ("medops-gateway", "medops-monitor"):
+        (deployment,) = find(docs, "Deployment", name)
+        pod = deployment["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "api-keys"]
+        assert volume["secret"]["items"] == [{"key": "api-keys.json", "path": "api-keys.json"}]
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "api-keys"]
+        assert mount == {"name": "api-keys", "mountPath": "/etc/medops/api-keys", "readOnly": True}
+        mounted[name] = volume["secret"]["secretName"]
+    assert set(mounted.values()) == {existing or "medops-gateway-api-keys"}
+    (monitor,) = find(docs, "Deployment", "medops-monitor")
+    env = _plain_env(monitor)
+    assert env["MEDOPS_MONITOR_LOCAL_MODE"] == "false"
+    assert env["MEDOPS_MONITOR_API_KEYS_FILE"] == "/etc/medops/api-keys/api-keys.json"
+    assert "MEDOPS_MONITOR_AUTH_ENABLED" not in env  # keys are required
+
+
+def test_the_monitor_is_probed_on_the_gateways_health_paths() -> None:
+    (monitor,) = find(render_profile("kind-cpu"), "Deployment", "medops-monitor")
+    container = monitor["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+@pytest.mark.parametrize("profile", ["default", "kind-cpu", "mesh"])
+def test_only_the_gateway_prometheus_and_the_ingress_reach_the_monitor(profile: str) -> None:
+    docs = render_profile(profile)
+    (policy,) = find(docs, "NetworkPolicy", "medops-monitor")
+    # one rule opens the API port (the others, in the mesh, are the sidecar's own ports)
+    (rule,) = [r for r in policy["spec"]["ingress"] if 8090 in {p["port"] for p in r["ports"]}]
+    assert rule["ports"] == [{"port": 8090, "protocol": "TCP"}]
+    assert rule["from"] == [
+        {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/component": "gateway",
+                    "app.kubernetes.io/instance": "medops",
+                    "app.kubernetes.io/name": "medops",
+                }
+            }
+        },
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        },
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"istio": "ingressgateway"}}},
+    ]
+
+
+def test_the_monitors_admitted_peers_come_from_values() -> None:
+    values = profile_values("kind-cpu")
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "obs"}}}
+    nginx = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}}
+    values["networkPolicy"] = {
+        **values.get("networkPolicy", {}), "prometheus": [monitoring], "ingress": [nginx]
+    }  # fmt: skip
+    (policy,) = find(render(values), "NetworkPolicy", "medops-monitor")
+    assert policy["spec"]["ingress"][0]["from"][1:] == [monitoring, nginx]
 
 
 def test_default_profile_autoscales_and_protects_the_gateway() -> None:
@@ -415,6 +483,9 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 BAD_VALUES = {
     "unknown top-level key": _with("replicas", 3),
     "unknown nested key": _with("gateway.autoscaling.maxReplica", 3),
+    "monitor peer with an unknown selector": _with(
+        "networkPolicy.ingress", [{"podSelectors": {"matchLabels": {"a": "b"}}}]
+    ),
     "negative replicas": _with("gateway.replicaCount", -1),
     "replicas as a string": _with("triton.replicaCount", "two"),
     "unknown triton profile": _with("triton.profile", "tpu"),
@@ -550,6 +621,8 @@ def test_the_services_own_settings_accept_the_rendered_environment(
         monkeypatch.setenv(name, value)
     m = MonitorSettings()
     assert (m.host, m.port) == ("0.0.0.0", 8090)
+    assert m.local_mode is False and m.auth_enabled is True
+    assert m.keys_path == settings.keys_path  # one set of keys for both services
     assert m.store_url is not None and m.store_url.startswith("postgresql://")
     if profile == "gpu":
         assert m.triggers == ["github"]

@@ -127,6 +127,7 @@ def test_dev_api_keys_are_hashes_only() -> None:
     doc = json.loads(base64.b64decode(secret["data"]["api-keys.json"]))
     assert {k["role"]: k["sha256"] for k in doc["keys"]} == {
         "client": hashlib.sha256(b"medops-client-dev-only").hexdigest(),
+        "reviewer": hashlib.sha256(b"medops-reviewer-dev-only").hexdigest(),
         "admin": hashlib.sha256(b"medops-admin-dev-only").hexdigest(),
     }
 

@@ -381,7 +381,7 @@ def test_an_unexpected_failure_is_a_500_that_reveals_nothing_and_is_logged(
             raise RuntimeError("secret internal detail at /srv/models")
 
         backend.infer = broken  # type: ignore[method-assign,assignment]
-        with caplog.at_level("ERROR", logger="medops.gateway.errors"):
+        with caplog.at_level("ERROR", logger="medops.service.errors"):
             r = httpx.post(
                 f"http://{gw.url}/v2/models/{CLASSIFIER}/infer",
                 json=infer_body(),

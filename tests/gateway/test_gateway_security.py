@@ -13,30 +13,30 @@ import tifffile
 from gateway_support import make_settings
 
 from medops.modelspec import CLASSIFIER
-from services.gateway.auth import Authenticator, hash_key
-from services.gateway.logs import JsonFormatter
+from medops.service.auth import Authenticator, hash_key
+from medops.service.logs import JsonFormatter
 from services.gateway.testing import GatewayThread
 
 
-def test_the_first_local_start_writes_a_client_and_an_admin_key_privately_and_keeps_only_hashes(
+def test_the_first_local_start_writes_a_key_per_role_privately_and_keeps_only_hashes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     home = tmp_path / "home"
-    with caplog.at_level(logging.WARNING, logger="medops.gateway.auth"):
+    with caplog.at_level(logging.WARNING, logger="medops.service.auth"):
         auth = Authenticator.local(home / "gateway" / "api-keys.json", home / "credentials.json")
     credentials = home / "credentials.json"
     keys = json.loads(credentials.read_text())
-    assert set(keys) == {"client", "admin"} and keys["client"] != keys["admin"]
+    assert set(keys) == {"client", "reviewer", "admin"} and len(set(keys.values())) == 3
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
     stored = (home / "gateway" / "api-keys.json").read_text()
-    assert keys["client"] not in stored and keys["admin"] not in stored
-    assert hash_key(keys["client"]) in stored
+    assert not any(key in stored for key in keys.values())
+    assert all(hash_key(key) in stored for key in keys.values())
     assert auth.check(f"Bearer {keys['admin']}", "admin") == "admin"
     assert auth.check(f"Bearer {keys['client']}", "client") == "client"
     # The log says where the keys are, never the keys.
     logged = " ".join(json.dumps(r.__dict__, default=str) for r in caplog.records)
     assert str(credentials.resolve()) in logged
-    assert keys["client"] not in logged and keys["admin"] not in logged
+    assert not any(key in logged for key in keys.values())
     # A second start reuses the stored hashes and leaves the credentials alone.
     again = Authenticator.local(home / "gateway" / "api-keys.json", home / "credentials.json")
     assert again.check(f"Bearer {keys['client']}", "client") == "client"

@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tifffile
 from PIL import Image as PILImage
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from services.monitor import MonitorSettings
+
 SIZE = 256
 MODEL = "brain-tumor-classifier"
+
+
+def monitor_keys(settings: MonitorSettings) -> dict[str, str]:
+    """The plain keys local mode wrote for the monitor, by role."""
+    keys: dict[str, str] = json.loads(settings.credentials_path.read_text())
+    return keys
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+@contextmanager
+def serve(
+    app: FastAPI, settings: MonitorSettings, role: str | None = "admin"
+) -> Iterator[TestClient]:
+    """The monitor app in process, every call carrying a key of ``role`` (``None``: no key)."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        if role is not None:
+            client.headers.update(bearer(monitor_keys(settings)[role]))
+        yield client
 
 
 def free_port() -> int:

@@ -118,6 +118,11 @@ def stack(tmp_path: Path, lgg_split: LggSplit, receiver: Receiver) -> Iterator[d
         "MEDOPS_MONITOR_PORT": str(mon_port),
         "MEDOPS_MONITOR_HOME": str(home),
         "MEDOPS_MONITOR_STORE_URL": store_url,
+        # the keys the gateway's local mode writes: one set for both services
+        "MEDOPS_MONITOR_API_KEYS_FILE": str(
+            tmp_path / "gateway-home" / "gateway" / "api-keys.json"
+        ),
+        "MEDOPS_MONITOR_CREDENTIALS_FILE": str(tmp_path / "gateway-home" / "credentials.json"),
         "MEDOPS_MONITOR_MODELS": json.dumps([CLASSIFIER]),
         "MEDOPS_MONITOR_INTERVAL_S": "1",
         "MEDOPS_MONITOR_MIN_WINDOW": "30",
@@ -160,13 +165,14 @@ def stack(tmp_path: Path, lgg_split: LggSplit, receiver: Receiver) -> Iterator[d
         prom = f"http://127.0.0.1:{prom_port}"
         for url in (f"{prom}/-/ready", f"http://127.0.0.1:{sim_port}/metrics"):
             wait_http(url, timeout=60)
-        wait_http(f"http://127.0.0.1:{mon_port}/health/live", timeout=120)
+        wait_http(f"http://127.0.0.1:{mon_port}/v2/health/live", timeout=120)
         keys = json.loads((tmp_path / "gateway-home" / "credentials.json").read_text())
         yield {
             "prom": prom,
             "monitor": f"http://127.0.0.1:{mon_port}",
             "gateway": f"http://{gw_target}",
             "gateway_auth": {"authorization": f"Bearer {keys['client']}"},
+            "reviewer_auth": {"authorization": f"Bearer {keys['reviewer']}"},
             "errors": f"http://127.0.0.1:{sim_port}",
             "receiver": receiver,
         }
@@ -255,7 +261,7 @@ def test_live_prometheus_sees_every_metric_every_dashboard_query_and_the_quality
         said = doc["decision"]
         label = said if i < 10 else ("tumour" if said == "no_tumour" else "no_tumour")
         body = {"request_id": doc["slices"][0]["prediction_id"], "label": label}
-        r = httpx.post(f"{monitor}/v1/feedback", json=body)
+        r = httpx.post(f"{monitor}/v1/feedback", json=body, headers=stack["reviewer_auth"])
         assert r.status_code == 200, r.text
     names = [
         "medops_requests_total", "medops_request_duration_seconds_bucket",

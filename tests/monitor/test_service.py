@@ -1,4 +1,7 @@
-"""The monitor service in process: drift endpoints, feedback, metrics, and the feedback flow."""
+"""The monitor service in process: drift endpoints, feedback, metrics, and the feedback flow.
+
+Calls go with an admin key unless a test is about roles (those are in test_monitor_auth.py).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from monitor_support import MODEL, Receiver
+from monitor_support import MODEL, Receiver, serve
 
 from medops.monitoring.drift import Reference
 from medops.monitoring.store import PredictionRecord, PredictionStore
@@ -23,6 +26,8 @@ def _settings(ref: Reference, tmp: Path, **kw) -> MonitorSettings:
         "models": [MODEL],
         "interval_s": 0,
         "min_window": 30,
+        "api_keys_file": tmp / "keys" / "api-keys.json",
+        "credentials_file": tmp / "keys" / "credentials.json",
     }
     return MonitorSettings(**{**base, **kw})
 
@@ -51,7 +56,7 @@ def client(
 ) -> Iterator[TestClient]:
     settings = _settings(lgg_reference, tmp_path)
     _log(settings.store_url or "", heldout_features)
-    with TestClient(create_app(settings)) as c:
+    with serve(create_app(settings), settings) as c:
         yield c
 
 
@@ -76,9 +81,9 @@ def test_evaluation_publishes_drift_json_report_and_gauges(client: TestClient) -
     assert f'medops_drift_window_size{{model="{MODEL}"}} 80.0' in metrics
 
 
-def test_health_endpoints_answer(client: TestClient) -> None:
-    assert client.get("/health/live").json() == {"status": "live"}
-    assert client.get("/health/ready").json() == {"status": "ready"}
+def test_health_endpoints_answer_on_the_gateways_paths(client: TestClient) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
 
 
 def test_feedback_for_an_unknown_request_is_404(client: TestClient) -> None:
@@ -125,7 +130,7 @@ def test_corrections_drop_quality_and_trigger_retraining_exactly_once(
         lgg_reference, tmp_path, triggers=["webhook"], webhook_url=receiver.url, min_feedback=20
     )
     _log(settings.store_url or "", heldout_features)
-    with TestClient(create_app(settings)) as client:
+    with serve(create_app(settings), settings) as client:
         for i in range(20):  # reviewers confirm: quality is fine, nothing fires
             client.post("/v1/feedback", json={"request_id": f"r{i}", "label": "tumour"})
         first = client.post("/v1/evaluate").json()["evaluations"][0]
@@ -160,7 +165,7 @@ def test_dice_is_scored_from_reviewers_masks(
                     area=16.0, mask_rle=rle_encode(predicted),
                 )
             )  # fmt: skip
-    with TestClient(create_app(settings)) as client:
+    with serve(create_app(settings), settings) as client:
         half = np.zeros((8, 8), bool)
         half[2:6, 2:4] = True  # the reviewer keeps half the predicted lesion
         for i in range(10):
@@ -176,7 +181,7 @@ def test_the_background_loop_evaluates_on_its_own(
 ) -> None:
     settings = _settings(lgg_reference, tmp_path).model_copy(update={"interval_s": 0.2})
     _log(settings.store_url or "", heldout_features)
-    with TestClient(create_app(settings)) as client:
+    with serve(create_app(settings), settings) as client:
         deadline = time.monotonic() + 60
         while client.get("/v1/drift").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.2)

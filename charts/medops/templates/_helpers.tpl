@@ -224,3 +224,24 @@ affinity:
 {{- fail "predictionLog.source postgresql needs the bundled PostgreSQL (mlflow.enabled and postgresql.enabled); use external or local" }}
 {{- end }}
 {{- end }}
+
+{{/* The API-key hashes the gateway and the monitor both mount (the plain keys stay in the
+Secret for the operator, never mounted). */}}
+{{- define "medops.apiKeysVolume" -}}
+- name: api-keys
+  secret:
+    secretName: {{ default (printf "%s-api-keys" (include "medops.componentName" (dict "ctx" . "component" "gateway"))) .Values.apiKeys.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: api-keys.json
+        path: api-keys.json
+{{- end }}
+
+{{/* Environment of a service that checks API keys: (dict "prefix" "MEDOPS_GATEWAY"). Keys come
+hashed from the Secret; no service makes its own in a cluster. */}}
+{{- define "medops.apiKeysEnv" -}}
+- name: {{ .prefix }}_LOCAL_MODE
+  value: "false"
+- name: {{ .prefix }}_API_KEYS_FILE
+  value: /etc/medops/api-keys/api-keys.json
+{{- end }}
