@@ -203,8 +203,12 @@ class RoutingStore:
                 first = self._insert(_document).values(
                     id=_ROW, revision=revision, document=body, updated_at=updated_at
                 )
-                moved = conn.execute(first.on_conflict_do_nothing(index_elements=["id"]))
-                if moved.rowcount != 1:
+                inserted = conn.execute(
+                    first.on_conflict_do_nothing(index_elements=["id"]).returning(
+                        _document.c.revision
+                    )
+                ).scalar_one_or_none()
+                if inserted is None:
                     raise RevisionConflictError(self._current(conn), expected)
             else:
                 moved = conn.execute(
