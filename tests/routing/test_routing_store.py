@@ -202,3 +202,13 @@ def test_without_a_store_a_stale_revision_is_refused_too(clock: FakeClock) -> No
 def test_an_unsupported_store_url_is_refused_by_name() -> None:
     with pytest.raises(InvalidInputError, match="unsupported scheme in 'mysql'"):
         RoutingStore("mysql://somewhere/db")
+
+
+def test_a_store_that_cannot_be_reached_answers_503_by_name() -> None:
+    from fleet_support import free_port
+
+    from medops.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="cannot connect") as refused:
+        RoutingStore(f"postgresql://medops@127.0.0.1:{free_port()}/nowhere")
+    assert refused.value.status_code == 503

@@ -14,6 +14,7 @@ replica whose compare-and-set wins (the others find the revision moved and adopt
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -623,7 +624,8 @@ class Router:
                 # another replica took this step (or changed the document) first
                 decision["decision"] += "-superseded"
                 decision["reason"] += "; another replica committed first"
-                self._refresh_locked()
+                with contextlib.suppress(MedopsError):  # the next poll adopts it otherwise
+                    self._refresh_locked()
             except MedopsError as exc:
                 # on the request path (from observe): record it and retry next interval
                 decision["decision"] += "-failed"

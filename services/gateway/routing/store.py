@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,11 +131,22 @@ class RoutingStore:
     def close(self) -> None:
         self._engine.dispose()
 
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """A database that is away answers 503, never a traceback."""
+        try:
+            yield
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("routing store unavailable", extra={"reason": type(exc).__name__})
+            raise BackendUnavailableError(
+                f"routing store ({self.dialect}) is unavailable: {type(exc).__name__}"
+            ) from None
+
     # -- reads ----------------------------------------------------------------------------
 
     def revision(self) -> int:
         """The current revision (0 before the first document); one cheap query."""
-        with self._engine.connect() as conn:
+        with self._reachable(), self._engine.connect() as conn:
             found = conn.execute(
                 sa.select(_document.c.revision).where(_document.c.id == _ROW)
             ).scalar_one_or_none()
@@ -142,7 +154,7 @@ class RoutingStore:
 
     def load(self) -> StoredRouting | None:
         """The fleet's document, revision and per-model step times (None before the first)."""
-        with self._engine.connect() as conn:
+        with self._reachable(), self._engine.connect() as conn:
             row = conn.execute(sa.select(_document).where(_document.c.id == _ROW)).one_or_none()
             if row is None:
                 return None
@@ -156,13 +168,13 @@ class RoutingStore:
 
     def audit(self) -> list[dict[str, Any]]:
         """The fleet's audit trail, oldest first."""
-        with self._engine.connect() as conn:
+        with self._reachable(), self._engine.connect() as conn:
             rows = conn.execute(sa.select(_audit.c.entry).order_by(_audit.c.revision)).all()
         return [json.loads(r.entry) for r in rows]
 
     def progress(self) -> list[dict[str, Any]]:
         """Per model: the revision and time its current step started, and the last verdict."""
-        with self._engine.connect() as conn:
+        with self._reachable(), self._engine.connect() as conn:
             rows = conn.execute(sa.select(_progress).order_by(_progress.c.model)).all()
         return [
             {
@@ -198,7 +210,7 @@ class RoutingStore:
         revision = expected + 1
         body = json.dumps(dict(document), sort_keys=True, separators=(",", ":"))
         record = json.dumps({**entry, "revision": revision}, sort_keys=True, separators=(",", ":"))
-        with self._engine.begin() as conn:
+        with self._reachable(), self._engine.begin() as conn:
             if expected == 0:
                 first = self._insert(_document).values(
                     id=_ROW, revision=revision, document=body, updated_at=updated_at
@@ -228,7 +240,7 @@ class RoutingStore:
     def record_verdict(self, model: str, verdict: Mapping[str, Any]) -> None:
         """Keep the last canary verdict of ``model`` (any replica's) for the fleet to read."""
         text = json.dumps(dict(verdict), sort_keys=True, separators=(",", ":"), default=str)
-        with self._engine.begin() as conn:
+        with self._reachable(), self._engine.begin() as conn:
             conn.execute(_progress.update().where(_progress.c.model == model).values(verdict=text))
 
     def _current(self, conn: sa.Connection) -> int:
