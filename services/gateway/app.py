@@ -27,7 +27,7 @@ from .dataplane import DataPlane
 from .grpc import create_grpc_server
 from .models import FileSource, ModelManager, ModelSource, RegistrySource
 from .rest import create_app
-from .routing import Router, RoutingConfig
+from .routing import Router, RoutingConfig, RoutingStore
 from .settings import GatewaySettings
 
 log = logging.getLogger("medops.gateway")
@@ -44,6 +44,7 @@ class Gateway:
     app: FastAPI
     grpc_port: int | None = None
     store: PredictionStore | None = None
+    routing_store: RoutingStore | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _grpc: Any = None
     _server: uvicorn.Server | None = None
@@ -55,6 +56,12 @@ class Gateway:
         if self.settings.poll_seconds > 0:
             self._tasks.append(
                 asyncio.create_task(self.dataplane.poll_forever(self.settings.poll_seconds))
+            )
+        if self.routing_store is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    self.dataplane.follow_routing(self.settings.routing_poll_seconds)
+                )
             )
         if self.settings.grpc_port is not None:
             self._grpc, self.grpc_port = create_grpc_server(
@@ -89,6 +96,8 @@ class Gateway:
         await self.backend.close()
         if self.store is not None:
             self.store.close()
+        if self.routing_store is not None:
+            self.routing_store.close()
         log.info("gateway stopped")
 
     @contextlib.asynccontextmanager
@@ -146,14 +155,19 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         try:
             source.registry.set_alias(model, "champion", target)
         except MedopsError as exc:
+            # raised on: the canary stays at 100 % and the promotion is retried next interval
             log.warning("promotion not recorded", extra={"model": model, "reason": exc.message})
+            raise
+        log.info("champion alias moved", extra={"model": model, "version": target})
 
+    routing_store = RoutingStore(settings.routing_store_url) if settings.routing_store_url else None
     router = Router(
         config,
         audit_path=settings.routing_audit_file or default_audit_path(settings.home),
         known_models=settings.models,
         on_promote=promote,
         ready_by_default=False,
+        store=routing_store,
     )
     models = ModelManager(source, backend, settings.models)
     metrics = GatewayMetrics(CollectorRegistry())
@@ -173,7 +187,13 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     )
     app = create_app(settings, dataplane, auth, clinical)
     gateway = Gateway(
-        settings=settings, backend=backend, dataplane=dataplane, auth=auth, app=app, store=store
+        settings=settings,
+        backend=backend,
+        dataplane=dataplane,
+        auth=auth,
+        app=app,
+        store=store,
+        routing_store=routing_store,
     )
     app.router.lifespan_context = gateway.lifespan
     return gateway

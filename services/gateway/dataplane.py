@@ -92,6 +92,17 @@ class DataPlane:
             except Exception:  # the loop must outlive any single failure
                 log.exception("model poll failed")
 
+    async def follow_routing(self, every_s: float) -> None:
+        """Serve the routing revision other replicas commit: adopt it every ``every_s`` seconds
+        and load the variants it names, until cancelled."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                if await asyncio.to_thread(self.router.refresh):
+                    await self.sync_models()
+            except Exception:  # the loop must outlive a store that is briefly away
+                log.exception("routing refresh failed")
+
     async def close(self) -> None:
         for task in list(self._shadow_tasks):
             task.cancel()

@@ -187,19 +187,25 @@ def create_app(
 
     @app.get("/v1/routing")
     async def get_routing() -> Response:
-        return _json(dataplane.router.document())
+        document = dataplane.router.document()
+        return _with_etag(_json(document), document)
 
     @app.put("/v1/routing")
     async def put_routing(request: Request) -> Response:
+        """Replace the document; ``If-Match: "<revision>"`` (or the document's ``revision``)
+        makes it a compare-and-set: a stale revision gets 409 naming the current one."""
         try:
             document = await request.json()
         except ValueError as exc:
             raise InvalidInputError(f"routing document is not valid JSON ({exc})") from None
         if not isinstance(document, dict):
             raise InvalidInputError("routing document must be a JSON object")
-        accepted = dataplane.router.replace(document, actor=request.state.role)
+        expected = _expected_revision(request.headers.get("if-match"), document)
+        accepted = dataplane.router.replace(
+            document, actor=request.state.role, expected_revision=expected
+        )
         await dataplane.sync_models()
-        return _json(accepted)
+        return _with_etag(_json(accepted), accepted)
 
     @app.get("/v1/routing/audit")
     async def routing_audit() -> Response:
@@ -207,9 +213,16 @@ def create_app(
 
     @app.get("/v1/routing/decisions")
     async def routing_decisions() -> Response:
-        """Progressive-delivery analysis decisions and live per-variant counters."""
+        """Progressive-delivery analysis decisions, live per-variant counters and the state of
+        each canary (the fleet's when replicas share a routing store)."""
         router = dataplane.router
-        return _json({"decisions": router.decisions(), "variants": router.stats()})
+        return _json(
+            {
+                "decisions": router.decisions(),
+                "variants": router.stats(),
+                "progress": router.progress(),
+            }
+        )
 
     app.add_middleware(
         ServiceMiddleware,
@@ -219,3 +232,31 @@ def create_app(
         service="gateway",
     )
     return app
+
+
+def _with_etag(response: Response, document: dict[str, Any]) -> Response:
+    response.headers["etag"] = f'"{document["revision"]}"'
+    return response
+
+
+def _expected_revision(if_match: str | None, document: dict[str, Any]) -> int | None:
+    """The revision a PUT was written against: ``If-Match`` (an ETag from GET, quoted or not)
+    or the document's ``revision``; None when neither is given (replace what is current)."""
+    given: int | None = None
+    if if_match is not None and if_match.strip() != "*":
+        tag = if_match.strip().removeprefix("W/").strip('"')
+        if not tag.isdigit():
+            raise InvalidInputError(
+                f'If-Match: expected the routing revision as an ETag ("7"), got {if_match[:32]!r}'
+            )
+        given = int(tag)
+    body = document.get("revision")
+    if body is not None:
+        if isinstance(body, bool) or not isinstance(body, int) or body < 0:
+            raise InvalidInputError(f"revision: expected a whole number >= 0, got {body!r}")
+        if given is not None and given != body:
+            raise InvalidInputError(
+                f"If-Match names revision {given} but the document's revision is {body}"
+            )
+        given = body
+    return given

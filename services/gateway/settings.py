@@ -91,6 +91,17 @@ class GatewaySettings(ApiKeySettings):
     """Where the routing audit trail is appended (JSON lines); default
     ``<home>/audit/routing.jsonl``, the file ``medops models promote/demote`` also writes."""
 
+    routing_store_url: str | None = None
+    """Where the routing document, its revision, the progressive-delivery state and the audit
+    trail live, shared by every replica: ``sqlite:///PATH`` (replicas on one machine) or
+    ``postgresql://...`` (the chart points it at the prediction log's database; the routing has
+    tables of its own). Changes are compare-and-set on the revision. Unset: this process alone
+    holds the routing, as one gateway needs."""
+
+    routing_poll_seconds: float = 2.0
+    """How often a replica looks for a revision another replica committed to the routing
+    store (one small query); a new revision is served within this interval."""
+
     onnx_threads: int = 2
     """Intra-op threads of each in-process ONNX Runtime session."""
 

@@ -616,6 +616,8 @@ def test_the_services_own_settings_accept_the_rendered_environment(
     assert str(settings.keys_path) == "/etc/medops/api-keys/api-keys.json"
     assert str(settings.routing_file) == "/etc/medops/routing/routing.json"
     assert settings.tracking_uri == "http://medops-mlflow:5000"
+    assert settings.routing_store_url is not None
+    assert settings.routing_store_url.startswith("postgresql://")
     (monitor,) = find(docs, "Deployment", "medops-monitor")
     for name, value in _plain_env(monitor).items():
         monkeypatch.setenv(name, value)
@@ -653,6 +655,11 @@ def test_gateway_and_monitor_share_a_prediction_log_in_the_bundled_postgresql() 
         assert _plain_env(deployment)[f"{prefix}_STORE_URL"] == url
         # Kubernetes expands $(VAR) only from variables defined earlier
         assert names.index("MEDOPS_PREDICTION_LOG_PASSWORD") < names.index(f"{prefix}_STORE_URL")
+    # the gateway replicas share their routing in the same database; the monitor has none
+    (gateway,) = find(docs, "Deployment", "medops-gateway")
+    assert _plain_env(gateway)["MEDOPS_GATEWAY_ROUTING_STORE_URL"] == url
+    (monitor,) = find(docs, "Deployment", "medops-monitor")
+    assert "MEDOPS_MONITOR_ROUTING_STORE_URL" not in _plain_env(monitor)
     (init,) = find(docs, "ConfigMap", "medops-postgresql-init")
     assert init["data"]["prediction-log.sql"].strip() == "CREATE DATABASE predictions OWNER mlflow;"
     (policy,) = find(docs, "NetworkPolicy", "medops-postgresql")
@@ -670,6 +677,20 @@ def test_external_prediction_log_url_comes_from_a_secret() -> None:
         "name": "medops-prediction-log",
         "key": "url",
     }
+
+
+def test_gateway_replicas_share_routing_only_through_a_database_pods_can_share() -> None:
+    (gateway,) = find(render_profile("external-mlflow"), "Deployment", "medops-gateway")
+    env = {e["name"]: e for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MEDOPS_GATEWAY_ROUTING_STORE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "medops-prediction-log",
+        "key": "url",
+    }
+    values = profile_values("kind-cpu")
+    values["predictionLog"] = {"source": "local"}
+    (single,) = find(render(values), "Deployment", "medops-gateway")
+    names = {e["name"] for e in single["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "MEDOPS_GATEWAY_ROUTING_STORE_URL" not in names
 
 
 def test_bundled_prediction_log_without_postgresql_is_refused() -> None:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,51 +63,6 @@ def lgg_reference(lgg_split: LggSplit, tmp_path_factory: pytest.TempPathFactory)
         original_shapes=[im.shape for im in lgg_split.reference_raw],
     )
     return load_reference(MODEL, "1", home=home)
-
-
-# -- PostgreSQL ----------------------------------------------------------------------------
-
-
-def _pg_bin() -> Path | None:
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (root / "initdb").exists():
-            return root
-    found = shutil.which("initdb")
-    return Path(found).parent if found else None
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A real PostgreSQL on 127.0.0.1 (Debian's package), stopped at the end of the session."""
-    bindir = _pg_bin()
-    assert bindir is not None, "PostgreSQL binaries not found: run infra/install-system-deps.sh"
-    # not under pytest's private temp root: the postgres user must reach it
-    base = Path(tempfile.mkdtemp(prefix="medops-pg-"))
-    data = base / "data"
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        shutil.chown(base, "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run(
-        [*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "medops",
-         "-E", "UTF8", "--no-sync"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    subprocess.run(
-        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"),
-         "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {base}", "start"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    try:
-        yield f"postgresql://medops@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -202,9 +202,13 @@ affinity:
 {{- if and (eq .Values.predictionLog.source "postgresql") .Values.mlflow.enabled .Values.postgresql.enabled }}true{{ end }}
 {{- end }}
 
-{{/* The prediction log's URL as MEDOPS_<SERVICE>_STORE_URL (argument: dict "ctx" $ "prefix" "MEDOPS_MONITOR"). */}}
+{{/* The prediction log's URL as MEDOPS_<SERVICE>_STORE_URL (argument: dict "ctx" $ "prefix" "MEDOPS_MONITOR"); with "routing" true also as <prefix>_ROUTING_STORE_URL, the store the gateway replicas share their routing through (not for a local SQLite file, which pods cannot share). */}}
 {{- define "medops.predictionLogEnv" -}}
 {{- $v := .ctx.Values }}
+{{- $names := list (printf "%s_STORE_URL" .prefix) }}
+{{- if and .routing (ne $v.predictionLog.source "local") }}
+{{- $names = append $names (printf "%s_ROUTING_STORE_URL" .prefix) }}
+{{- end }}
 {{- if include "medops.bundledPredictionLog" .ctx }}
 {{- $pg := include "medops.componentName" (dict "ctx" .ctx "component" "postgresql") }}
 - name: MEDOPS_PREDICTION_LOG_PASSWORD
@@ -212,14 +216,18 @@ affinity:
     secretKeyRef:
       name: {{ default $pg $v.postgresql.auth.existingSecret }}
       key: password
-- name: {{ .prefix }}_STORE_URL
+{{- range $names }}
+- name: {{ . }}
   value: {{ printf "postgresql://%s:$(MEDOPS_PREDICTION_LOG_PASSWORD)@%s:5432/%s" $v.postgresql.auth.username $pg $v.predictionLog.database | quote }}
+{{- end }}
 {{- else if eq $v.predictionLog.source "external" }}
-- name: {{ .prefix }}_STORE_URL
+{{- range $names }}
+- name: {{ . }}
   valueFrom:
     secretKeyRef:
       name: {{ required "predictionLog.existingSecret is required when predictionLog.source is external" $v.predictionLog.existingSecret }}
       key: url
+{{- end }}
 {{- else if eq $v.predictionLog.source "postgresql" }}
 {{- fail "predictionLog.source postgresql needs the bundled PostgreSQL (mlflow.enabled and postgresql.enabled); use external or local" }}
 {{- end }}

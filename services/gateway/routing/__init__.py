@@ -24,6 +24,7 @@ from .router import (
     Router,
     Target,
 )
+from .store import RevisionConflictError, RoutingStore
 
 __all__ = [
     "DEFAULT_VARIANT",
@@ -34,9 +35,11 @@ __all__ = [
     "ModelRouting",
     "Progressive",
     "ProgressiveController",
+    "RevisionConflictError",
     "RouteDecision",
     "Router",
     "RoutingConfig",
+    "RoutingStore",
     "Shadow",
     "Target",
     "Variant",

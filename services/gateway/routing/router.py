@@ -5,10 +5,16 @@ table plus prebuilt decisions), swapped in by a single reference assignment, so 
 without locks and allocates nothing. Everything that changes the configuration (``replace``,
 ``switch``, progressive steps, promotion, rollback) goes through one locked path that bumps the
 revision and writes the audit trail.
+
+With a :class:`~.store.RoutingStore` the replicas of a fleet share one document, revision,
+progressive state and audit trail: every change is a compare-and-set on the revision in the
+store, ``refresh`` adopts what another replica committed, and a canary step is taken by the one
+replica whose compare-and-set wins (the others find the revision moved and adopt it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -27,6 +33,7 @@ from . import policies
 from .audit import AuditTrail, diff
 from .config import ModelRouting, RoutingConfig, Variant
 from .progressive import ProgressiveController
+from .store import RevisionConflictError, RoutingStore
 
 log = logging.getLogger("medops.gateway.routing")
 
@@ -41,6 +48,10 @@ Target = tuple[str, str | None, str | None]
 """(variant, alias, version)."""
 PromoteHook = Callable[[str, str], None]
 RollbackHook = Callable[[str, str, str], None]
+
+
+class _HookFailedError(MedopsError):
+    """The promotion hook failed: the change it guards is not made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +111,10 @@ class Router:
     (wire it to move the MLflow ``champion`` alias); ``on_rollback(model, variant, reason)``
     when a canary is rolled back. With ``ready_by_default`` False, a variant other than the
     baseline gets traffic only after ``set_ready(model, variant, True)``.
+
+    ``store`` shares the routing with the other replicas of a fleet: ``config`` then only
+    seeds a store that has no document yet, the audit trail is the store's (``audit_path`` is
+    not written) and ``wall_clock`` (Unix seconds) dates the steps for every replica.
     """
 
     def __init__(
@@ -114,8 +129,12 @@ class Router:
         on_rollback: RollbackHook | None = None,
         ready_by_default: bool = True,
         max_decisions: int = 1000,
+        store: RoutingStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
+        self._wall = wall_clock
+        self._store = store
         self._rng = rng if rng is not None else random.Random()
         self._known = tuple(known_models)
         self._on_promote = on_promote
@@ -127,18 +146,26 @@ class Router:
         self._decisions: deque[dict[str, Any]] = deque(maxlen=max_decisions)
         self._decision_counts: dict[tuple[str, str], int] = {}
         self._progressive = ProgressiveController()
-        self._audit = AuditTrail(audit_path)
+        self._audit = AuditTrail(audit_path if store is None else None)
         self._lock = threading.RLock()
         self._config = RoutingConfig()
         self._plans: dict[str, _Plan] = {}
         self._revision = self._audit.last_revision()
         self._updated_at = ""
+        self._steps: dict[str, tuple[int, float]] = {}  # model -> (revision, Unix time)
+        self._verdicts: dict[str, dict[str, Any]] = {}
+        self._unshared = False  # a rollback applied here that the store did not take
         initial = config if config is not None else RoutingConfig()
         unknown = sorted(set(initial.models) - set(self._known))
         if unknown:
             raise InvalidInputError(f"unknown model(s) in routing config: {', '.join(unknown)}")
         with self._lock:
-            self._install(initial, actor="system", action="load", previous=None)
+            if store is None or not self._refresh_locked():
+                # no fleet yet (or no store): this document starts it
+                try:
+                    self._install(initial, actor="system", action="load", previous=None)
+                except RevisionConflictError:
+                    self._refresh_locked()  # another replica seeded the store first
             self._tick_locked()
 
     # -- the hot path -----------------------------------------------------------------------
@@ -196,15 +223,33 @@ class Router:
         doc["updatedAt"] = self._updated_at
         return doc
 
-    def replace(self, document: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
+    def replace(
+        self, document: Mapping[str, Any], *, actor: str, expected_revision: int | None = None
+    ) -> dict[str, Any]:
         """Validate ``document`` and swap it in atomically; returns the new document.
 
-        ``actor`` is a role (e.g. ``admin``), never a credential. Raises InvalidInputError
+        ``actor`` is a role (e.g. ``admin``), never a credential. ``expected_revision`` is the
+        revision the document was written against: when it is no longer the current one
+        (another change came first, on any replica) :class:`RevisionConflictError` (409) names
+        both and nothing changes; None replaces whatever is current. Raises InvalidInputError
         saying what is wrong, and then the running configuration is unchanged.
         """
         config = RoutingConfig.from_document(document, known_models=self._known)
         with self._lock:
-            self._install(config, actor=actor, action="replace", previous=self._config)
+            for _attempt in range(5):
+                self._refresh_locked()
+                if expected_revision is not None and expected_revision != self._revision:
+                    raise RevisionConflictError(self._revision, expected_revision)
+                try:
+                    self._install(config, actor=actor, action="replace", previous=self._config)
+                    break
+                except RevisionConflictError:
+                    # another replica committed between our read and our write
+                    if expected_revision is not None:
+                        self._refresh_locked()
+                        raise RevisionConflictError(self._revision, expected_revision) from None
+            else:
+                raise MedopsError("routing store: the revision kept moving; retry", status_code=503)
             self._tick_locked()
             return self.document()
 
@@ -232,8 +277,37 @@ class Router:
         return [v.target for v in self._config.for_model(model).variants]
 
     def audit(self) -> list[dict[str, Any]]:
-        """The audit trail, oldest first: revision, time, actor, action, changes, reason."""
+        """The audit trail, oldest first: revision, time, actor, action, changes, reason (the
+        fleet's, from the store, when there is one)."""
+        if self._store is not None:
+            return self._store.audit()
         return self._audit.entries()
+
+    def progress(self) -> list[dict[str, Any]]:
+        """Per model: the revision and Unix time its current step started and the last canary
+        verdict (the fleet's, from the store, when there is one)."""
+        if self._store is not None:
+            return self._store.progress()
+        return [
+            {
+                "model": model,
+                "revision": revision,
+                "stepStartedAt": at,
+                "lastVerdict": self._verdicts.get(model),
+            }
+            for model, (revision, at) in sorted(self._steps.items())
+        ]
+
+    def refresh(self) -> bool:
+        """Adopt the revision another replica committed to the store; True when it changed.
+
+        Without a store there is nothing to adopt. A stored document this replica cannot
+        serve (it names a model unknown here) is logged and the running one is kept.
+        """
+        if self._store is None:
+            return False
+        with self._lock:
+            return self._refresh_locked()
 
     # -- readiness, feedback and live metrics ---------------------------------------------------
 
@@ -432,8 +506,13 @@ class Router:
         action: str,
         previous: RoutingConfig | None,
         reason: str | None = None,
+        inside: Callable[[], None] | None = None,
     ) -> None:
+        """Record and apply one change. ``inside`` (the promotion hook) runs only once the
+        change is certain to be made (in the store's transaction, with a store); if it
+        raises, nothing is changed."""
         now = self._clock()
+        wall = self._wall()
         revision = self._revision + 1
         updated_at = datetime.now(UTC).isoformat(timespec="seconds")
         entry: dict[str, Any] = {
@@ -445,15 +524,6 @@ class Router:
         }
         if reason is not None:
             entry["reason"] = reason
-        # recorded first: a change that cannot be audited is not made, except a rollback,
-        # which protects patients from a failing model and so goes ahead regardless
-        try:
-            self._audit.append(entry)
-        except MedopsError as exc:
-            if action != "rollback":
-                raise
-            log.error("rollback not audited", extra={"reason": exc.message})
-        self._revision, self._updated_at, self._config = revision, updated_at, config
         changed = [
             m
             for m in set(config.models) | (set(previous.models) if previous else set())
@@ -461,9 +531,82 @@ class Router:
             or previous.models.get(m) != config.models.get(m)
             or previous.mode != config.mode
         ]
+        if self._store is not None:
+            # the compare-and-set: of two replicas on this revision exactly one commits
+            try:
+                self._store.commit(
+                    expected=self._revision,
+                    document=config.to_document(),
+                    updated_at=updated_at,
+                    entry=entry,
+                    changed=dict.fromkeys(changed, wall),
+                    inside=inside,
+                )
+            except RevisionConflictError:
+                raise
+            except Exception as exc:
+                if action != "rollback":
+                    if isinstance(exc, MedopsError):
+                        raise
+                    raise MedopsError(
+                        f"routing store cannot be written ({type(exc).__name__})", status_code=503
+                    ) from None
+                # a rollback protects patients from a failing model: it applies here even
+                # when the fleet cannot hear of it; the next refresh adopts the store's state
+                # again, and the canary is judged (and rolled back) anew there
+                log.error("rollback not shared", extra={"reason": type(exc).__name__})
+                self._unshared = True
+        else:
+            if inside is not None:
+                inside()
+            # recorded first: a change that cannot be audited is not made, except a rollback,
+            # which protects patients from a failing model and so goes ahead regardless
+            try:
+                self._audit.append(entry)
+            except MedopsError as exc:
+                if action != "rollback":
+                    raise
+                log.error("rollback not audited", extra={"reason": exc.message})
+        self._revision, self._updated_at, self._config = revision, updated_at, config
         for model in changed:
+            self._steps[model] = (revision, wall)
             self._progressive.configure(model, config.models.get(model), now)
         self._plans = {m: self._compile(m) for m in set(self._plans) | set(config.models)}
+
+    def _refresh_locked(self) -> bool:
+        """Adopt the store's revision when it differs from the running one."""
+        if self._store is None:
+            return False
+        if self._store.revision() == self._revision and not self._unshared:
+            return False
+        stored = self._store.load()
+        if stored is None:
+            return False
+        try:
+            config = RoutingConfig.from_document(stored.document, known_models=self._known)
+        except InvalidInputError as exc:
+            log.error("stored routing refused", extra={"reason": exc.message})
+            return False
+        previous = self._config
+        now, wall = self._clock(), self._wall()
+        self._unshared = False
+        self._revision, self._updated_at, self._config = (
+            stored.revision,
+            stored.updated_at,
+            config,
+        )
+        for model in set(config.models) | set(previous.models):
+            if previous.models.get(model) == config.models.get(model) and (
+                previous.mode == config.mode
+            ):
+                continue
+            at = stored.changed_at.get(model, wall)
+            self._steps[model] = (stored.revision, at)
+            # the step started when the replica that made it committed it, for every replica
+            self._progressive.configure(model, config.models.get(model), now - max(0.0, wall - at))
+        self._plans = {m: self._compile(m) for m in set(self._plans) | set(config.models)}
+        log.info("routing revision adopted", extra={"revision": stored.revision})
+        return True
 
     def _tick_locked(self) -> list[dict[str, Any]]:
         now = self._clock()
@@ -477,11 +620,18 @@ class Router:
                 continue
             try:
                 self._apply(decision)
+            except RevisionConflictError:
+                # another replica took this step (or changed the document) first
+                decision["decision"] += "-superseded"
+                decision["reason"] += "; another replica committed first"
+                with contextlib.suppress(MedopsError):  # the next poll adopts it otherwise
+                    self._refresh_locked()
             except MedopsError as exc:
                 # on the request path (from observe): record it and retry next interval
                 decision["decision"] += "-failed"
                 decision["reason"] += f"; not applied: {exc.message}"
             self._decisions.append(decision)
+            self._record_verdict(model, decision)
             key = (model, decision["decision"])
             self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
             made.append(decision)
@@ -499,14 +649,19 @@ class Router:
             if self._on_rollback is not None:
                 self._call_hook(decision, self._on_rollback, model, variant, decision["reason"])
         elif kind == "promote":
-            if self._on_promote is not None and not self._call_hook(
-                decision, self._on_promote, model, variant
-            ):
-                return
+            promote = self._on_promote
+
+            def move_alias() -> None:
+                if promote is not None and not self._call_hook(decision, promote, model, variant):
+                    raise _HookFailedError("promotion hook failed")
+
             champion = ModelRouting(
                 strategy="single", variants=[Variant(name=CHAMPION, alias=CHAMPION, weight=100)]
             )
-            self._set_model(model, champion, reason, action="promote")
+            try:
+                self._set_model(model, champion, reason, action="promote", inside=move_alias)
+            except _HookFailedError:
+                return  # already marked failed by _call_hook; retried next interval
 
     def _call_hook(self, decision: dict[str, Any], hook: Callable[..., None], *args: Any) -> bool:
         try:
@@ -521,13 +676,35 @@ class Router:
         return True
 
     def _set_model(
-        self, model: str, routing: ModelRouting, reason: str, *, action: str = "progressive"
+        self,
+        model: str,
+        routing: ModelRouting,
+        reason: str,
+        *,
+        action: str = "progressive",
+        inside: Callable[[], None] | None = None,
     ) -> None:
         models = {**self._config.models, model: routing}
         config = self._config.model_copy(update={"models": models})
         self._install(
-            config, actor="progressive", action=action, previous=self._config, reason=reason
+            config,
+            actor="progressive",
+            action=action,
+            previous=self._config,
+            reason=reason,
+            inside=inside,
         )
+
+    def _record_verdict(self, model: str, decision: dict[str, Any]) -> None:
+        verdict = {k: decision[k] for k in ("decision", "fromWeight", "toWeight", "reason")}
+        verdict["metrics"] = decision["metrics"]
+        self._verdicts[model] = verdict
+        if self._store is None:
+            return
+        try:
+            self._store.record_verdict(model, verdict)
+        except Exception as exc:  # a verdict is information: losing one must not fail a request
+            log.warning("canary verdict not shared", extra={"reason": type(exc).__name__})
 
 
 def _with_weight(routing: ModelRouting, variant: str, weight: int) -> ModelRouting:
