@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from services.gateway.auth import hash_key, new_key
+from medops.service.auth import hash_key, new_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
