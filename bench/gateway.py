@@ -8,7 +8,7 @@ throughput at concurrency 1, 8 and 32. Also ``/v1/analyze`` latency for one LGG 
 one patient's DICOM series. Prints figures and ratios; asserts nothing.
 
 Models: the registry's champions when ``--registry`` is given, else small contract-abiding
-models at 256x256 (``services.gateway.testing.write_tiny_model``), so the figures isolate the
+models at 256x256 (``gateway_harness.write_tiny_model``), so the figures isolate the
 gateway's own cost.
 """
 
@@ -28,15 +28,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-from medops.modelspec import CHAMPION, CLASSIFIER, MODEL_NAMES
-from services.gateway.testing import (
+from gateway_harness import (
     TritonServer,
     free_port,
     gateway_process,
     write_repository,
     write_tiny_model,
 )
+
+from medops.modelspec import CHAMPION, CLASSIFIER, MODEL_NAMES
 
 SHAPE = (1, 3, 256, 256)
 

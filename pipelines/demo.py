@@ -41,6 +41,7 @@ from medops.imaging import lgg_patient_volume, write_dicom_series
 from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, MODEL_NAMES, SEGMENTER
 from medops.registry import Registry
 from medops.rle import dice, rle_decode
+from medops.service.readiness import NotReadyError, exited, wait_until_ready
 from medops.settings import MedopsSettings
 from pipelines.cli import echo_floors, floor_option
 from pipelines.local import FOURCLASS_DIR, check_data, run_local
@@ -76,23 +77,14 @@ def _service(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + SERVICE_START_S
-        while True:
-            if proc.poll() is not None:
-                raise BackendUnavailableError(
-                    f"`medops {args[0]}` exited with {proc.returncode}; see {log_path}"
-                )
-            try:
-                if httpx.get(health_url, timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise BackendUnavailableError(
-                    f"`medops {args[0]}` not ready after {SERVICE_START_S:g} s "
-                    f"({_body(health_url)}); see {log_path}"
-                )
-            time.sleep(0.5)
+        try:
+            wait_until_ready(
+                health_url, timeout_s=SERVICE_START_S, gone=exited(proc), interval_s=0.5
+            )
+        except NotReadyError as exc:
+            raise NotReadyError(
+                f"`medops {args[0]}`: {exc.message} ({_body(health_url)}); see {log_path}"
+            ) from None
         yield proc
     finally:
         if proc.poll() is None:

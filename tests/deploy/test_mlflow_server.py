@@ -9,13 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from deploy_support import find, render_profile
+
+from medops.service.readiness import NotReadyError, exited, wait_until_ready
 
 # about a minute and a half on two busy cores (MLflow migrates its store, then starts)
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -55,17 +56,12 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         env={**os.environ, "HOME": str(work)},
     )
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (work / "server.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError("MLflow did not answer /health within 90 s")
+        try:
+            wait_until_ready(
+                f"http://127.0.0.1:{port}/health", timeout_s=90, gone=exited(proc), interval_s=0.5
+            )
+        except NotReadyError as exc:
+            raise AssertionError((work / "server.log").read_text()[-2000:]) from exc
         yield port
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

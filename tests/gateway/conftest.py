@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gateway_harness import GatewayThread, TritonServer, write_repository, write_tiny_model
 from gateway_support import CLASSIFIER_THRESHOLD, SIZE, make_settings, read_keys
 
 from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
-from services.gateway.testing import GatewayThread, TritonServer, write_repository, write_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pydicom
 import pytest
 import tifffile
+from gateway_harness import GatewayThread, write_tiny_model
 from gateway_support import CLASSIFIER_THRESHOLD, SIZE, make_settings, read_keys
 from PIL import Image as PILImage
 
@@ -24,7 +25,6 @@ from medops.imaging.lgg import lgg_patient_volume
 from medops.modelspec import CLASSIFIER, META_GATE_THRESHOLD, META_MIN_COMPONENT, SEGMENTER
 from medops.rle import rle_decode_volume
 from medops.transforms import drop_small_components, preprocess_slice, restore_mask
-from services.gateway.testing import GatewayThread, write_tiny_model
 
 
 def direct(models: dict[str, Path], slices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,17 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import httpx
 from click.testing import CliRunner
+from gateway_harness import ROOT, free_port
 
 from medops.cli import cli
 from medops.modelspec import MODEL_NAMES
+from medops.service.readiness import exited, wait_until_ready
 from services.gateway.cli import serve
-from services.gateway.testing import ROOT, free_port
 
 
 def test_serve_is_a_medops_command_with_host_port_grpc_port_and_backend() -> None:
@@ -51,14 +50,9 @@ def test_the_serve_process_starts_on_the_given_ports_writes_keys_and_stops_on_si
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None, "the gateway exited early"
-                time.sleep(0.2)
+        wait_until_ready(
+            f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=60, gone=exited(proc)
+        )
         keys = json.loads((home / "credentials.json").read_text())
         r = httpx.get(
             f"http://127.0.0.1:{port}/v2/models/{MODEL_NAMES[0]}",

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 from aiohttp import web
+from gateway_harness import GatewayThread, TritonServer, free_port, write_repository
 from gateway_support import SIZE, make_settings
 from tritonclient.utils import InferenceServerException
 
 from medops.modelspec import CLASSIFIER
-from services.gateway.testing import GatewayThread, TritonServer, free_port, write_repository
 
 X = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from gateway_harness import GatewayThread
 from gateway_support import make_settings, read_keys
 
 from medops.modelspec import CLASSIFIER
 from medops.monitoring.store import PredictionRecord, PredictionStore
-from services.gateway.testing import GatewayThread
 from services.monitor import MonitorSettings, create_app
 
 

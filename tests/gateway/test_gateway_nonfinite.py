@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from gateway_harness import GatewayThread, write_tiny_model
 from gateway_support import SIZE, make_settings, read_keys
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -18,7 +19,6 @@ from tritonclient.utils import InferenceServerException
 from medops.errors import InvalidInputError
 from medops.modelspec import CLASSIFIER, META_ACCEPTS_NONFINITE, SEGMENTER
 from medops.registry.client import read_onnx_info
-from services.gateway.testing import GatewayThread, write_tiny_model
 from services.gateway.types import count_nonfinite
 
 

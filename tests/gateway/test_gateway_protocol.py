@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from gateway_harness import GatewayThread, TritonServer
 from gateway_support import SIZE, make_settings
 
 from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
-from services.gateway.testing import GatewayThread, TritonServer
 
 
 def _batch(n: int = 3, seed: int = 0) -> np.ndarray:

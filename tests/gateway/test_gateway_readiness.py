@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+from gateway_harness import GatewayThread, write_tiny_model
 from gateway_support import SIZE, make_settings, read_keys
 from PIL import Image as PILImage
 from tritonclient.utils import InferenceServerException
@@ -18,7 +19,6 @@ from tritonclient.utils import InferenceServerException
 from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 from medops.registry import Registry
 from services.gateway.settings import GatewaySettings
-from services.gateway.testing import GatewayThread, write_tiny_model
 
 X = np.random.default_rng(7).random((1, 3, SIZE, SIZE), dtype=np.float32)
 NO_TYPE_CHAMPION = f"{TYPE_CLASSIFIER} has no 'champion' version in the registry"

@@ -10,12 +10,12 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from gateway_harness import GatewayThread, write_tiny_model
 from gateway_support import SIZE
 
 from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 from medops.registry import Registry
 from services.gateway.settings import GatewaySettings
-from services.gateway.testing import GatewayThread, write_tiny_model
 
 X = np.random.default_rng(5).random((2, 3, SIZE, SIZE), dtype=np.float32)
 
@@ -172,8 +172,9 @@ def test_a_routing_change_by_an_admin_loads_the_challenger_and_splits_traffic(
 def test_with_triton_a_moved_champion_alias_switches_the_served_triton_version(
     registry_setup: tuple[str, dict[str, Path]], tmp_path: Path
 ) -> None:
+    from gateway_harness import TritonServer
+
     from medops.export.triton import TritonModel, write_triton_repository
-    from services.gateway.testing import TritonServer
 
     uri, files = registry_setup
     repo = write_triton_repository(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tifffile
 from PIL import Image as PILImage
+
+from medops.service.readiness import wait_until_ready
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -55,17 +56,8 @@ def free_port() -> int:
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {timeout} s")
+    """Until ``url`` answers at all (any status below 500)."""
+    wait_until_ready(url, timeout_s=timeout, ready=lambda status: status < 500)
 
 
 @dataclass

@@ -86,8 +86,9 @@ def _grafana_to_promql(expr: str) -> str:
 
 @pytest.fixture
 def stack(tmp_path: Path, lgg_split: LggSplit, receiver: Receiver) -> Iterator[dict[str, Any]]:
+    from gateway_harness import GatewayThread, write_tiny_model
+
     from services.gateway.settings import GatewaySettings
-    from services.gateway.testing import GatewayThread, write_tiny_model
 
     models = {
         CLASSIFIER: write_tiny_model(CLASSIFIER, tmp_path / "c.onnx", size=GW_SIZE, threshold=0.4),

@@ -28,7 +28,7 @@ ABOVE_REACH = {"segmenter": {"dice_patient_mean": 0.99}}
 
 @pytest.fixture(scope="module")
 def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from services.gateway.testing import write_tiny_model
+    from gateway_harness import write_tiny_model
 
     folder = tmp_path_factory.mktemp("onnx")
     return {

@@ -10,14 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from medops.service.auth import hash_key, new_key
+from medops.service.readiness import NotReadyError, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,12 +136,11 @@ def start_fleet(
 
 
 def wait_ready(replica: Replica, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not replica.alive():
-            raise RuntimeError(f"{replica.name} exited early:\n{replica.log()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{replica.url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{replica.name} not ready after {timeout_s} s:\n{replica.log()[-3000:]}")
+    try:
+        wait_until_ready(
+            f"{replica.url}/v2/health/ready",
+            timeout_s=timeout_s,
+            gone=lambda: None if replica.alive() else "exited",
+        )
+    except NotReadyError as exc:
+        raise RuntimeError(f"{replica.name}: {exc.message}\n{replica.log()[-3000:]}") from None

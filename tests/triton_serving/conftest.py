@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gateway_harness import TritonServer, write_repository, write_tiny_model
 
 from medops.modelspec import CLASSIFIER, SEGMENTER
-from services.gateway.testing import TritonServer, write_repository, write_tiny_model
 
 
 @pytest.fixture(scope="module")

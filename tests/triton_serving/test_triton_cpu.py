@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from gateway_harness import TritonServer
 
 from medops.modelspec import CLASSIFIER, SEGMENTER
-from services.gateway.testing import TritonServer
 
 pytestmark = pytest.mark.integration
 

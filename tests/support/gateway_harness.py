@@ -16,8 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +33,7 @@ from medops.modelspec import (
     SEGMENTER,
     TYPE_CLASSIFIER,
 )
+from medops.service.readiness import exited, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV = Path(os.environ.get("MEDOPS_TRITON_VENV", ROOT / ".venv-triton"))
@@ -156,18 +155,6 @@ def write_repository(repo: Path, models: dict[str, tuple[Path, int]]) -> Path:
     )
 
 
-def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
-            if resp.status == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
-
-
 class TritonServer:
     """A real Triton on free loopback ports, stopped by PID."""
 
@@ -206,7 +193,11 @@ class TritonServer:
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         try:
-            _wait_http(f"http://{self.http_url}/v2/health/ready", timeout_s, self.proc)
+            wait_until_ready(
+                f"http://{self.http_url}/v2/health/ready",
+                timeout_s=timeout_s,
+                gone=exited(self.proc),
+            )
         except Exception as exc:
             self.stop()
             tail = self.log_path.read_text(errors="replace")[-3000:]
@@ -271,15 +262,13 @@ class GatewayThread:
 
     def start(self, timeout_s: float = 60.0) -> GatewayThread:
         self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.error is not None:
-                raise RuntimeError(f"gateway failed to start: {self.error!r}")
-            url = f"http://{self.url}/v2/health/live"
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):
-                return self
-            time.sleep(0.05)
-        raise TimeoutError("gateway did not start")
+        wait_until_ready(
+            f"http://{self.url}/v2/health/live",
+            timeout_s=timeout_s,
+            gone=lambda: None if self.error is None else f"failed ({self.error!r})",
+            interval_s=0.05,
+        )
+        return self
 
     def stop(self) -> None:
         if self._task is not None:
@@ -307,7 +296,9 @@ def gateway_process(
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 120.0, proc)
+        wait_until_ready(
+            f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=120.0, gone=exited(proc)
+        )
         yield proc
     finally:
         proc.terminate()
