@@ -267,7 +267,8 @@ class PredictionStore:
 
         A later call for the same request replaces the earlier one. Raises
         :class:`NotFoundError` for an unknown request id and :class:`InvalidInputError` for
-        an empty or malformed body.
+        an empty or malformed body, or a label that is none of the logged classifier's class
+        names (the message lists them).
         """
         _check_token(request_id, "request_id")
         if label is None and mask_rle is None:
@@ -280,13 +281,24 @@ class PredictionStore:
         now = time.time() if time_s is None else float(time_s)
         with self._transaction() as cur:
             cur.execute(
-                self._sql("SELECT mask_rle FROM predictions WHERE request_id = ?"), (request_id,)
+                self._sql(
+                    "SELECT mask_rle, decision, probabilities FROM predictions"
+                    " WHERE request_id = ?"
+                ),
+                (request_id,),
             )
             found = cur.fetchall()
             if not found:
                 raise NotFoundError(f"request_id: no logged prediction with id {request_id!r}")
+            # a label is one of the classes the classifier itself answered with
+            classes = sorted({c for _, d, p in found if d is not None for c in json.loads(p)})
+            if label is not None and classes and label not in classes:
+                raise InvalidInputError(
+                    f"label: {label!r} is not a class of the model; expected one of "
+                    f"{', '.join(classes)}"
+                )
             if mask_rle is not None:
-                sizes = {tuple(json.loads(m)["size"]) for (m,) in found if m is not None}
+                sizes = {tuple(json.loads(m)["size"]) for m, _, _ in found if m is not None}
                 given = tuple(mask_rle["size"])
                 if sizes and given not in sizes:
                     raise InvalidInputError(

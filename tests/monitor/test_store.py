@@ -79,6 +79,16 @@ def test_feedback_is_joined_to_every_prediction_of_its_request(store: Prediction
     assert store.window("brain-tumor-classifier")["feedback_label"].tolist() == ["tumour"]
 
 
+def test_feedback_labels_are_the_models_own_class_names(store: PredictionStore) -> None:
+    store.record(_rec(1))
+    for wrong in ("no-tumour", "Tumour", "negative"):
+        with pytest.raises(InvalidInputError, match="expected one of no_tumour, tumour"):
+            store.record_feedback("req-1", label=wrong)
+    assert store.window("brain-tumor-classifier")["feedback_label"].isna().all()
+    store.record_feedback("req-1", label="no_tumour")
+    assert store.window("brain-tumor-classifier")["feedback_label"].tolist() == ["no_tumour"]
+
+
 def test_feedback_for_an_unknown_request_is_not_found(store: PredictionStore) -> None:
     with pytest.raises(NotFoundError, match="req-404"):
         store.record_feedback("req-404", label="tumour")
