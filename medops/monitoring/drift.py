@@ -9,17 +9,18 @@ Every column is compared with Evidently's normed Wasserstein distance (the dista
 the two distributions in units of the reference's standard deviation): unlike a p-value it
 does not call every tiny difference drift once the window is large.
 
-The alarm has a stated false-alarm rate. Brain MRI varies a lot from patient to patient, so
-the alarm is calibrated on patients the reference has never seen (the validation split):
-thousands of windows of ``window`` predictions are drawn from them (each from a random half
-of those patients, so a new patient mix is part of what counts as healthy), and every
-column's distance to the reference is measured. A window raises the alarm when any column's
-distance exceeds its threshold; the thresholds are one quantile level of each column's
-distances, the level chosen so that at most ``false_alarm_rate`` of the drawn windows raise
-it (a max-statistic / min-p calibration: columns that always move together are not counted
-twice, and a column that never moved in calibration alarms on any change). The thresholds,
-the rate, the window size and how they were obtained are stored in ``meta.json`` and used by
-the monitor as they are; at run time an alarm costs one distance per column.
+The alarm has a stated false-alarm rate. Brain MRI varies more from patient to patient than
+slices within one patient do, so the alarm is calibrated on patients a reference has not
+seen: the non-test patients (training and validation splits) are split again and again into
+a pseudo-reference and held-out patients, and thousands of windows of ``window`` predictions
+are drawn from one held-out patient at a time (the hardest healthy case). A window raises
+the alarm when any column's distance exceeds its threshold; the thresholds are one quantile
+level of each column's healthy distances, the level chosen so that at most
+``false_alarm_rate`` of the drawn windows raise it (a max-statistic / min-p calibration:
+columns that move together are not counted twice, and a column that never moved in
+calibration alarms on any change). The thresholds, the rate, the window size and how they
+were obtained are stored in ``meta.json`` and used by the monitor as they are; at run time
+an alarm costs one distance per column.
 """
 
 from __future__ import annotations
@@ -151,14 +152,21 @@ class Calibration:
     calibration_rate: float
     """Share of the drawn windows that raised the alarm (at most the target)."""
     rows: int
-    """Calibration rows (slices) the windows were drawn from."""
-    groups: int | None
-    """Patients among them; None when no patient key was given."""
+    """Slices of the calibration pool (training and validation patients, never test)."""
+    groups: int
+    """Patients in the pool."""
     source: str
-    """Where the calibration rows came from."""
+    """Which patients made the pool."""
+    rounds: int = 40
+    """Times a share of the pool's patients was held out of a pseudo-reference."""
+    holdout: float = 0.25
+    """Share of the patients held out per round."""
+    patients_per_window: int = 1
+    """Held-out patients each healthy window is drawn from."""
     method: str = (
-        "max statistic: each window drawn from a random half of the calibration patients; "
-        "alarm when any column's normed Wasserstein distance exceeds its threshold"
+        "max statistic over columns; healthy windows of held-out patients against a "
+        "pseudo-reference of the others; alarm when any column's normed Wasserstein "
+        "distance exceeds its threshold"
     )
     seed: int = 0
 
@@ -172,90 +180,100 @@ class Calibration:
 
 def _draw_windows(
     values: np.ndarray,
-    groups: np.ndarray | None,
+    groups: np.ndarray,
     *,
     window: int,
     draws: int,
+    patients: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """(draws, window, C) healthy windows, each from a random half of the groups.
-
-    Rows are drawn without replacement when the chosen patients have enough of them, with
-    replacement (a bootstrap) when not.
-    """
-    out = np.empty((draws, window, values.shape[1]))
-    if groups is None:
-        for b in range(draws):
-            out[b] = values[rng.choice(len(values), window, replace=len(values) < window)]
-        return out
+    """(draws, window, C) healthy windows, each from ``patients`` random patients' rows:
+    without replacement when they have enough rows, a bootstrap of them when not."""
     unique, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(unique.size)]
-    half = max(1, math.ceil(unique.size / 2))
+    out = np.empty((draws, window, values.shape[1]))
     for b in range(draws):
-        chosen = rng.choice(unique.size, half, replace=False)
+        chosen = rng.choice(unique.size, min(patients, unique.size), replace=False)
         rows = np.concatenate([members[g] for g in chosen])
         out[b] = values[rng.choice(rows, window, replace=rows.size < window)]
     return out
 
 
+def drift_columns(frame: pd.DataFrame) -> list[str]:
+    """The drift columns of ``frame`` whose values are all finite."""
+    return [
+        c
+        for c in frame.columns
+        if column_kind(c) is not None and np.isfinite(frame[c].to_numpy(dtype=np.float64)).all()
+    ]
+
+
 def calibrate_alarm(
-    reference: pd.DataFrame,
-    calibration: pd.DataFrame,
-    groups: Sequence[Any] | None = None,
+    pool: pd.DataFrame,
+    groups: Sequence[Any],
     *,
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
     window: int = DEFAULT_WINDOW,
     draws: int = DEFAULT_DRAWS,
+    rounds: int = 40,
+    holdout: float = 0.25,
+    patients_per_window: int = 1,
     seed: int = 0,
-    source: str = "held-out patients",
+    source: str = "training patients",
 ) -> tuple[dict[str, float], Calibration]:
     """Per-column thresholds at which healthy windows raise the alarm at most at the target.
 
-    ``calibration`` holds rows of patients the ``reference`` does not (the validation
-    split), with the same columns; ``groups`` one patient key per calibration row. Returns
-    the thresholds (alarm when any column's distance exceeds its own) and the record of how
-    they were obtained.
+    ``pool``: feature rows of non-test patients (the training and validation splits),
+    ``groups`` one patient key per row. Each of ``rounds`` rounds holds ``holdout`` of the
+    patients out of a pseudo-reference made of the others and draws windows of ``window``
+    rows from ``patients_per_window`` held-out patients at a time: what a window of unseen
+    patients looks like against a reference of these. Brain MRI varies more from patient to
+    patient than slices within one do, so windows of one patient are the hardest healthy
+    case. Returns the thresholds (alarm when any column's distance exceeds its own) and the
+    record of how they were obtained.
     """
     if not 0.0 < false_alarm_rate < 1.0:
         raise InvalidInputError(f"false_alarm_rate: expected in (0, 1), got {false_alarm_rate}")
-    if window < 2 or draws < 1:
-        raise InvalidInputError(f"window ({window}) must be >= 2 and draws ({draws}) >= 1")
+    if window < 2 or rounds < 1 or draws < rounds or not 0.0 < holdout < 1.0:
+        raise InvalidInputError(
+            f"calibration: window ({window}) >= 2, draws ({draws}) >= rounds ({rounds}) >= 1 "
+            f"and holdout ({holdout}) in (0, 1) expected"
+        )
     if round(false_alarm_rate * draws) < 1:
         raise InvalidInputError(
             f"draws: {draws} windows cannot resolve a false-alarm rate of {false_alarm_rate}"
         )
-    columns = [
-        c
-        for c in reference.columns
-        if column_kind(c) is not None
-        and c in calibration.columns
-        and np.isfinite(reference[c].to_numpy(dtype=np.float64)).all()
-        and np.isfinite(calibration[c].to_numpy(dtype=np.float64)).all()
-    ]
-    if not columns:
-        raise DatasetError("calibration: shares no finite drift column with the reference")
-    if len(reference) < 8 or len(calibration) < 2:
+    labels = np.asarray(groups)
+    if labels.shape[0] != len(pool):
+        raise InvalidInputError(f"groups: {labels.shape[0]} labels for {len(pool)} rows")
+    patients = np.unique(labels)
+    held_count = max(1, round(holdout * patients.size))
+    if patients.size - held_count < 2 or len(pool) < 8:
         raise DatasetError(
-            f"calibration: {len(reference)} reference and {len(calibration)} calibration "
-            "rows are too few to calibrate drift"
+            f"calibration: {patients.size} patients ({len(pool)} slices) are too few to hold "
+            "some out of a reference; need at least 4"
         )
-    labels = None
-    if groups is not None:
-        labels = np.asarray(groups)
-        if labels.shape[0] != len(calibration):
-            raise InvalidInputError(
-                f"groups: {labels.shape[0]} labels for {len(calibration)} calibration rows"
-            )
+    columns = drift_columns(pool)
+    if not columns:
+        raise DatasetError("calibration: no finite drift column")
     rng = np.random.default_rng(seed)
-    values = calibration[columns].to_numpy(dtype=np.float64)
-    distance = ReferenceDistances(reference, columns)
-    healthy = np.concatenate(
-        [
-            distance(_draw_windows(values, labels, window=window, draws=n, rng=rng))
-            for n in np.diff(np.r_[0:draws:250, draws])
-        ]
-    )
-    ranked = np.sort(healthy, axis=0)
+    values = pool[columns].to_numpy(dtype=np.float64)
+    per_round = np.diff(np.linspace(0, draws, rounds + 1).round().astype(int))
+    healthy = []
+    for n in per_round:
+        held = np.isin(labels, rng.choice(patients, held_count, replace=False))
+        distance = ReferenceDistances(pool.loc[~held, columns], columns)
+        windows = _draw_windows(
+            values[held],
+            labels[held],
+            window=window,
+            draws=int(n),
+            patients=patients_per_window,
+            rng=rng,
+        )
+        healthy.append(distance(windows))
+    ranked = np.sort(np.concatenate(healthy), axis=0)
+    scores = np.concatenate(healthy)
 
     def thresholds_at(level: float) -> np.ndarray:
         # the (1 - level) quantile of each column's healthy distances
@@ -263,15 +281,13 @@ def calibrate_alarm(
         return np.maximum(ranked[max(k, 0)], _MIN_THRESHOLD)
 
     def rate_at(level: float) -> float:
-        return float((healthy > thresholds_at(level)[None, :]).any(axis=1).mean())
+        return float((scores > thresholds_at(level)[None, :]).any(axis=1).mean())
 
     # the largest per-column level whose family of thresholds keeps the rate at the target
     low, high = 0.0, false_alarm_rate
     if rate_at(high) <= false_alarm_rate:
         low = high
-    for _ in range(40):
-        if high - low < 0.5 / draws:
-            break
+    while high - low > 0.25 / draws:
         middle = (low + high) / 2
         low, high = (middle, high) if rate_at(middle) <= false_alarm_rate else (low, middle)
     limits = thresholds_at(low)
@@ -281,9 +297,12 @@ def calibrate_alarm(
         draws=draws,
         column_level=low,
         calibration_rate=rate_at(low),
-        rows=len(calibration),
-        groups=None if labels is None else int(np.unique(labels).size),
+        rows=len(pool),
+        groups=int(patients.size),
         source=source,
+        rounds=rounds,
+        holdout=holdout,
+        patients_per_window=patients_per_window,
         seed=seed,
     )
     return dict(zip(columns, map(float, limits), strict=True)), record
@@ -364,11 +383,10 @@ def build_reference(
     ``images`` are the training set's model inputs (``preprocess_slice`` output); ``outputs``
     the model's outputs on them (``{"prob_<class>": p, "confidence": c, "area": a}``, any
     subset) to enable prediction drift; ``original_shapes`` the decoded images' shapes, as
-    serving logs them. ``calibration``: held-out patients' slices the alarm is calibrated on
-    (:func:`calibrate_alarm`). Without it a quarter of the reference's patients (``groups``,
-    one patient key per image, never stored) are held out of the stored reference to
-    calibrate on. Writes ``reference.parquet``, ``embedding.npz`` and ``meta.json`` under
-    :func:`reference_dir`.
+    serving logs them; ``groups`` one patient key per image (never stored). ``calibration``:
+    the validation patients' slices, pooled with the reference's to calibrate the alarm
+    (:func:`calibrate_alarm`) and not stored. Writes ``reference.parquet``,
+    ``embedding.npz`` and ``meta.json`` under :func:`reference_dir`.
     """
     if len(images) < 8:
         raise DatasetError(f"reference for {model} {model_version}: need at least 8 images")
@@ -376,7 +394,13 @@ def build_reference(
         raise InvalidInputError(f"groups: {len(groups)} labels for {len(images)} images")
     reducer = EmbeddingReducer.fit_images(list(images), n_components=n_components)
     frame = _rows(images, reducer, outputs, original_shapes, "images")
+    if groups is None:
+        raise InvalidInputError(f"reference for {model} {model_version}: groups are required")
+    pool, pool_groups = frame, list(groups)
+    source = "training patients"
     if calibration is not None:
+        if calibration.groups is None or len(calibration.groups) != len(calibration.images):
+            raise InvalidInputError("calibration groups: one patient key per image expected")
         held = _rows(
             calibration.images,
             reducer,
@@ -384,24 +408,15 @@ def build_reference(
             calibration.original_shapes,
             "calibration images",
         )
-        held_groups, source = calibration.groups, "held-out patients (validation split)"
-    else:
-        unique = [] if groups is None else sorted(set(groups), key=str)
-        if len(unique) < 4:
-            raise DatasetError(
-                f"reference for {model} {model_version}: no calibration slices and "
-                f"{len(unique)} patient groups; need held-out patients or at least 4 groups"
-            )
-        rng = np.random.default_rng(0)
-        out_groups = set(rng.permutation(np.array(unique, dtype=object))[: len(unique) // 4])
-        mask = np.array([g in out_groups for g in groups or []])
-        held, frame = frame[mask].reset_index(drop=True), frame[~mask].reset_index(drop=True)
-        held_groups = [g for g in groups or [] if g in out_groups]
-        source = "a quarter of the reference's patients, held out of the stored reference"
+        pool = pd.concat([frame, held], ignore_index=True)
+        # keys of the two sets apart, in case both number their patients from 0
+        pool_groups = [("reference", g) for g in pool_groups] + [
+            ("calibration", g) for g in calibration.groups
+        ]
+        source = "training and validation patients"
     thresholds, record = calibrate_alarm(
-        frame,
-        held,
-        held_groups,
+        pool[[c for c in pool.columns if c in frame.columns]],
+        [str(g) for g in pool_groups],
         false_alarm_rate=false_alarm_rate,
         window=calibration_window,
         draws=draws,
