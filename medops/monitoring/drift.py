@@ -178,7 +178,7 @@ class Calibration:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def _draw_windows(
+def draw_windows(
     values: np.ndarray,
     groups: np.ndarray,
     *,
@@ -263,7 +263,7 @@ def calibrate_alarm(
     for n in per_round:
         held = np.isin(labels, rng.choice(patients, held_count, replace=False))
         distance = ReferenceDistances(pool.loc[~held, columns], columns)
-        windows = _draw_windows(
+        windows = draw_windows(
             values[held],
             labels[held],
             window=window,
