@@ -1,16 +1,22 @@
-"""Drift detection on real data, and what a drift computation costs.
+"""Calibrated drift alarms on real data: false alarms, detection and delay, and their cost.
 
-1. Reference: LGG slices of 30 patients (every institution), calibrated by patient groups.
-   Windows of n predictions drawn from: 10 held-out LGG patients (same distribution: every
-   flag is a false alarm), 4-class JPEG slices (other scanners), and held-out LGG slices
-   with a strong bias field or added noise. Prints the share of windows flagged per window
-   size: the false-alarm rate and the detection rate, i.e. how many requests it takes.
-   Decisions on every window use the statistic Evidently computes (normed Wasserstein); a
-   subset is re-run through Evidently itself and the agreement printed.
-2. Time of ``compute_drift`` (Evidently) for windows of 100, 1,000 and 10,000 predictions,
-   against the bare SciPy statistics on the same columns (the baseline) in the same run.
+Per model, on LGG patients split as the pipeline splits them: a reference (half the
+patients, the training split's role), calibration patients (a quarter, the validation
+split's), and held-out development patients (the last quarter, used for nothing else).
+The classifier sees every slice; the segmenter the slices the classifier flags, here the
+tumour-labelled ones (what a perfect classifier flags; no model is trained for this).
 
-    python -m bench drift   (or: python bench/drift.py --windows 200 --size 256)
+1. The false-alarm rate on the development patients at the calibrated thresholds, for
+   windows of 100 predictions drawn from one patient, from half of them, and from all.
+2. Detection on shifted sets: other-scanner images (the 4-class JPEGs; tumour classes
+   only for the segmenter), Gaussian noise and a bias field on development slices. A
+   stream of healthy predictions turns shifted; the newest 100 are judged after every
+   prediction: the detection rate (windows fully shifted that alarm) and the delay (shifted
+   predictions until the first alarm).
+3. What it costs: calibration at export, one window at run time (the fast statistic and
+   Evidently's report on the same columns).
+
+    python -m bench drift   (or: python bench/drift.py --streams 100)
 """
 
 from __future__ import annotations
@@ -26,13 +32,20 @@ import pandas as pd
 import tifffile
 from PIL import Image as PILImage
 
-from medops.monitoring.drift import build_reference, compute_drift, load_reference
-from medops.monitoring.drift import normed_wasserstein as nw
+from medops.monitoring.drift import (
+    CalibrationSet,
+    ReferenceDistances,
+    build_reference,
+    compute_drift,
+    draw_windows,
+    load_reference,
+)
 from medops.transforms import preprocess_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDOPS_DATA_DIR", ROOT.parent / "shared" / "data"))
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+WINDOW = 100
 
 
 def lgg_patients() -> list[Path]:
@@ -42,21 +55,22 @@ def lgg_patients() -> list[Path]:
     return sorted(p for p in base.iterdir() if p.is_dir())
 
 
-def read_lgg(patients: list[Path]) -> tuple[list[np.ndarray], list[int]]:
-    """Raw (3, H, W) uint8 slices and a patient index per slice."""
-    images, groups = [], []
+def read_lgg(patients: list[Path]) -> tuple[list[np.ndarray], list[int], list[bool]]:
+    """Raw (3, H, W) uint8 slices, a patient index and a has-tumour flag per slice."""
+    images, groups, tumour = [], [], []
     for gi, patient in enumerate(patients):
         for f in sorted(patient.glob("*.tif")):
             if not f.name.endswith("_mask.tif"):
                 images.append(np.moveaxis(tifffile.imread(f), -1, 0))
                 groups.append(gi)
-    return images, groups
+                tumour.append(bool(tifffile.imread(f.with_name(f"{f.stem}_mask.tif")).any()))
+    return images, groups, tumour
 
 
-def read_fourclass(per_class: int) -> list[np.ndarray]:
+def read_fourclass(per_class: int, classes: tuple[str, ...]) -> list[np.ndarray]:
     base = DATA / "brain-tumor-mri-4class" / "Training"
     out = []
-    for cls in CLASSES:
+    for cls in classes:
         for f in sorted((base / cls).glob("*.jpg"))[:per_class]:
             out.append(np.moveaxis(np.asarray(PILImage.open(f).convert("RGB")), -1, 0))
     return out
@@ -80,109 +94,138 @@ def features(ref, images: list[np.ndarray], size: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _pick(items: list, keep: list[bool]) -> list:
+    return [x for x, k in zip(items, keep, strict=True) if k]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=256, help="model input size")
-    parser.add_argument("--windows", type=int, default=200, help="windows per cell")
-    parser.add_argument("--evidently-checks", type=int, default=2, help="Evidently runs per cell")
+    parser.add_argument("--streams", type=int, default=50, help="shifted streams per cell")
+    parser.add_argument("--windows", type=int, default=2000, help="healthy windows per cell")
     parser.add_argument("--per-class", type=int, default=100, help="4-class images per class")
-    parser.add_argument("--timing-only", action="store_true", help="skip the detection table")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
 
     t0 = time.perf_counter()
     patients = lgg_patients()
-    ref_p = [p for i, p in enumerate(patients) if i % 4 != 3]
-    held_p = [p for i, p in enumerate(patients) if i % 4 == 3]
-    ref_raw, groups = read_lgg(ref_p)
-    held_raw, _ = read_lgg(held_p)
-    four_raw = read_fourclass(args.per_class)
+    parts = {
+        name: read_lgg([p for i, p in enumerate(patients) if i % 4 in quarters])
+        for name, quarters in (("reference", (0, 1)), ("calibration", (2,)), ("dev", (3,)))
+    }
     print(
-        f"data: reference {len(ref_raw)} slices / {len(ref_p)} patients, held-out "
-        f"{len(held_raw)} slices / {len(held_p)} patients, 4-class {len(four_raw)} slices "
-        f"({time.perf_counter() - t0:.1f} s)"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
-        t0 = time.perf_counter()
-        inputs = [preprocess_slice(im, args.size) for im in ref_raw]
-        build_reference(
-            inputs,
-            model="brain-tumor-classifier",
-            model_version="bench",
-            home=home,
-            groups=groups,
-            original_shapes=[im.shape for im in ref_raw],
+        "data: "
+        + ", ".join(
+            f"{name} {len(imgs)} slices / {len(set(groups))} patients"
+            for name, (imgs, groups, _) in parts.items()
         )
-        ref = load_reference("brain-tumor-classifier", "bench", home=home)
-        per_image = (time.perf_counter() - t0) / len(ref_raw)
-        print(f"reference built: {per_image * 1e3:.1f} ms per slice (preprocess + features)")
-        sets = {
-            "held-out LGG (false alarms)": features(ref, held_raw, args.size),
-            "4-class JPEG": features(ref, four_raw, args.size),
-            "LGG + bias field": features(ref, [bias_field(im) for im in held_raw], args.size),
-            "LGG + noise": features(ref, [noisy(im, rng) for im in held_raw], args.size),
-        }
-    thresholds, frame = ref.thresholds, ref.frame
-    columns = list(thresholds)
-    share_limit = 0.1
-
-    def flagged(window: pd.DataFrame) -> bool:
-        drifted = sum(
-            nw(frame[c].to_numpy(), window[c].to_numpy()) >= thresholds[c] for c in columns
-        )
-        return drifted / len(columns) >= share_limit
-
-    sizes = () if args.timing_only else (10, 20, 30, 50, 100)
-    if sizes:
-        print(f"\nshare of {args.windows} random windows flagged (drift share >= {share_limit}):")
-        print(f"{'window':>8} " + " ".join(f"{name:>28}" for name in sets))
-    agree = total = 0
-    for n in sizes:
-        cells = []
-        for data in sets.values():
-            hits = 0
-            for w in range(args.windows):
-                window = data.sample(n=min(n, len(data)), random_state=w)
-                hit = flagged(window)
-                hits += hit
-                if w < args.evidently_checks:
-                    res = compute_drift(frame, window, model="m", thresholds=thresholds, html=False)
-                    agree += res.drift_detected == hit
-                    total += 1
-            cells.append(f"{hits / args.windows:>28.3f}")
-        print(f"{n:>8} " + " ".join(cells))
-    if sizes:
-        print(f"Evidently agreed with the fast statistic on {agree}/{total} windows")
-
-    print(
-        "\ncompute_drift per window (Evidently DataDriftPreset, HTML off) vs the bare SciPy"
-        f" statistics (baseline); {len(columns)} columns, reference {len(frame)} rows;"
-        " wall and CPU seconds (the CPU is shared: CPU time is the steadier figure):"
+        + f" ({time.perf_counter() - t0:.1f} s)"
     )
-    pool = pd.concat(list(sets.values()), ignore_index=True)
-    compute_drift(frame, pool.head(50), model="m", thresholds=thresholds, html=False)  # warm-up
-    for n in (100, 1_000, 10_000):
-        window = pool.sample(n=n, replace=True, random_state=n)
-        w0, c0 = time.perf_counter(), time.process_time()
-        compute_drift(frame, window, model="m", thresholds=thresholds, html=False)
-        ev_wall, ev_cpu = time.perf_counter() - w0, time.process_time() - c0
-        w0, c0 = time.perf_counter(), time.process_time()
-        for c in columns:
-            nw(frame[c].to_numpy(), window[c].to_numpy())
-        np_wall, np_cpu = time.perf_counter() - w0, time.process_time() - c0
+    models = {
+        "brain-tumor-classifier": (lambda tumour: [True] * len(tumour), CLASSES),
+        "brain-tumor-segmenter": (lambda tumour: tumour, ("glioma", "meningioma", "pituitary")),
+    }
+    for model, (population, jpeg_classes) in models.items():
+        chosen = {}
+        for name, (imgs, groups, tumour) in parts.items():
+            keep = population(tumour)
+            chosen[name] = (_pick(imgs, keep), _pick(groups, keep))
+        (ref_raw, ref_groups), (cal_raw, cal_groups) = chosen["reference"], chosen["calibration"]
+        dev_raw, dev_groups = chosen["dev"]
+        print(f"\n-- {model}: reference {len(ref_raw)}, calibration {len(cal_raw)}, dev "
+              f"{len(dev_raw)} slices")  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp)
+            t0, c0 = time.perf_counter(), time.process_time()
+            build_reference(
+                [preprocess_slice(im, args.size) for im in ref_raw],
+                model=model,
+                model_version="bench",
+                home=home,
+                groups=ref_groups,
+                original_shapes=[im.shape for im in ref_raw],
+                calibration=CalibrationSet(
+                    [preprocess_slice(im, args.size) for im in cal_raw],
+                    groups=cal_groups,
+                    original_shapes=[im.shape for im in cal_raw],
+                ),
+            )
+            ref = load_reference(model, "bench", home=home)
+            print(
+                f"reference built and calibrated: {time.perf_counter() - t0:.1f} s wall, "
+                f"{time.process_time() - c0:.1f} s CPU (features of every slice included)"
+            )
+        assert ref.calibration is not None
+        cal = ref.calibration
         print(
-            f"  window {n:>6}: Evidently {ev_wall:6.2f} s wall {ev_cpu:6.2f} s CPU   "
-            f"SciPy {np_wall * 1e3:7.1f} ms wall {np_cpu * 1e3:7.1f} ms CPU   "
-            f"ratio {ev_cpu / max(np_cpu, 1e-6):6.0f}x CPU"
+            f"calibrated: target {cal.false_alarm_rate:.1%} of windows of {cal.window}, "
+            f"{cal.draws} windows of one held-out patient over {cal.rounds} splits of "
+            f"{cal.groups} patients; per-column level {cal.column_level:.4f}, rate on the "
+            f"calibration windows {cal.calibration_rate:.2%}"
         )
-    window = pool.sample(n=1000, replace=True, random_state=1)
-    w0, c0 = time.perf_counter(), time.process_time()
-    compute_drift(frame, window, model="m", thresholds=thresholds, html=True)
-    print(
-        f"  window   1000 with the HTML report: {time.perf_counter() - w0:.2f} s wall "
-        f"{time.process_time() - c0:.2f} s CPU"
-    )
+        columns = list(ref.thresholds)
+        limits = np.array([ref.thresholds[c] for c in columns])
+        distance = ReferenceDistances(ref.frame, columns)
+        dev = features(ref, dev_raw, args.size)[columns].to_numpy()
+        labels = np.asarray(dev_groups)
+        count = int(np.unique(labels).size)
+        print(f"false alarms on {count} development patients ({args.windows} windows of 100):")
+        for mix, k in (("one patient", 1), ("half of them", max(1, count // 2)), ("all", count)):
+            windows = draw_windows(
+                dev, labels, window=WINDOW, draws=args.windows, patients=k, rng=rng
+            )
+            rate = float((distance(windows) > limits).any(axis=1).mean())
+            sd = np.sqrt(max(rate, 1e-3) * (1 - rate) / args.windows)
+            print(
+                f"  windows from {mix:>13} ({k:>2} patients): {rate:6.2%} ± {sd:.2%} "
+                f"(target {cal.false_alarm_rate:.0%}: ratio {rate / cal.false_alarm_rate:.1f})"
+            )
+
+        shifted = {
+            "4-class JPEG (other scanners)": read_fourclass(args.per_class, jpeg_classes),
+            "Gaussian noise (sd 20)": [noisy(im, rng) for im in dev_raw],
+            "bias field (0.4-1.6 ramp)": [bias_field(im) for im in dev_raw],
+        }
+        print(
+            f"detection, {args.streams} streams of 100 healthy (all development patients) then "
+            "shifted predictions; window = newest 100 after each prediction:"
+        )
+        print(f"  {'shift':<30} {'detected':>9} {'delay median':>13} {'p90':>6} {'never':>6}")
+        for name, images in shifted.items():
+            bad = features(ref, images, args.size)[columns].to_numpy()
+            delays, detected = [], 0
+            for _ in range(args.streams):
+                healthy = dev[rng.choice(len(dev), WINDOW, replace=False)]
+                after = bad[rng.choice(len(bad), WINDOW, replace=len(bad) < WINDOW)]
+                stream = np.concatenate([healthy, after])
+                windows = np.stack([stream[t : t + WINDOW] for t in range(1, WINDOW + 1)])
+                fired = (distance(windows) > limits).any(axis=1)
+                detected += bool(fired[-1])
+                delays.append(int(np.argmax(fired)) + 1 if fired.any() else None)
+            seen = [d for d in delays if d is not None]
+            median = f"{np.median(seen):.0f}" if seen else "-"
+            p90 = f"{np.percentile(seen, 90):.0f}" if seen else "-"
+            print(
+                f"  {name:<30} {detected / args.streams:>9.0%} {median:>13} {p90:>6} "
+                f"{len(delays) - len(seen):>6}"
+            )
+
+        window = pd.DataFrame(dev[rng.choice(len(dev), WINDOW)], columns=columns)
+        compute_drift(ref.frame, window.head(50), model=model, thresholds=ref.thresholds,
+                      calibration=cal, html=False)  # fmt: skip  # warm-up
+        w0, c0 = time.perf_counter(), time.process_time()
+        compute_drift(ref.frame, window, model=model, thresholds=ref.thresholds,
+                      calibration=cal, html=False)  # fmt: skip
+        ev_cpu = time.process_time() - c0
+        ev_wall = time.perf_counter() - w0
+        w0, c0 = time.perf_counter(), time.process_time()
+        (distance(window.to_numpy()[None]) > limits).any()
+        fast_cpu, fast_wall = time.process_time() - c0, time.perf_counter() - w0
+        print(
+            f"one window of 100 at run time: Evidently {ev_wall:.2f} s wall {ev_cpu:.2f} s CPU, "
+            f"fast statistic {fast_wall * 1e3:.1f} ms wall {fast_cpu * 1e3:.1f} ms CPU "
+            f"(ratio {ev_cpu / max(fast_cpu, 1e-6):.0f}x CPU)"
+        )
 
 
 if __name__ == "__main__":

@@ -776,29 +776,39 @@ def publish(tracking_uri: str, out_dir: str) -> list[dict[str, Any]]:
                 )
             )
             published.append({"name": name, "version": resolved.info.version, "alias": alias})
+    # the gateway can serve any aliased version from the registry (a canary of a challenger
+    # the gate refused, or one of another input size Triton does not get): each gets its
+    # reference, whatever was published
+    home = Path(out_dir).resolve().parent
+    for name in MODEL_NAMES:
+        for version in dict.fromkeys(
+            str(v) for alias in (CHAMPION, CHALLENGER) if (v := registry.get_alias(name, alias))
+        ):
+            build_drift_reference(registry, name, version, home)
     if not models:
         # the gate may rightly keep every challenger out: nothing to serve is not a failure
         log.warning("no registered model has a champion yet: nothing published to %s", out_dir)
         return []
     write_triton_repository(models, Path(out_dir))
-    home = Path(out_dir).resolve().parent
-    for entry in published:
-        build_drift_reference(registry, entry["name"], entry["version"], home)
     return published
 
 
 def build_drift_reference(registry: Any, name: str, version: str, home: Path) -> None:
-    """Store the monitor's reference for a served version: the features, embedding and outputs
-    of the model on its own training patients, under ``<home>/monitoring/reference``."""
+    """Store the monitor's reference for a servable version under ``<home>/monitoring``.
+
+    The reference is the model's own training patients seen as serving sees them (features,
+    embedding, outputs, the decoded image size); its alarm is calibrated on the validation
+    patients, never the test ones. The segmenter serves the slices the classifier flags, so
+    both of its sets are the slices the champion classifier flags under the segmenter's gate
+    (the tumour-labelled slices while no classifier has a champion)."""
     import numpy as np
     import onnxruntime as ort
-    from mlflow.tracking import MlflowClient
 
-    from medops.monitoring.drift import build_reference, reference_dir
+    from medops.data import load_manifest, source_shapes
+    from medops.monitoring.drift import CalibrationSet, build_reference, reference_dir
 
     if (reference_dir(name, version, home=home) / "meta.json").is_file():
         return
-    resolved = registry.resolve(name, version)
     dataset_version = registry.version_tags(name, version).get("dataset_version", "")
     found = sorted(home.glob(f"datasets/*/{dataset_version}/manifest.json"))
     if not dataset_version or not found:
@@ -806,9 +816,13 @@ def build_drift_reference(registry: Any, name: str, version: str, home: Path) ->
             "no local dataset %r for %s v%s: no drift reference", dataset_version, name, version
         )
         return
+    from mlflow.tracking import MlflowClient
+
+    resolved = registry.resolve(name, version)
     params = MlflowClient(registry.tracking_uri).get_run(resolved.run_id).data.params
     preset = get_preset(params.get("pipeline_preset", "fast"))
     info = resolved.info
+    manifest = load_manifest(found[0])
     with tempfile.TemporaryDirectory(prefix="medops-reference-") as tmp:
         splits_path = str(Path(tmp) / "splits.json")
         # the very patients this version trained on: the run's seed and the preset's cap
@@ -818,34 +832,98 @@ def build_drift_reference(registry: Any, name: str, version: str, home: Path) ->
             seed=int(params.get("seed", 0)),
             max_patients=preset.max_patients,
         )
-        arrays = load_split(
-            str(found[0]), splits_path, "train", size=info.input_size, home=str(home)
+        sets = {
+            split: load_split(
+                str(found[0]), splits_path, split, size=info.input_size, home=str(home)
+            )
+            for split in ("train", "val")
+        }
+        flagger = _segmenter_population(registry, info, found[0], splits_path, home)
+    chosen = {}
+    for split, arrays in sets.items():
+        keep: Any = np.arange(len(arrays))
+        if info.task == "segmentation":
+            keep = flagger(split, arrays) if flagger is not None else np.flatnonzero(arrays.labels)
+        chosen[split] = (
+            arrays.images[keep],
+            [arrays.patient_ids[i] for i in keep],
+            source_shapes(manifest, [arrays.sample_ids[i] for i in keep]),
         )
-    images, patients = arrays.images, arrays.patient_ids
-    if info.task == "segmentation":
-        # serving segments the slices the classifier flags: compare with tumour slices alone
-        keep = np.flatnonzero(arrays.labels == 1)
-        images, patients = images[keep], [patients[i] for i in keep]
-    if len(images) < 8:
+    images, patients, shapes = chosen["train"]
+    if len(images) < 8 or len(chosen["val"][0]) < 2:
         log.warning(
-            "%s v%s: %d training slices, too few for a drift reference", name, version, len(images)
+            "%s v%s: %d training and %d validation slices, too few for a drift reference",
+            name,
+            version,
+            len(images),
+            len(chosen["val"][0]),
         )
         return
     session = ort.InferenceSession(str(resolved.onnx_path), providers=["CPUExecutionProvider"])
-    probs = np.concatenate(
-        [session.run(None, {INPUT_NAME: images[i : i + 64]})[0] for i in range(0, len(images), 64)]
-    )
-    outputs = None
-    if info.task == "classification":
+
+    def outputs(batch: np.ndarray) -> list[dict[str, float]] | None:
+        if info.task != "classification":
+            return None
+        probs = _run_onnx(session, batch)
         # as the gateway logs them: the answered class's probability is the confidence
         answered = [
             len(row) - 1 if row[-1] >= info.threshold else int(row[:-1].argmax()) for row in probs
         ]
-        outputs = [
+        return [
             {f"prob_{c}": float(p) for c, p in zip(info.classes, row, strict=True)}
             | {"confidence": float(row[k])}
             for row, k in zip(probs, answered, strict=True)
         ]
+
+    val_images, val_patients, val_shapes = chosen["val"]
     build_reference(
-        list(images), model=name, model_version=version, home=home, outputs=outputs, groups=patients
+        list(images),
+        model=name,
+        model_version=version,
+        home=home,
+        outputs=outputs(images),
+        groups=patients,
+        original_shapes=shapes,
+        calibration=CalibrationSet(
+            list(val_images),
+            groups=val_patients,
+            outputs=outputs(val_images),
+            original_shapes=val_shapes,
+        ),
     )
+
+
+def _run_onnx(session: Any, images: Any) -> Any:
+    import numpy as np
+
+    return np.concatenate(
+        [session.run(None, {INPUT_NAME: images[i : i + 64]})[0] for i in range(0, len(images), 64)]
+    )
+
+
+def _segmenter_population(
+    registry: Any, info: Any, manifest_path: Path, splits_path: str, home: Path
+) -> Any:
+    """For a segmenter: ``(split, arrays) -> indices`` of the slices the champion classifier
+    flags under the segmenter's gate, as serving picks them; None without a champion."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from medops.modelspec import CLASSIFIER
+
+    if info.task != "segmentation" or registry.get_alias(CLASSIFIER, CHAMPION) is None:
+        return None
+    classifier = registry.resolve(CLASSIFIER, CHAMPION)
+    gate = classifier.info.threshold if info.gate_threshold is None else float(info.gate_threshold)
+    session = ort.InferenceSession(str(classifier.onnx_path), providers=["CPUExecutionProvider"])
+    size = classifier.info.input_size
+    flagged = {}
+    for split in ("train", "val"):
+        inputs = load_split(str(manifest_path), splits_path, split, size=size, home=str(home))
+        tumour = _run_onnx(session, inputs.images)[:, -1]
+        flagged[split] = dict(zip(inputs.sample_ids, tumour >= gate, strict=True))
+
+    def pick(split: str, arrays: Any) -> Any:
+        return np.flatnonzero([flagged[split][i] for i in arrays.sample_ids])
+
+    return pick

@@ -7,7 +7,7 @@ load cached, preprocessed arrays for training.
 >>> train = load_arrays(manifest, splits.sample_ids(manifest, "train"), size=128, home=home)
 """
 
-from medops.data.arrays import ArraySet, cache_dir, load_arrays
+from medops.data.arrays import ArraySet, cache_dir, load_arrays, source_shapes
 from medops.data.ingestion import ingest
 from medops.data.layouts import detect_layout
 from medops.data.manifest import Manifest, Sample, load_manifest
@@ -27,6 +27,7 @@ __all__ = [
     "load_arrays",
     "load_manifest",
     "patient_folds",
+    "source_shapes",
     "split_dataset",
     "validate",
 ]

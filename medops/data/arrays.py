@@ -89,6 +89,17 @@ class _Sources:
         return as_mask(seg[:, s.slice_index])
 
 
+def source_shapes(manifest: Manifest, sample_ids: list[str]) -> list[tuple[int, ...]]:
+    """Each sample's decoded image shape, before resizing: what serving logs as the image size
+    beside the drift features."""
+    by_id = {s.sample_id: s for s in manifest.samples}
+    missing = [i for i in sample_ids if i not in by_id]
+    if missing:
+        raise DatasetError(f"dataset {manifest.name}: no sample {missing[0]!r}")
+    sources = _Sources(manifest)
+    return [tuple(sources.image(by_id[i]).shape) for i in sample_ids]
+
+
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -4,11 +4,14 @@ Imports no web framework: the gateway and the monitor service wire these parts t
 """
 
 from medops.monitoring.drift import (
+    Calibration,
+    CalibrationSet,
     DriftResult,
     FeatureScore,
     PredictionFeatures,
     Reference,
     build_reference,
+    calibrate_alarm,
     compute_drift,
     load_reference,
     reference_dir,
@@ -21,6 +24,8 @@ from medops.rle import dice, rle_decode, rle_encode
 __all__ = [
     "FEATURE_NAMES",
     "STAGES",
+    "Calibration",
+    "CalibrationSet",
     "DriftResult",
     "EmbeddingReducer",
     "FeatureScore",
@@ -31,6 +36,7 @@ __all__ = [
     "PredictionStore",
     "Reference",
     "build_reference",
+    "calibrate_alarm",
     "compute_drift",
     "dice",
     "image_features",

@@ -7,12 +7,20 @@ with the model version under ``$MEDOPS_HOME/monitoring/reference/<model>/<versio
 
 Every column is compared with Evidently's normed Wasserstein distance (the distance between
 the two distributions in units of the reference's standard deviation): unlike a p-value it
-does not call every tiny difference drift once the window is large. Brain MRI varies a lot
-from patient to patient, so a single global threshold either misses a bias field or cries
-wolf on a new patient mix. Each column's threshold is therefore calibrated on the reference
-itself: windows drawn from held-out groups of patients (the ``groups`` given at build time,
-used only for this and never stored) are compared with the remaining patients, and the
-threshold is the largest distance seen, times a margin.
+does not call every tiny difference drift once the window is large.
+
+The alarm has a stated false-alarm rate. Brain MRI varies more from patient to patient than
+slices within one patient do, so the alarm is calibrated on patients a reference has not
+seen: the non-test patients (training and validation splits) are split again and again into
+a pseudo-reference and held-out patients, and thousands of windows of ``window`` predictions
+are drawn from one held-out patient at a time (the hardest healthy case). A window raises
+the alarm when any column's distance exceeds its threshold; the thresholds are one quantile
+level of each column's healthy distances, the level chosen so that at most
+``false_alarm_rate`` of the drawn windows raise it (a max-statistic / min-p calibration:
+columns that move together are not counted twice, and a column that never moved in
+calibration alarms on any change). The thresholds, the rate, the window size and how they
+were obtained are stored in ``meta.json`` and used by the monitor as they are; at run time
+an alarm costs one distance per column.
 """
 
 from __future__ import annotations
@@ -35,10 +43,18 @@ from medops.monitoring.features import FEATURE_NAMES, EmbeddingReducer, image_fe
 
 DEFAULT_THRESHOLD = 0.1
 """Evidently's default for the normed Wasserstein distance, used for uncalibrated columns."""
+DEFAULT_FALSE_ALARM_RATE = 0.01
+"""Target share of healthy windows that raise the alarm."""
+DEFAULT_WINDOW = 100
+"""Predictions per window the alarm is calibrated for (and the monitor judges)."""
+DEFAULT_DRAWS = 2000
+"""Healthy windows drawn to calibrate: 20 exceedances at a 1 % target."""
 PREDICTION_COLUMNS = ("confidence", "area")
 _REFERENCE_FILE = "reference.parquet"
 _META_FILE = "meta.json"
 _EMBEDDING_FILE = "embedding.npz"
+_MIN_NORM = 0.001  # Evidently's floor for the reference's standard deviation
+_MIN_THRESHOLD = 1e-9  # a column constant in calibration alarms on any change
 
 
 def column_kind(name: str) -> str | None:
@@ -70,51 +86,226 @@ def reference_dir(model: str, version: str, *, home: Path | None = None) -> Path
 
 def normed_wasserstein(reference: np.ndarray, current: np.ndarray) -> float:
     """The statistic Evidently's ``wasserstein`` test computes (distance / reference std)."""
-    norm = max(float(np.std(reference)), 0.001)
+    norm = max(float(np.std(reference)), _MIN_NORM)
     return float(stats.wasserstein_distance(reference, current) / norm)
 
 
-def calibrate_thresholds(
-    frame: pd.DataFrame,
-    groups: Sequence[Any] | None,
-    *,
-    window: int = 100,
-    rounds: int = 100,
-    holdout: float = 0.25,
-    margin: float = 1.5,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Per-column thresholds from same-distribution windows of the reference.
+class ReferenceDistances:
+    """Normed Wasserstein distances of many equal-sized windows to a fixed reference at once.
 
-    Each round holds out ``holdout`` of the groups (patients), draws a window of ``window``
-    rows from them and measures each column's distance to the other groups; a column's
-    threshold is ``margin`` times the largest distance seen (at least
-    :data:`DEFAULT_THRESHOLD`). Without groups, rows are split at random, which is blind to
-    patient-to-patient variation: expect more false alarms.
+    The same number as :func:`normed_wasserstein` (and Evidently), computed on the quantile
+    functions: for a reference of N rows and windows of n, both are step functions whose
+    steps fall on one grid of at most N + n levels, fixed by N and n alone, so a batch of
+    windows costs one sort per window and one weighted sum.
     """
-    columns = [c for c in frame.columns if column_kind(c) is not None]
-    if len(frame) < 8:
-        raise DatasetError(f"reference: {len(frame)} rows are too few to calibrate drift")
+
+    def __init__(self, reference: pd.DataFrame, columns: Sequence[str]) -> None:
+        self.columns = list(columns)
+        values = reference[self.columns].to_numpy(dtype=np.float64)
+        if values.shape[0] < 2 or not np.isfinite(values).all():
+            raise InvalidInputError("reference: need two or more rows of finite values")
+        self._sorted = np.sort(values, axis=0)
+        self._norm = np.maximum(values.std(axis=0), _MIN_NORM)
+        self._grids: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _grid(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if n not in self._grids:
+            rows = self._sorted.shape[0]
+            levels = np.union1d(np.arange(1, rows + 1) / rows, np.arange(1, n + 1) / n)
+            widths = np.diff(levels, prepend=0.0)
+            middle = levels - widths / 2
+            self._grids[n] = (
+                widths,
+                np.minimum((middle * rows).astype(np.int64), rows - 1),
+                np.minimum((middle * n).astype(np.int64), n - 1),
+            )
+        return self._grids[n]
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """(B, n, C) windows (columns in :attr:`columns` order) -> (B, C) distances."""
+        batch = np.asarray(windows, dtype=np.float64)
+        if batch.ndim != 3 or batch.shape[2] != len(self.columns) or batch.shape[1] < 1:
+            raise InvalidInputError(
+                f"windows: expected shape (B, n, {len(self.columns)}), got {batch.shape}"
+            )
+        widths, at_ref, at_window = self._grid(batch.shape[1])
+        ordered = np.sort(batch, axis=1)
+        out = np.empty((batch.shape[0], batch.shape[2]))
+        for c in range(batch.shape[2]):
+            gap = np.abs(ordered[:, at_window, c] - self._sorted[at_ref, c][None, :])
+            out[:, c] = gap @ widths / self._norm[c]
+        return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How a reference's alarm thresholds were obtained, stored beside them."""
+
+    false_alarm_rate: float
+    """Target share of healthy windows that raise the alarm."""
+    window: int
+    """Predictions per window the thresholds hold for."""
+    draws: int
+    """Healthy windows drawn."""
+    column_level: float
+    """The per-column exceedance level every threshold sits at."""
+    calibration_rate: float
+    """Share of the drawn windows that raised the alarm (at most the target)."""
+    rows: int
+    """Slices of the calibration pool (training and validation patients, never test)."""
+    groups: int
+    """Patients in the pool."""
+    source: str
+    """Which patients made the pool."""
+    rounds: int = 40
+    """Times a share of the pool's patients was held out of a pseudo-reference."""
+    holdout: float = 0.25
+    """Share of the patients held out per round."""
+    patients_per_window: int = 1
+    """Held-out patients each healthy window is drawn from."""
+    method: str = (
+        "max statistic over columns; healthy windows of held-out patients against a "
+        "pseudo-reference of the others; alarm when any column's normed Wasserstein "
+        "distance exceeds its threshold"
+    )
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def draw_windows(
+    values: np.ndarray,
+    groups: np.ndarray,
+    *,
+    window: int,
+    draws: int,
+    patients: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(draws, window, C) healthy windows, each from ``patients`` random patients' rows:
+    without replacement when they have enough rows, a bootstrap of them when not."""
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(unique.size)]
+    out = np.empty((draws, window, values.shape[1]))
+    for b in range(draws):
+        chosen = rng.choice(unique.size, min(patients, unique.size), replace=False)
+        rows = np.concatenate([members[g] for g in chosen])
+        out[b] = values[rng.choice(rows, window, replace=rows.size < window)]
+    return out
+
+
+def drift_columns(frame: pd.DataFrame) -> list[str]:
+    """The drift columns of ``frame`` whose values are all finite."""
+    return [
+        c
+        for c in frame.columns
+        if column_kind(c) is not None and np.isfinite(frame[c].to_numpy(dtype=np.float64)).all()
+    ]
+
+
+def calibrate_alarm(
+    pool: pd.DataFrame,
+    groups: Sequence[Any],
+    *,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    window: int = DEFAULT_WINDOW,
+    draws: int = DEFAULT_DRAWS,
+    rounds: int = 40,
+    holdout: float = 0.25,
+    patients_per_window: int = 1,
+    seed: int = 0,
+    source: str = "training patients",
+) -> tuple[dict[str, float], Calibration]:
+    """Per-column thresholds at which healthy windows raise the alarm at most at the target.
+
+    ``pool``: feature rows of non-test patients (the training and validation splits),
+    ``groups`` one patient key per row. Each of ``rounds`` rounds holds ``holdout`` of the
+    patients out of a pseudo-reference made of the others and draws windows of ``window``
+    rows from ``patients_per_window`` held-out patients at a time: what a window of unseen
+    patients looks like against a reference of these. Brain MRI varies more from patient to
+    patient than slices within one do, so windows of one patient are the hardest healthy
+    case. Returns the thresholds (alarm when any column's distance exceeds its own) and the
+    record of how they were obtained.
+    """
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise InvalidInputError(f"false_alarm_rate: expected in (0, 1), got {false_alarm_rate}")
+    if window < 2 or rounds < 1 or draws < rounds or not 0.0 < holdout < 1.0:
+        raise InvalidInputError(
+            f"calibration: window ({window}) >= 2, draws ({draws}) >= rounds ({rounds}) >= 1 "
+            f"and holdout ({holdout}) in (0, 1) expected"
+        )
+    if round(false_alarm_rate * draws) < 1:
+        raise InvalidInputError(
+            f"draws: {draws} windows cannot resolve a false-alarm rate of {false_alarm_rate}"
+        )
+    labels = np.asarray(groups)
+    if labels.shape[0] != len(pool):
+        raise InvalidInputError(f"groups: {labels.shape[0]} labels for {len(pool)} rows")
+    patients = np.unique(labels)
+    held_count = max(1, round(holdout * patients.size))
+    if patients.size - held_count < 2 or len(pool) < 8:
+        raise DatasetError(
+            f"calibration: {patients.size} patients ({len(pool)} slices) are too few to hold "
+            "some out of a reference; need at least 4"
+        )
+    columns = drift_columns(pool)
+    if not columns:
+        raise DatasetError("calibration: no finite drift column")
     rng = np.random.default_rng(seed)
-    labels = np.asarray(groups) if groups is not None else np.arange(len(frame))
-    if labels.shape[0] != len(frame):
-        raise InvalidInputError(f"groups: {labels.shape[0]} labels for {len(frame)} images")
-    unique = np.unique(labels)
-    if unique.size < 2:
-        raise DatasetError("groups: need at least two groups (patients) to calibrate drift")
-    worst = dict.fromkeys(columns, 0.0)
-    values = {c: frame[c].to_numpy(dtype=np.float64) for c in columns}
-    for _ in range(rounds):
-        held = rng.choice(unique, size=max(1, round(holdout * unique.size)), replace=False)
-        mask = np.isin(labels, held)
-        idx = np.flatnonzero(mask)
-        pick = rng.choice(idx, size=min(window, idx.size), replace=idx.size < window)
-        for c in columns:
-            ref, cur = values[c][~mask], values[c][pick]
-            ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
-            if ref.size and cur.size:
-                worst[c] = max(worst[c], normed_wasserstein(ref, cur))
-    return {c: max(DEFAULT_THRESHOLD, margin * d) for c, d in worst.items()}
+    values = pool[columns].to_numpy(dtype=np.float64)
+    per_round = np.diff(np.linspace(0, draws, rounds + 1).round().astype(int))
+    healthy = []
+    for n in per_round:
+        held = np.isin(labels, rng.choice(patients, held_count, replace=False))
+        distance = ReferenceDistances(pool.loc[~held, columns], columns)
+        windows = draw_windows(
+            values[held],
+            labels[held],
+            window=window,
+            draws=int(n),
+            patients=patients_per_window,
+            rng=rng,
+        )
+        healthy.append(distance(windows))
+    ranked = np.sort(np.concatenate(healthy), axis=0)
+    scores = np.concatenate(healthy)
+
+    def thresholds_at(level: float) -> np.ndarray:
+        # the (1 - level) quantile of each column's healthy distances
+        k = min(draws - 1, math.ceil((1.0 - level) * draws) - 1)
+        return np.maximum(ranked[max(k, 0)], _MIN_THRESHOLD)
+
+    def rate_at(level: float) -> float:
+        return float((scores > thresholds_at(level)[None, :]).any(axis=1).mean())
+
+    # the largest per-column level whose family of thresholds keeps the rate at the target
+    low, high = 0.0, false_alarm_rate
+    if rate_at(high) <= false_alarm_rate:
+        low = high
+    while high - low > 0.25 / draws:
+        middle = (low + high) / 2
+        low, high = (middle, high) if rate_at(middle) <= false_alarm_rate else (low, middle)
+    limits = thresholds_at(low)
+    record = Calibration(
+        false_alarm_rate=false_alarm_rate,
+        window=window,
+        draws=draws,
+        column_level=low,
+        calibration_rate=rate_at(low),
+        rows=len(pool),
+        groups=int(patients.size),
+        source=source,
+        rounds=rounds,
+        holdout=holdout,
+        patients_per_window=patients_per_window,
+        seed=seed,
+    )
+    return dict(zip(columns, map(float, limits), strict=True)), record
 
 
 @dataclass(frozen=True)
@@ -127,6 +318,9 @@ class Reference:
     thresholds: dict[str, float]
     reducer: EmbeddingReducer | None
     path: Path
+    calibration: Calibration | None = None
+    """How the thresholds were calibrated; None for a reference stored before calibrated
+    alarms (judged by the share of drifted columns)."""
 
     def features(self, image: np.ndarray, *, original_shape: tuple[int, ...] | None = None):
         """Image statistics plus embedding coordinates of one model input: what to log."""
@@ -134,6 +328,39 @@ class Reference:
         if self.reducer is not None:
             out.update(self.reducer.embed(image))
         return out
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Slices of patients the reference does not hold (the validation split), seen as serving
+    sees them: what the alarm is calibrated on."""
+
+    images: Sequence[np.ndarray]
+    groups: Sequence[Any] | None = None
+    """One patient key per image; used to draw windows, never stored."""
+    outputs: Sequence[Mapping[str, float]] | None = None
+    original_shapes: Sequence[tuple[int, ...]] | None = None
+
+
+def _rows(
+    images: Sequence[np.ndarray],
+    reducer: EmbeddingReducer,
+    outputs: Sequence[Mapping[str, float]] | None,
+    original_shapes: Sequence[tuple[int, ...]] | None,
+    what: str,
+) -> pd.DataFrame:
+    for name, seq in (("outputs", outputs), ("original_shapes", original_shapes)):
+        if seq is not None and len(seq) != len(images):
+            raise InvalidInputError(f"{what} {name}: {len(seq)} entries for {len(images)} images")
+    rows = []
+    for i, im in enumerate(images):
+        shape = original_shapes[i] if original_shapes is not None else None
+        row: dict[str, float] = image_features(im, original_shape=shape, name=f"{what}[{i}]")
+        row.update(reducer.embed(im))
+        if outputs is not None:
+            row.update({k: float(v) for k, v in outputs[i].items() if column_kind(k)})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def build_reference(
@@ -146,32 +373,55 @@ def build_reference(
     groups: Sequence[Any] | None = None,
     original_shapes: Sequence[tuple[int, ...]] | None = None,
     n_components: int = 4,
-    calibration_window: int = 100,
+    calibration: CalibrationSet | None = None,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    calibration_window: int = DEFAULT_WINDOW,
+    draws: int = DEFAULT_DRAWS,
 ) -> pd.DataFrame:
     """Build, calibrate and store the reference of one model version; return its frame.
 
     ``images`` are the training set's model inputs (``preprocess_slice`` output); ``outputs``
     the model's outputs on them (``{"prob_<class>": p, "confidence": c, "area": a}``, any
-    subset) to enable prediction drift; ``groups`` one patient key per image, used only to
-    calibrate thresholds and never stored. Writes ``reference.parquet``, ``embedding.npz``
-    and ``meta.json`` under :func:`reference_dir`.
+    subset) to enable prediction drift; ``original_shapes`` the decoded images' shapes, as
+    serving logs them; ``groups`` one patient key per image (never stored). ``calibration``:
+    the validation patients' slices, pooled with the reference's to calibrate the alarm
+    (:func:`calibrate_alarm`) and not stored. Writes ``reference.parquet``,
+    ``embedding.npz`` and ``meta.json`` under :func:`reference_dir`.
     """
     if len(images) < 8:
         raise DatasetError(f"reference for {model} {model_version}: need at least 8 images")
-    for name, seq in (("outputs", outputs), ("original_shapes", original_shapes)):
-        if seq is not None and len(seq) != len(images):
-            raise InvalidInputError(f"{name}: {len(seq)} entries for {len(images)} images")
+    if groups is not None and len(groups) != len(images):
+        raise InvalidInputError(f"groups: {len(groups)} labels for {len(images)} images")
     reducer = EmbeddingReducer.fit_images(list(images), n_components=n_components)
-    rows = []
-    for i, im in enumerate(images):
-        shape = original_shapes[i] if original_shapes is not None else None
-        row: dict[str, float] = image_features(im, original_shape=shape, name=f"images[{i}]")
-        row.update(reducer.embed(im))
-        if outputs is not None:
-            row.update({k: float(v) for k, v in outputs[i].items() if column_kind(k)})
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    thresholds = calibrate_thresholds(frame, groups, window=calibration_window)
+    frame = _rows(images, reducer, outputs, original_shapes, "images")
+    if groups is None:
+        raise InvalidInputError(f"reference for {model} {model_version}: groups are required")
+    pool, pool_groups = frame, list(groups)
+    source = "training patients"
+    if calibration is not None:
+        if calibration.groups is None or len(calibration.groups) != len(calibration.images):
+            raise InvalidInputError("calibration groups: one patient key per image expected")
+        held = _rows(
+            calibration.images,
+            reducer,
+            calibration.outputs,
+            calibration.original_shapes,
+            "calibration images",
+        )
+        pool = pd.concat([frame, held], ignore_index=True)
+        # keys of the two sets apart, in case both number their patients from 0
+        pool_groups = [("reference", g) for g in pool_groups] + [
+            ("calibration", g) for g in calibration.groups
+        ]
+        source = "training and validation patients"
+    thresholds, record = calibrate_alarm(
+        pool[[c for c in pool.columns if c in frame.columns]],
+        [str(g) for g in pool_groups],
+        false_alarm_rate=false_alarm_rate,
+        window=calibration_window,
+        draws=draws,
+        source=source,
+    )
     out = reference_dir(model, model_version, home=home)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out / _REFERENCE_FILE, index=False)
@@ -181,9 +431,9 @@ def build_reference(
         "version": model_version,
         "rows": len(frame),
         "groups": None if groups is None else len(set(groups)),
-        "calibration": "patient groups" if groups is not None else "random rows",
         "statistic": "normed Wasserstein distance (Evidently 'wasserstein')",
         "thresholds": thresholds,
+        "calibration": record.to_dict(),
         "created": time.time(),
     }
     (out / _META_FILE).write_text(json.dumps(meta, indent=2))
@@ -203,6 +453,7 @@ def load_reference(model: str, version: str | None = None, *, home: Path | None 
         raise NotFoundError(f"reference: none built for model {model!r} version {version!r}")
     meta = json.loads((path / _META_FILE).read_text())
     reducer_path = path / _EMBEDDING_FILE
+    calibration = meta.get("calibration")
     return Reference(
         model=model,
         version=version,
@@ -210,6 +461,8 @@ def load_reference(model: str, version: str | None = None, *, home: Path | None 
         thresholds={k: float(v) for k, v in meta["thresholds"].items()},
         reducer=EmbeddingReducer.load(reducer_path) if reducer_path.is_file() else None,
         path=path,
+        # older references stored a string here and no calibrated alarm
+        calibration=Calibration.from_dict(calibration) if isinstance(calibration, dict) else None,
     )
 
 
@@ -237,7 +490,11 @@ class DriftResult:
     data_drift_share: float
     prediction_drift_share: float | None
     embedding_drift_share: float | None
-    drift_share_threshold: float
+    drift_share_threshold: float | None
+    """The share of drifted columns that flags a window; None under a calibrated alarm."""
+    alarm: dict[str, Any] | None = None
+    """The calibrated alarm: ``rule``, ``false_alarm_rate``, ``window`` and how the
+    thresholds (each column's in ``feature_scores``) were obtained; None when uncalibrated."""
     computed_at: float = field(default_factory=time.time)
     html: str | None = field(default=None, repr=False)
 
@@ -269,13 +526,16 @@ def compute_drift(
     drift_share_threshold: float = 0.1,
     reference_version: str = "",
     html: bool = True,
+    calibration: Calibration | None = None,
 ) -> DriftResult:
     """Run Evidently's ``DataDriftPreset`` on the columns both frames share.
 
     Columns are image statistics, embedding coordinates (``emb_*``) and outputs
     (``prob_*``, ``confidence``, ``area``); a column is drifted when its normed Wasserstein
-    distance reaches its threshold (``thresholds``, else :data:`DEFAULT_THRESHOLD`). The
-    window drifted when the share of drifted columns reaches ``drift_share_threshold``.
+    distance exceeds its threshold (``thresholds``, else :data:`DEFAULT_THRESHOLD`). With a
+    ``calibration`` (the thresholds' own, from :func:`calibrate_alarm`) the window drifted
+    when any calibrated column did, at the stated false-alarm rate; without one, when the
+    share of drifted columns reaches ``drift_share_threshold``.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -289,12 +549,16 @@ def compute_drift(
         and c in current_df.columns
         and current_df[c].notna().any()
         and reference_df[c].notna().any()
+        and (calibration is None or c in (thresholds or {}))
     ]
     if not columns:
         raise InvalidInputError(
             f"drift for {model}: the window shares no columns with the reference"
         )
     limits = {c: float((thresholds or {}).get(c, DEFAULT_THRESHOLD)) for c in columns}
+    # Evidently's own report flags what the alarm flags: a score above the threshold, and
+    # under a calibrated alarm any one such column
+    share_limit = drift_share_threshold if calibration is None else 1.0 / len(columns)
     definition = DataDefinition(numerical_columns=columns)
     current = Dataset.from_pandas(
         current_df[columns].astype("float64").reset_index(drop=True), data_definition=definition
@@ -305,8 +569,8 @@ def compute_drift(
     preset = DataDriftPreset(
         columns=columns,
         method="wasserstein",
-        per_column_threshold=limits,
-        drift_share=drift_share_threshold,
+        per_column_threshold={c: max(t, _MIN_THRESHOLD) for c, t in limits.items()},
+        drift_share=share_limit,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy/pandas chatter on constant columns
@@ -321,10 +585,15 @@ def compute_drift(
             name = config["column"]
             score = float(value) if value is not None and math.isfinite(float(value)) else 0.0
             kind = column_kind(name) or "data"
-            scores[name] = FeatureScore(score, limits[name], score >= limits[name], kind)
+            scores[name] = FeatureScore(score, limits[name], score > limits[name], kind)
+    if scores:
+        share = sum(s.drifted for s in scores.values()) / len(scores)
+    alarm = None
+    if calibration is not None:
+        alarm = {"rule": "any column's distance above its threshold", **calibration.to_dict()}
     return DriftResult(
         model=model,
-        drift_detected=share >= drift_share_threshold,
+        drift_detected=share >= share_limit if calibration is None else share > 0,
         drift_share=share,
         feature_scores=scores,
         window=_window_info(current_df),
@@ -332,7 +601,8 @@ def compute_drift(
         data_drift_share=_share(scores, "data") or 0.0,
         prediction_drift_share=_share(scores, "prediction"),
         embedding_drift_share=_share(scores, "embedding"),
-        drift_share_threshold=drift_share_threshold,
+        drift_share_threshold=None if calibration is not None else drift_share_threshold,
+        alarm=alarm,
         html=snapshot.get_html_str(as_iframe=False) if html else None,
     )
 

@@ -30,7 +30,8 @@ class Evaluation:
     model: str
     window_size: int
     drift: DriftResult | None
-    """None when the window is smaller than ``min_window`` or no reference exists."""
+    """None when the window is smaller than ``min_window`` (or than the window the
+    reference's alarm is calibrated for) or no reference exists."""
     quality: Quality
     trigger: TriggerEvent | None
     note: str | None = None
@@ -95,14 +96,23 @@ class Monitor:
             except NotFoundError as exc:
                 note = str(exc)
             else:
-                drift = compute_drift(
-                    ref.frame,
-                    window,
-                    model=model,
-                    thresholds=ref.thresholds,
-                    drift_share_threshold=self.drift_share_threshold,
-                    reference_version=ref.version,
-                )
+                calibrated = None if ref.calibration is None else ref.calibration.window
+                if calibrated is not None and len(window) < calibrated:
+                    note = (
+                        f"window of {len(window)} predictions is below the {calibrated} the "
+                        f"drift alarm of version {ref.version} is calibrated for"
+                    )
+                else:
+                    # the stated false-alarm rate holds for windows of the calibrated size
+                    drift = compute_drift(
+                        ref.frame,
+                        window if calibrated is None else window.tail(calibrated),
+                        model=model,
+                        thresholds=ref.thresholds,
+                        drift_share_threshold=self.drift_share_threshold,
+                        reference_version=ref.version,
+                        calibration=ref.calibration,
+                    )
         trigger = self.policy.observe(
             model, drift_detected=None if drift is None else drift.drift_detected, quality=quality
         )

@@ -282,8 +282,7 @@ class PredictionStore:
         with self._transaction() as cur:
             cur.execute(
                 self._sql(
-                    "SELECT mask_rle, decision, probabilities FROM predictions"
-                    " WHERE request_id = ?"
+                    "SELECT mask_rle, decision, probabilities FROM predictions WHERE request_id = ?"
                 ),
                 (request_id,),
             )

@@ -45,9 +45,11 @@ class MonitorSettings(ApiKeySettings):
     window_size: int = 500
     """Newest predictions per window."""
     min_window: int = 100
-    """Smallest window judged for drift (on LGG: about 1 % false alarms at 100, 12 % at 50)."""
+    """Smallest window judged for drift; a calibrated reference also needs the window it was
+    calibrated for (100 predictions by default), and judges its newest that many."""
     drift_share_threshold: float = 0.1
-    """Share of drifted columns (image statistics, embedding, outputs) that flags a window."""
+    """Share of drifted columns that flags a window, for references stored without a
+    calibrated alarm only (a calibrated one flags at its thresholds' stated rate)."""
     sustained_windows: int = 3
     """Drifted windows in a row that trigger retraining."""
     accuracy_threshold: float | None = 0.8

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from monitor_support import MODEL, SIZE, LggSplit, Receiver, free_port, read_lgg
 
-from medops.monitoring.drift import Reference, build_reference, load_reference
+from medops.monitoring.drift import CalibrationSet, Reference, build_reference, load_reference
 from medops.transforms import preprocess_slice
 
 
@@ -42,12 +42,14 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="session")
 def lgg_split(lgg_dir: Path) -> LggSplit:
-    """Reference: 30 patients (every institution), every 2nd slice; held out: 10 patients."""
+    """Every 2nd slice of: reference, half the patients (every institution); calibration, a
+    quarter (the validation split's role); held out, the last quarter."""
     patients = sorted(p for p in lgg_dir.iterdir() if p.is_dir())
     assert len(patients) >= 20, f"expected the LGG patients under {lgg_dir}"
-    ref, groups = read_lgg([p for i, p in enumerate(patients) if i % 4 != 3], step=2)
+    ref, groups = read_lgg([p for i, p in enumerate(patients) if i % 4 < 2], step=2)
+    cal, cal_groups = read_lgg([p for i, p in enumerate(patients) if i % 4 == 2], step=2)
     held, _ = read_lgg([p for i, p in enumerate(patients) if i % 4 == 3], step=2)
-    return LggSplit(ref, groups, held)
+    return LggSplit(ref, groups, held, cal, cal_groups)
 
 
 @pytest.fixture(scope="session")
@@ -61,14 +63,20 @@ def lgg_reference(lgg_split: LggSplit, tmp_path_factory: pytest.TempPathFactory)
         home=home,
         groups=lgg_split.groups,
         original_shapes=[im.shape for im in lgg_split.reference_raw],
+        calibration=CalibrationSet(
+            [preprocess_slice(im, SIZE) for im in lgg_split.calibration_raw],
+            groups=lgg_split.calibration_groups,
+            original_shapes=[im.shape for im in lgg_split.calibration_raw],
+        ),
     )
     return load_reference(MODEL, "1", home=home)
 
 
 @pytest.fixture(scope="session")
 def heldout_features(lgg_reference: Reference, lgg_split: LggSplit) -> list[dict[str, float]]:
-    """What the gateway would log for 80 held-out LGG slices (same distribution)."""
+    """What the gateway would log for 100 held-out LGG slices of every held-out patient (same
+    distribution; the window the alarm is calibrated for)."""
     return [
         lgg_reference.features(preprocess_slice(im, SIZE), original_shape=im.shape)
-        for im in lgg_split.heldout_raw[:160:2]
+        for im in lgg_split.heldout_raw[:: max(1, len(lgg_split.heldout_raw) // 100)][:100]
     ]

@@ -108,3 +108,5 @@ class LggSplit:
     reference_raw: list[np.ndarray]
     groups: list[int]
     heldout_raw: list[np.ndarray]
+    calibration_raw: list[np.ndarray]
+    calibration_groups: list[int]

@@ -66,19 +66,24 @@ def test_drift_is_not_found_before_the_first_evaluation(client: TestClient) -> N
     assert "no evaluation yet" in r.json()["error"]
 
 
-def test_evaluation_publishes_drift_json_report_and_gauges(client: TestClient) -> None:
-    assert client.post("/v1/evaluate").json()["evaluations"][0]["window_size"] == 80
+def test_evaluation_publishes_drift_json_report_and_gauges(
+    client: TestClient, lgg_reference: Reference
+) -> None:
+    assert client.post("/v1/evaluate").json()["evaluations"][0]["window_size"] == 100
     body = client.get("/v1/drift", params={"model": MODEL}).json()
     assert body["drift_detected"] is False  # held-out LGG patients
     assert {"drift_share", "feature_scores", "window", "reference_version"} <= set(body)
     assert body["reference_version"] == "1"
-    assert body["window"]["size"] == 80 and body["window"]["start"].startswith("2023-11-14")
+    assert body["window"]["size"] == 100 and body["window"]["start"].startswith("2023-11-14")
     assert set(body["feature_scores"]["noise"]) == {"score", "threshold", "drifted", "kind"}
+    # the alarm says its thresholds' stated false-alarm rate and the window it holds for
+    assert body["alarm"]["false_alarm_rate"] == 0.01 and body["alarm"]["window"] == 100
+    assert body["feature_scores"]["noise"]["threshold"] == lgg_reference.thresholds["noise"]
     report = client.get("/v1/drift/report")
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
     metrics = client.get("/metrics").text
     assert f'medops_drift_detected{{model="{MODEL}"}} 0.0' in metrics
-    assert f'medops_drift_window_size{{model="{MODEL}"}} 80.0' in metrics
+    assert f'medops_drift_window_size{{model="{MODEL}"}} 100.0' in metrics
 
 
 def test_health_endpoints_answer_on_the_gateways_paths(client: TestClient) -> None:
@@ -185,4 +190,4 @@ def test_the_background_loop_evaluates_on_its_own(
         deadline = time.monotonic() + 60
         while client.get("/v1/drift").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert client.get("/v1/drift").json()["window"]["size"] == 80
+        assert client.get("/v1/drift").json()["window"]["size"] == 100
