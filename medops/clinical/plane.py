@@ -153,6 +153,7 @@ class ClinicalPlane:
             mask[index] = restore_mask(binary, (h, w))
             peaks = segmenter.probabilities.reshape(len(index), -1).max(axis=1)
             analysis.segment_max = {int(k): float(p) for k, p in zip(index, peaks, strict=True)}
+            analysis.segment_inputs = {int(k): x for k, x in zip(index, seg_in, strict=True)}
             analysis.segmenter = segmenter
         analysis.segmented = np.asarray(wanted)
         analysis.positive = np.asarray(mask.reshape(z, -1).any(axis=1))
@@ -193,7 +194,10 @@ class ClinicalPlane:
                         variant=seg.variant,
                         probabilities={"max": a.segment_max[k]},
                         features=self.features(
-                            seg.info.name, seg.version, inputs, original_shape=shape
+                            seg.info.name,
+                            seg.version,
+                            a.segment_inputs.get(k, inputs),
+                            original_shape=shape,
                         ),
                         area=float(a.mask[k].sum()) * a.image.image.pixel_area_mm2,
                         mask_rle=rle_encode(a.mask[k]),

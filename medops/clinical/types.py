@@ -111,6 +111,8 @@ class Analysis:
     """The classifier's inputs (preprocessed slices), for the prediction log's statistics."""
     segment_max: dict[int, float]
     """Highest positive probability of every segmented slice."""
+    segment_inputs: dict[int, np.ndarray] = field(default_factory=dict)
+    """The segmenter's inputs by slice index (its own input size), for its prediction log."""
     prediction_ids: list[str] | None = None
     """Per-slice ids in the prediction log (for feedback), when logging is on."""
     answer: Encoded | None = None
