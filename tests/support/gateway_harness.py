@@ -231,7 +231,7 @@ class GatewayThread:
     def __init__(self, settings: Any) -> None:
         import asyncio
 
-        from .app import build_gateway
+        from services.gateway.app import build_gateway
 
         self.settings = settings.model_copy(
             update={"port": free_port(), "grpc_port": free_port(), "host": "127.0.0.1"}
