@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def write_keys(folder: Path) -> tuple[Path, dict[str, str]]:
     """One API keys file for every replica (as the chart's Secret); returns it and the keys."""
-    plain = {role: new_key(role) for role in ("client", "admin")}
+    plain = {role: new_key(role) for role in ("client", "reviewer", "admin")}
     path = folder / "api-keys.json"
     doc = {"keys": [{"role": r, "sha256": hash_key(k)} for r, k in plain.items()]}
     path.write_text(json.dumps(doc), encoding="utf-8")
@@ -72,8 +72,11 @@ class Replica:
 @dataclass
 class Fleet:
     replicas: list[Replica]
+    monitor: Replica
+    """The monitor, reading the prediction log the replicas write."""
     admin: dict[str, str]
     client: dict[str, str]
+    reviewer: dict[str, str]
     tracking_uri: str
     store_url: str
     poll_s: float
@@ -83,16 +86,37 @@ class Fleet:
         return [r for r in self.replicas if r.alive()]
 
     def stop(self) -> None:
-        for replica in self.replicas:
+        for replica in [*self.replicas, self.monitor]:
             replica.stop()
+
+
+def _start_monitor(work: Path, keys_path: Path, store_url: str) -> Replica:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MEDOPS_MONITOR_HOME": str(work / "monitor"),
+        "MEDOPS_MONITOR_STORE_URL": store_url,
+        "MEDOPS_MONITOR_LOCAL_MODE": "false",
+        "MEDOPS_MONITOR_API_KEYS_FILE": str(keys_path),
+        "MEDOPS_MONITOR_INTERVAL_S": "0",
+    }
+    log_path = work / "monitor.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.monitor", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return Replica("monitor", port, log_path, proc)
 
 
 def start_fleet(
     work: Path, *, count: int, tracking_uri: str, store_url: str, models: list[str], poll_s: float
 ) -> Fleet:
-    """``count`` gateways with their own homes and ports, one keys file, one routing store."""
+    """``count`` gateways with their own homes and ports and a monitor: one keys file, one
+    store (routing and the prediction log)."""
     keys_path, keys = write_keys(work)
     replicas: list[Replica] = []
+    monitor = _start_monitor(work, keys_path, store_url)
     try:
         for i in range(count):
             home = work / f"replica-{i}"
@@ -119,16 +143,18 @@ def start_fleet(
                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 )  # fmt: skip
             replicas.append(Replica(f"replica-{i}", port, log_path, proc))
-        for replica in replicas:
+        for replica in [*replicas, monitor]:
             wait_ready(replica)
     except BaseException:
-        for replica in replicas:
+        for replica in [*replicas, monitor]:
             replica.stop()
         raise
     return Fleet(
         replicas=replicas,
+        monitor=monitor,
         admin={"authorization": f"Bearer {keys['admin']}"},
         client={"authorization": f"Bearer {keys['client']}"},
+        reviewer={"authorization": f"Bearer {keys['reviewer']}"},
         tracking_uri=tracking_uri,
         store_url=store_url,
         poll_s=poll_s,

@@ -86,7 +86,7 @@ def tiny_classifier(path: Path, *, bias: float, failing: bool = False) -> Path:
     for key, value in {
         modelspec.META_TASK: "classification",
         modelspec.META_INPUT_SIZE: str(SIZE),
-        modelspec.META_CLASSES: json.dumps(["no tumour", "tumour"]),
+        modelspec.META_CLASSES: json.dumps(["no_tumour", "tumour"]),
         modelspec.META_THRESHOLD: "0.5",
         modelspec.META_DATASET_VERSION: "routing-test",
     }.items():

@@ -1,5 +1,6 @@
-"""Three real gateway processes sharing one routing store (a SQLite file, then a real
-PostgreSQL) and one real MLflow registry (SQLite): a PUT on one is served by all three within
+"""Three real gateway processes and a monitor sharing one store (a SQLite file, then a real
+PostgreSQL) and one real MLflow registry (SQLite): a prediction one replica logs takes a
+reviewer's feedback at the monitor, a PUT on one replica is served by all three within
 the poll interval, of two concurrent PUTs on one revision one wins and one gets 409, a refused
 document changes no replica, and a progressive rollout driven through all three advances each
 step once, survives the SIGKILL of a replica and moves the champion alias once.
@@ -289,3 +290,37 @@ def test_a_progressive_rollout_through_three_replicas_steps_once_survives_sigkil
     progress = get(first, "/v1/routing/decisions", fleet.admin).json()["progress"]
     assert [p["model"] for p in progress] == [CLASSIFIER]
     assert progress[0]["revision"] == started + 3
+
+
+def test_the_monitor_reads_the_prediction_log_every_replica_writes(fleet: Fleet) -> None:
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray(np.full((SIZE, SIZE), 90, np.uint8)).save(png, format="PNG")
+    ids = []
+    for i, replica in enumerate(fleet.replicas):
+        r = httpx.post(
+            f"{replica.url}/v1/analyze?segment=never",
+            content=png.getvalue(),
+            headers={**fleet.client, "content-type": "image/png", "x-request-id": f"study-{i}"},
+            timeout=30.0,
+        )
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["slices"][0]["prediction_id"])
+    feedback = f"{fleet.monitor.url}/v1/feedback"
+    unauthenticated = httpx.post(feedback, json={"request_id": ids[0], "label": "tumour"})
+    assert unauthenticated.status_code == 401
+    for prediction_id in ids:
+        r = httpx.post(
+            feedback,
+            json={"request_id": prediction_id, "label": "no_tumour"},
+            headers=fleet.reviewer,
+            timeout=10.0,
+        )
+        assert r.status_code == 200, r.text
+    wrong = httpx.post(
+        feedback, json={"request_id": ids[0], "label": "no tumour"}, headers=fleet.reviewer
+    )
+    assert wrong.status_code == 400
