@@ -15,6 +15,7 @@ from medops.data.cli import data
 from medops.errors import MedopsError
 from medops.registry.cli import models
 from medops.settings import MedopsSettings
+from medops.tasks.cli import tasks
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +27,7 @@ def cli(ctx: click.Context) -> None:
 
 cli.add_command(data)
 cli.add_command(models)
+cli.add_command(tasks)
 
 
 def _register_plugins() -> None:

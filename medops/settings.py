@@ -21,6 +21,9 @@ class MedopsSettings(BaseSettings):
     data_dir: Path = Field(default=Path("../shared/data"))
     """Folder holding the input datasets (``lgg-mri-segmentation``, ...)."""
 
+    tasks_dir: Path = Field(default=Path("tasks"))
+    """Folder of task files (``medops tasks list``; chains resolve their tasks there)."""
+
     tracking_uri: str | None = None
     """MLflow tracking URI; defaults to ``sqlite:///<home>/mlflow.db``."""
 

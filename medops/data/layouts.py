@@ -38,6 +38,9 @@ from medops.data.reading import (
 )
 from medops.errors import DatasetError, MedopsError
 
+LAYOUTS = ("lgg", "class-folders", "msd", "dicom-folders")
+"""The layouts :func:`detect_layout` recognises and :func:`scan` reads."""
+
 SEGMENTATION_CLASSES = ["no_tumour", "tumour"]
 MASK_NAMES = ("mask", "mask.nii.gz", "mask.nii")
 
