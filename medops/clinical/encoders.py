@@ -75,10 +75,18 @@ def model_summary(p: Prediction | None) -> dict[str, Any] | None:
 
 
 def to_json(a: Analysis) -> dict[str, Any]:
+    """The JSON answer. ``tumour`` (per slice), ``tumour_area_mm2`` and ``tumour_volume_ml``
+    are the brain chain's legacy names, kept for its clients; ``positive``,
+    ``mask_area_mm2`` and ``mask_volume_ml`` carry the same values under names that fit any
+    task, and ``class`` is each slice's class name from the classifier."""
     image = a.image.image
     area_px = a.mask.reshape(a.mask.shape[0], -1).sum(axis=1)
     pixel_area = image.pixel_area_mm2
     volumetric = image.num_slices > 1
+    area_mm2 = round(float(area_px.sum()) * pixel_area, 4)
+    volume_ml = round(float(area_px.sum()) * image.voxel_volume_ml, 6) if volumetric else None
+    first = a.first.info
+    classes = a.classifier.info.classes if a.classifier is not None else None
     return {
         "request_id": a.request_id,
         "image": {
@@ -98,8 +106,9 @@ def to_json(a: Analysis) -> dict[str, Any]:
             "classifier": model_summary(a.classifier),
             "segmenter": model_summary(a.segmenter),
         },
+        "chain": a.chain,
         "decision": a.decision,
-        "threshold": a.classifier.info.threshold,
+        "threshold": first.threshold,
         **(
             {
                 "rule": {
@@ -115,16 +124,22 @@ def to_json(a: Analysis) -> dict[str, Any]:
                 "index": k,
                 "probability": round(float(a.probabilities[k]), 6),
                 "tumour": bool(a.positive[k]),
+                "positive": bool(a.positive[k]),
+                **(
+                    {"class": classes[int(a.slice_classes[k])]}
+                    if classes is not None and a.slice_classes is not None
+                    else {}
+                ),
                 "segmented": bool(a.segmented[k]),
                 "area_mm2": round(float(area_px[k]) * pixel_area, 4),
                 **({"prediction_id": a.prediction_ids[k]} if a.prediction_ids else {}),
             }
             for k in range(image.num_slices)
         ],
-        "tumour_area_mm2": round(float(area_px.sum()) * pixel_area, 4),
-        "tumour_volume_ml": (
-            round(float(area_px.sum()) * image.voxel_volume_ml, 6) if volumetric else None
-        ),
+        "tumour_area_mm2": area_mm2,
+        "tumour_volume_ml": volume_ml,
+        "mask_area_mm2": area_mm2,
+        "mask_volume_ml": volume_ml,
         "mask": {"encoding": "coco-rle", "slices": rle_encode_volume(a.mask)},
     }
 
@@ -161,7 +176,7 @@ def to_dicom_seg(a: Analysis) -> bytes:
     sources = a.image.sources
     if sources is None:
         raise NotAcceptableError("a DICOM SEG answer needs a DICOM upload (file, series or ZIP)")
-    model = a.segmenter or a.classifier
+    model = a.segmenter or a.first
     name, version = model.info.name, model.route.version
     description = hd.seg.SegmentDescription(
         segment_number=1,

@@ -4,7 +4,10 @@
 preprocesses each slice with the training code (``medops.transforms.preprocess_slice``), runs
 the chain's classifier on every slice and its segmenter on the slices the classifier flags (or
 on all of them with ``segment=always``), applies the rule stored with the segmenter version,
-writes the prediction log and encodes the answer. Each stage is timed once per request here.
+writes the prediction log and encodes the answer. A request may name a declared chain, or one
+served model instead (a classifier alone decides every slice; a segmenter alone masks every
+slice). Nothing here names a model: tasks, sizes, classes and rules come from each version's
+metadata. Each stage is timed once per request here.
 Models are reached through a :class:`Predictor` (the gateway's data plane, or any client of
 a V2 server), so a REST route, a DICOM listener and a web page share this one flow.
 """
@@ -17,11 +20,12 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Mapping
 
 import numpy as np
 
 from medops.deid import UIDMap
-from medops.errors import MedopsError
+from medops.errors import InvalidInputError, MedopsError, NotFoundError
 from medops.imaging.upload import ReadUpload, read_upload
 from medops.monitoring import PredictionFeatures
 from medops.monitoring.metrics import GatewayMetrics
@@ -39,21 +43,31 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,100}$")
 
 
 class ClinicalPlane:
-    """The analysis flow over a :class:`Predictor`; stateless between requests."""
+    """The analysis flow over a :class:`Predictor`; stateless between requests.
+
+    ``chains`` are the declared chains by name (the task files' chain files);
+    ``default_chain`` runs when a request names neither a model nor a chain. A request may
+    name one served model instead: a classifier then decides every slice, a segmenter masks
+    every slice (its task is read from the version's metadata, not from its name)."""
 
     def __init__(
         self,
         predictor: Predictor,
-        chain: Chain,
+        chains: Mapping[str, Chain],
         *,
+        default_chain: str | None = None,
         batch_size: int = 16,
         deid_key: bytes | None = None,
         store: LogStore | None = None,
         metrics: GatewayMetrics | None = None,
         features: PredictionFeatures | None = None,
     ) -> None:
+        if default_chain is not None and default_chain not in chains:
+            known = ", ".join(chains) or "none"
+            raise InvalidInputError(f"default chain {default_chain!r} is not declared ({known})")
         self.predictor = predictor
-        self.chain = chain
+        self.chains = dict(chains)
+        self.default_chain = default_chain
         self.batch_size = max(1, batch_size)
         self.deid_key = deid_key or secrets.token_bytes(32)
         self.store = store
@@ -61,28 +75,54 @@ class ClinicalPlane:
         self.features = features or PredictionFeatures(None)
         """Image statistics plus the embedding of each model version's drift reference."""
 
+    def _chain(self, request: AnalyzeRequest) -> tuple[str | None, Chain | None]:
+        """The chain a request names (or the default); ``(None, None)`` for one model."""
+        if request.model is not None and request.chain is not None:
+            raise InvalidInputError("name a model or a chain, not both")
+        if request.model is not None:
+            return None, None
+        name = request.chain or self.default_chain
+        known = ", ".join(self.chains) or "none"
+        if name is None:
+            raise NotFoundError(f"no chain named and no default chain; chains: {known}")
+        chain = self.chains.get(name)
+        if chain is None:
+            raise NotFoundError(f"unknown chain {name!r}; chains: {known}")
+        return name, chain
+
     async def analyze(self, request: AnalyzeRequest) -> Analysis:
         clock = _Stages()
-        cls_route: Route | None = None
+        first: Route | None = None
         try:
+            chain_name, chain = self._chain(request)
             # a fresh map per request (nothing accumulates), keyed with the plane's secret
             uid_map = UIDMap(self.deid_key)
             read = await asyncio.to_thread(
                 read_upload, request.upload, uid_map, sources=request.media_type == DICOM
             )
             clock.lap("decode")
-            cls_route = await self.predictor.route(self.chain.classifier, request.routing)
-            analysis = await self._run(read, request, cls_route, clock)
+            if chain is None:
+                assert request.model is not None
+                first = await self.predictor.route(request.model, request.routing)
+                chain = _single(first)
+            else:
+                first = await self.predictor.route(chain.models[0], request.routing)
+                _expect(first, "classification" if chain.classifier else "segmentation")
+            if chain.classifier is not None:
+                analysis = await self._run(read, request, chain, first, clock)
+            else:
+                analysis = await self._segment_all(read, request, first, clock)
+            analysis.chain = chain_name
             await self._log_predictions(analysis)
             analysis.answer = await asyncio.to_thread(encode, analysis, request.media_type)
             clock.lap("postprocess")
         except MedopsError as exc:
-            self._count(cls_route, exc.status_code, clock)
+            self._count(first, exc.status_code, clock)
             raise
         except Exception:
-            self._count(cls_route, 500, clock)
+            self._count(first, 500, clock)
             raise
-        self._count(cls_route, 200, clock)
+        self._count(first, 200, clock)
         return analysis
 
     # ------------------------------------------------------------------ the flow
@@ -95,8 +135,41 @@ class ClinicalPlane:
             parts.append(await self.predictor.predict(route.info.name, chunk, route))
         return Prediction(np.concatenate(parts), route)
 
+    async def _masks(
+        self,
+        read: ReadUpload,
+        route: Route,
+        index: np.ndarray,
+        ready: list[np.ndarray] | None,
+        mask: np.ndarray,
+        clock: _Stages,
+    ) -> tuple[Prediction, list[np.ndarray]]:
+        """Segment the slices ``index`` (``ready``: their inputs, already at the segmenter's
+        size) under the rule stored with the segmenter's version, into ``mask``."""
+        image = read.image
+        _, h, w = image.shape
+        rule = route.info
+        seg_in = ready
+        if seg_in is None:
+            seg_in = await asyncio.to_thread(
+                lambda: [preprocess_slice(image.slice(int(k)), rule.input_size) for k in index]
+            )
+            clock.lap("preprocess")
+        segmenter = await self._predict(seg_in, route)
+        clock.lap("infer")
+        binary = drop_small_components(
+            segmenter.probabilities[:, 0] >= rule.threshold, rule.min_component_px
+        ).astype(np.uint8)
+        mask[index] = restore_mask(binary, (h, w))
+        return segmenter, seg_in
+
     async def _run(
-        self, read: ReadUpload, request: AnalyzeRequest, cls_route: Route, clock: _Stages
+        self,
+        read: ReadUpload,
+        request: AnalyzeRequest,
+        chain: Chain,
+        cls_route: Route,
+        clock: _Stages,
     ) -> Analysis:
         image = read.image
         z, h, w = image.shape
@@ -108,12 +181,20 @@ class ClinicalPlane:
         classifier = await self._predict(slices, cls_route)
         clock.lap("infer")
         probs = classifier.probabilities
-        if probs.ndim != 2 or probs.shape[1] < 2:
+        n_classes = len(cls_route.info.classes)
+        if probs.ndim != 2 or probs.shape[1] < 2 or probs.shape[1] != n_classes:
             raise MedopsError(
-                f"{cls_route.info.name} answered shape {probs.shape}, expected (N, 2)"
+                f"{cls_route.info.name} answered shape {probs.shape}, expected (N, {n_classes})"
             )
-        positive_p = probs[:, -1].astype(float)
-        flagged = positive_p >= cls_route.info.threshold
+        if n_classes > 2:
+            # a multi-class classifier decides by its most probable class
+            chosen = probs.argmax(axis=1)
+            positive_p = probs[np.arange(z), chosen].astype(float)
+            flagged = np.zeros(z, bool)
+        else:
+            positive_p = probs[:, -1].astype(float)
+            flagged = positive_p >= cls_route.info.threshold
+            chosen = flagged.astype(np.int64)
         mask = np.zeros((z, h, w), np.uint8)
         analysis = Analysis(
             request_id=request.request_id,
@@ -127,30 +208,19 @@ class ClinicalPlane:
             segmenter=None,
             inputs=slices,
             segment_max={},
+            slice_classes=chosen,
         )
-        if request.segment == "never" or self.chain.segmenter is None:
+        if request.segment == "never" or chain.segmenter is None:
             return analysis
-        seg_route = await self.predictor.route(self.chain.segmenter, request.routing)
+        seg_route = await self.predictor.route(chain.segmenter, request.routing)
+        _expect(seg_route, "segmentation")
         rule = seg_route.info
         gate = cls_route.info.threshold if rule.gate_threshold is None else rule.gate_threshold
         wanted = positive_p >= gate if request.segment == "auto" else np.ones(z, bool)
         index = np.flatnonzero(wanted)
         if index.size:
-            seg_size = rule.input_size
-            seg_in = (
-                [slices[k] for k in index]
-                if seg_size == cls_size
-                else await asyncio.to_thread(
-                    lambda: [preprocess_slice(image.slice(int(k)), seg_size) for k in index]
-                )
-            )
-            clock.lap("preprocess")
-            segmenter = await self._predict(seg_in, seg_route)
-            clock.lap("infer")
-            binary = drop_small_components(
-                segmenter.probabilities[:, 0] >= rule.threshold, rule.min_component_px
-            ).astype(np.uint8)
-            mask[index] = restore_mask(binary, (h, w))
+            ready = [slices[k] for k in index] if rule.input_size == cls_size else None
+            segmenter, seg_in = await self._masks(read, seg_route, index, ready, mask, clock)
             peaks = segmenter.probabilities.reshape(len(index), -1).max(axis=1)
             analysis.segment_max = {int(k): float(p) for k, p in zip(index, peaks, strict=True)}
             analysis.segment_inputs = {int(k): x for k, x in zip(index, seg_in, strict=True)}
@@ -159,31 +229,63 @@ class ClinicalPlane:
         analysis.positive = np.asarray(mask.reshape(z, -1).any(axis=1))
         return analysis
 
+    async def _segment_all(
+        self, read: ReadUpload, request: AnalyzeRequest, seg_route: Route, clock: _Stages
+    ) -> Analysis:
+        """A segmenter alone: a mask on every slice."""
+        if request.segment == "never":
+            raise InvalidInputError(
+                f"segment=never leaves nothing to run: {seg_route.info.name} is a segmenter"
+            )
+        z, h, w = read.image.shape
+        mask = np.zeros((z, h, w), np.uint8)
+        index = np.arange(z)
+        segmenter, seg_in = await self._masks(read, seg_route, index, None, mask, clock)
+        peaks = segmenter.probabilities.reshape(z, -1).max(axis=1).astype(float)
+        positive = np.asarray(mask.reshape(z, -1).any(axis=1))
+        return Analysis(
+            request_id=request.request_id,
+            image=read,
+            probabilities=peaks,
+            positive=positive,
+            flagged=positive,
+            mask=mask,
+            segmented=np.ones(z, bool),
+            classifier=None,
+            segmenter=segmenter,
+            inputs=seg_in,
+            segment_max={int(k): float(p) for k, p in zip(index, peaks, strict=True)},
+            segment_inputs={int(k): x for k, x in zip(index, seg_in, strict=True)},
+        )
+
     # ------------------------------------------------------------------ the prediction log
 
     def _records(self, a: Analysis, base_id: str) -> list[PredictionRecord]:
         """One entry per slice for the classifier, one per segmented slice for the segmenter.
         Image statistics and masks only; nothing identifies anyone."""
         shape = a.image.image.shape[1:]
-        cls = a.classifier.route
-        classes = cls.info.classes
         records = []
         for k, inputs in enumerate(a.inputs):
-            features = self.features(cls.info.name, cls.version, inputs, original_shape=shape)
-            row = a.classifier.probabilities[k]
-            answered = len(classes) - 1 if a.flagged[k] else int(row[:-1].argmax())
-            records.append(
-                PredictionRecord(
-                    request_id=f"{base_id}.{k}",
-                    model=cls.info.name,
-                    version=cls.version,
-                    variant=cls.variant,
-                    probabilities={c: float(p) for c, p in zip(classes, row, strict=True)},
-                    features=features,
-                    decision=classes[answered],
-                    confidence=float(row[answered]),
+            if a.classifier is not None:
+                cls = a.classifier.route
+                classes = cls.info.classes
+                row = a.classifier.probabilities[k]
+                assert a.slice_classes is not None
+                answered = int(a.slice_classes[k])
+                records.append(
+                    PredictionRecord(
+                        request_id=f"{base_id}.{k}",
+                        model=cls.info.name,
+                        version=cls.version,
+                        variant=cls.variant,
+                        probabilities={c: float(p) for c, p in zip(classes, row, strict=True)},
+                        features=self.features(
+                            cls.info.name, cls.version, inputs, original_shape=shape
+                        ),
+                        decision=classes[answered],
+                        confidence=float(row[answered]),
+                    )
                 )
-            )
             if a.segmenter is not None and k in a.segment_max:
                 seg = a.segmenter.route
                 records.append(
@@ -221,8 +323,9 @@ class ClinicalPlane:
     # ------------------------------------------------------------------ metrics
 
     def _count(self, route: Route | None, status: int, clock: _Stages) -> None:
-        """One request counted, each stage observed once (labelled by the classifier, which
-        every analysis has); a request refused before routing has no model to count under."""
+        """One request counted, each stage observed once (labelled by the first model: the
+        classifier, else the segmenter); a request refused before routing has no model to
+        count under."""
         if self.metrics is None or route is None:
             return
         labels = {"model": route.info.name, "version": route.version, "variant": route.variant}
@@ -245,6 +348,28 @@ class _Stages:
 
     def total(self) -> float:
         return time.perf_counter() - self.start
+
+
+def _single(route: Route) -> Chain:
+    """The one-model analysis of a routed version, by the task its metadata declares."""
+    task = route.info.task
+    if task == "classification":
+        return Chain(classifier=route.info.name)
+    if task == "segmentation":
+        return Chain(segmenter=route.info.name)
+    raise InvalidInputError(
+        f"model {route.info.name} declares task {task!r}; /v1/analyze runs classification "
+        "and segmentation models"
+    )
+
+
+def _expect(route: Route, task: str) -> None:
+    """A chain's step must be served by a model of that step's task."""
+    if route.info.task != task:
+        raise MedopsError(
+            f"model {route.info.name} declares task {route.info.task!r} but its chain step "
+            f"needs {task}"
+        )
 
 
 def _log_id(request_id: str | None) -> str:

@@ -74,10 +74,19 @@ class LogStore(Protocol):
 @dataclass(frozen=True)
 class Chain:
     """The models of one analysis: a slice classifier and, optionally, a segmenter run on
-    the slices it flags (its version carries the rule chosen with that classifier)."""
+    the slices it flags (its version carries the rule chosen with that classifier); or a
+    segmenter alone, run on every slice."""
 
-    classifier: str
+    classifier: str | None = None
     segmenter: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.classifier is None and self.segmenter is None:
+            raise ValueError("a chain needs a classifier, a segmenter or both")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(m for m in (self.classifier, self.segmenter) if m is not None)
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,11 @@ class AnalyzeRequest:
     """The caller's routing keys (for the gateway: its request headers)."""
     request_id: str | None = None
     """Becomes the prediction log id (with a slice suffix) when it is a safe token."""
+    model: str | None = None
+    """Run this one served model (a classifier: a class per slice; a segmenter: a mask on
+    every slice) instead of a chain."""
+    chain: str | None = None
+    """Run this declared chain; neither ``model`` nor ``chain``: the plane's default chain."""
 
 
 @dataclass
@@ -97,7 +111,9 @@ class Analysis:
     request_id: str | None
     image: ReadUpload
     probabilities: np.ndarray
-    """P(positive class) per slice, from the classifier."""
+    """Per slice: P(positive class) from a binary classifier, the decided class's
+    probability from a multi-class one, the highest pixel probability from a segmenter
+    alone."""
     positive: np.ndarray
     """The served slice decision: a mask survived the rule (or, with ``segment=never`` or no
     segmenter, the classifier at its operating threshold)."""
@@ -105,10 +121,10 @@ class Analysis:
     """The classifier's own decision at its operating threshold (its prediction log)."""
     mask: np.ndarray
     segmented: np.ndarray
-    classifier: Prediction
+    classifier: Prediction | None
     segmenter: Prediction | None
     inputs: list[np.ndarray]
-    """The classifier's inputs (preprocessed slices), for the prediction log's statistics."""
+    """The first model's inputs (preprocessed slices), for the prediction log's statistics."""
     segment_max: dict[int, float]
     """Highest positive probability of every segmented slice."""
     segment_inputs: dict[int, np.ndarray] = field(default_factory=dict)
@@ -117,10 +133,29 @@ class Analysis:
     """Per-slice ids in the prediction log (for feedback), when logging is on."""
     answer: Encoded | None = None
     """The answer in the request's media type, once encoded."""
+    slice_classes: np.ndarray | None = None
+    """The classifier's class index per slice under its rule (two classes: the last at the
+    operating threshold; more: the most probable)."""
+    chain: str | None = None
+    """The declared chain that ran (None: one model)."""
 
     @property
-    def decision(self) -> str:
-        """The classifier's own class name for the study: its last class when any slice is
-        positive, its first otherwise."""
+    def first(self) -> Prediction:
+        """The first model that ran (the classifier, else the segmenter): what the answer's
+        routing headers and the request's metrics name."""
+        first = self.classifier or self.segmenter
+        assert first is not None
+        return first
+
+    @property
+    def decision(self) -> str | None:
+        """The study's class name. A binary classifier: its last class when any slice is
+        positive, its first otherwise; a multi-class one: the most probable class over the
+        slices; a segmenter alone: its (first) class when any mask survives, else None."""
+        if self.classifier is None:
+            assert self.segmenter is not None
+            return self.segmenter.info.classes[0] if bool(self.positive.any()) else None
         classes = self.classifier.info.classes
+        if len(classes) > 2:
+            return classes[int(self.classifier.probabilities.sum(axis=0).argmax())]
         return classes[-1] if bool(self.positive.any()) else classes[0]

@@ -14,8 +14,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from medops.clinical import Chain, ClinicalPlane
-from medops.errors import MedopsError
-from medops.modelspec import CLASSIFIER, SEGMENTER
+from medops.errors import InvalidInputError, MedopsError
 from medops.monitoring import PredictionFeatures
 from medops.monitoring.metrics import GatewayMetrics
 from medops.monitoring.store import PredictionStore
@@ -137,11 +136,66 @@ def _source(settings: GatewaySettings) -> ModelSource:
     return RegistrySource(Registry(settings.mlflow_uri))
 
 
+def served_models(
+    settings: GatewaySettings, config: RoutingConfig | None, stored: RoutingConfig | None
+) -> list[str]:
+    """The models this gateway serves: the configured list, the models given ONNX files, and
+    those the routing document (the file's, or the fleet's in the routing store) names."""
+    names = [*settings.models, *settings.model_files]
+    for document in (config, stored):
+        if document is not None:
+            names += list(document.models)
+    return list(dict.fromkeys(names))
+
+
+def declared_chains(settings: GatewaySettings, served: list[str]) -> dict[str, Chain]:
+    """The chains of the task files whose models this gateway serves; the default chain must
+    be one of them. Task files with problems stop the start, naming file and field."""
+    from medops.tasks import TaskFileError, load_catalog, task_files
+
+    folder = settings.tasks_dir
+    default = settings.default_chain or None
+    if not folder.is_dir():
+        if default is not None:
+            raise InvalidInputError(
+                f"task folder {folder} not found: the default chain {default!r} is declared "
+                "there (MEDOPS_GATEWAY_TASKS_DIR; MEDOPS_GATEWAY_DEFAULT_CHAIN='' for none)"
+            )
+        return {}
+    catalog, problems = load_catalog(task_files(folder))
+    if problems:
+        raise TaskFileError(problems)
+    chains: dict[str, Chain] = {}
+    for spec in catalog.chains():
+        classifier, segmenter = catalog.chain_models(spec.name)
+        missing = [m for m in (classifier, segmenter) if m is not None and m not in served]
+        if missing:
+            if spec.name == default:
+                raise InvalidInputError(
+                    f"default chain {default!r} needs model(s) {', '.join(missing)}, which "
+                    f"this gateway does not serve (served: {', '.join(served)})"
+                )
+            log.info("chain not served", extra={"chain": spec.name, "missing": missing})
+            continue
+        chains[spec.name] = Chain(classifier=classifier, segmenter=segmenter)
+    if default is not None and default not in chains:
+        raise InvalidInputError(
+            f"default chain {default!r} is not declared in {folder} "
+            f"(chains: {', '.join(chains) or 'none'})"
+        )
+    return chains
+
+
 def build_gateway(settings: GatewaySettings) -> Gateway:
     """Wire settings into a gateway: source, backend, router, data plane, auth, REST app."""
     source = _source(settings)
     backend = make_backend(settings)
-    config = RoutingConfig.from_file(settings.routing_file) if settings.routing_file else None
+    # any model name: what the routing document names is served
+    config = (
+        RoutingConfig.from_file(settings.routing_file, known_models=None)
+        if settings.routing_file
+        else None
+    )
 
     def promote(model: str, variant: str) -> None:
         """A canary passed its last step: point the registry's champion alias at it."""
@@ -161,15 +215,23 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         log.info("champion alias moved", extra={"model": model, "version": target})
 
     routing_store = RoutingStore(settings.routing_store_url) if settings.routing_store_url else None
+    fleet = routing_store.load() if routing_store is not None else None
+    stored = None
+    if fleet is not None:
+        # a malformed stored document is the router's to refuse (logged); it serves nothing
+        with contextlib.suppress(InvalidInputError):
+            stored = RoutingConfig.from_document(fleet.document, known_models=None)
+    served = served_models(settings, config, stored)
+    chains = declared_chains(settings, served)
     router = Router(
         config,
         audit_path=settings.routing_audit_file or default_audit_path(settings.home),
-        known_models=settings.models,
+        known_models=served,
         on_promote=promote,
         ready_by_default=False,
         store=routing_store,
     )
-    models = ModelManager(source, backend, settings.models)
+    models = ModelManager(source, backend, served)
     metrics = GatewayMetrics(CollectorRegistry())
     dataplane = DataPlane(
         backend, models, router, timeout_s=settings.request_timeout_s, metrics=metrics
@@ -178,7 +240,8 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     auth = settings.authenticator()
     clinical = ClinicalPlane(
         dataplane,
-        Chain(classifier=CLASSIFIER, segmenter=SEGMENTER),
+        chains,
+        default_chain=settings.default_chain or None,
         batch_size=settings.analyze_batch_size,
         deid_key=settings.deid_key.encode() if settings.deid_key else None,
         store=store,

@@ -186,6 +186,29 @@ class DataPlane:
             return False
         return await self.backend.ready(name, entry.version)
 
+    async def model_index(self) -> list[dict[str, Any]]:
+        """Every served model with its state: ``name``, ``version`` (the baseline's), ``state``
+        (``READY`` or ``UNAVAILABLE``, with a ``reason``), whether readiness waits for it
+        (``served``), and the loaded versions' task and classes from their metadata."""
+        _, states = await self.readiness()
+        index = []
+        for name, state in states.items():
+            row: dict[str, Any] = {
+                "name": name,
+                "version": state["version"] or "",
+                "state": "READY" if state["ready"] else "UNAVAILABLE",
+                "served": state["served"],
+            }
+            if "reason" in state:
+                row["reason"] = state["reason"]
+            entry = self._default_entry(name)
+            if entry is not None:
+                row["task"] = entry.info.task
+                row["classes"] = list(entry.info.classes)
+            row["versions"] = sorted({m.version for m in self.models.loaded() if m.name == name})
+            index.append(row)
+        return index
+
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": _medops_version(), "extensions": EXTENSIONS}
 

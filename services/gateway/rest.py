@@ -120,6 +120,21 @@ def create_app(
 
     # ------------------------------------------------------------------ models
 
+    @app.get("/v2/models")
+    async def model_index() -> Response:
+        """Every served model with its state (the V2 repository index's fields and, like
+        KServe's list, one entry per model)."""
+        return _json({"models": await dataplane.model_index()})
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> Response:
+        """The Open Inference Protocol's repository extension index (Triton's shape): a list
+        of ``{name, version, state, reason}``."""
+        models = await dataplane.model_index()
+        return _json(
+            [{k: m[k] for k in ("name", "version", "state", "reason") if k in m} for m in models]
+        )
+
     @app.get("/v2/models/{model}")
     @app.get("/v2/models/{model}/versions/{version}")
     async def model_metadata(model: str, version: str | None = None) -> Response:
@@ -161,7 +176,8 @@ def create_app(
     @app.post("/v1/analyze")
     async def analyze(request: Request) -> Response:
         media_type = choose_media_type(request.headers.get("accept"))
-        segment = request.query_params.get("segment", "auto").lower()
+        query = request.query_params
+        segment = query.get("segment", "auto").lower()
         if segment not in SEGMENT_MODES:
             raise InvalidInputError(f"segment must be one of {SEGMENT_MODES}, got {segment!r}")
         analysis = await clinical.analyze(
@@ -171,13 +187,15 @@ def create_app(
                 media_type=media_type,
                 routing=request.headers,
                 request_id=REQUEST_ID.get(),
+                model=query.get("model"),
+                chain=query.get("chain"),
             )
         )
         answer = analysis.answer
         assert answer is not None
         headers = {
-            "x-medops-variant": analysis.classifier.route.variant,
-            "x-medops-model-version": analysis.classifier.route.version,
+            "x-medops-variant": analysis.first.route.variant,
+            "x-medops-model-version": analysis.first.route.version,
         }
         if answer.filename:
             headers["content-disposition"] = f'attachment; filename="{answer.filename}"'

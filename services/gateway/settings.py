@@ -65,13 +65,28 @@ class GatewaySettings(ApiKeySettings):
     ``MEDOPS_TRACKING_URI``); defaults to ``sqlite:///<home>/mlflow.db``."""
 
     models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
-    """The registered models this gateway knows (V2 endpoints, routing document). One absent
-    from the routing document is served from its ``champion`` alias once that exists; until
-    then it alone answers 503 and readiness does not wait for it."""
+    """The registered models this gateway serves (``MEDOPS_GATEWAY_MODELS``, a JSON list),
+    whatever their task: preprocessing and decision rules come from each version's metadata.
+    The models named by ``model_files`` and by the routing document are served too. One
+    absent from the routing document is served from its ``champion`` alias once that exists;
+    until then it alone answers 503 and readiness does not wait for it."""
 
     model_files: dict[str, Path] = Field(default_factory=dict)
     """Serve these ONNX files (model name -> path) as version ``1`` instead of asking the
     registry; for a laptop without a registry and for tests."""
+
+    tasks_dir: Path = Field(
+        default=Path("tasks"),
+        validation_alias=AliasChoices("MEDOPS_GATEWAY_TASKS_DIR", "MEDOPS_TASKS_DIR"),
+    )
+    """The task files (``MEDOPS_GATEWAY_TASKS_DIR``, else ``MEDOPS_TASKS_DIR``), read once at
+    start: their chain files are the chains ``/v1/analyze?chain=NAME`` runs (those whose models
+    this gateway serves). The gateway image ships the repository's ``tasks/``."""
+
+    default_chain: str | None = "brain-tumor-two-stage"
+    """The chain ``/v1/analyze`` runs when a request names neither a model nor a chain; it must
+    be declared in ``tasks_dir`` and its models served, or the gateway does not start. Empty
+    or ``None``: such requests get 404 naming the chains."""
 
     poll_seconds: float = 10.0
     """How often the registry aliases are checked; a moved alias is loaded and swapped in

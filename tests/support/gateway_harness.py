@@ -60,14 +60,18 @@ def write_tiny_model(
     threshold: float = 0.5,
     seed: int = 0,
     metadata: dict[str, str] | None = None,
+    task: str | None = None,
+    classes: list[str] | None = None,
 ) -> Path:
     """A small seeded conv net obeying the ONNX contract of ``medops.modelspec``;
-    ``metadata`` adds keys (e.g. a segmenter's two-stage rule)."""
+    ``metadata`` adds keys (e.g. a segmenter's two-stage rule). A name outside
+    :data:`TASKS` needs its ``task`` and ``classes``."""
     import onnx
     import torch
     from torch import nn
 
-    task, classes = TASKS[name]
+    if task is None or classes is None:
+        task, classes = TASKS[name]
     torch.manual_seed(seed)
 
     def bias(layer: nn.Module) -> torch.Tensor:

@@ -220,6 +220,8 @@ class RoutingConfig(_Doc):
     ) -> dict[str, ModelRouting]:
         context = info.context if isinstance(info.context, Mapping) else {}
         known = context.get("known_models", MODEL_NAMES)
+        if known is None:  # the caller serves whatever the document names
+            return models
         unknown = sorted(set(models) - set(known))
         if unknown:
             raise ValueError(
@@ -234,7 +236,7 @@ class RoutingConfig(_Doc):
 
     @classmethod
     def from_document(
-        cls, document: Any, *, known_models: Collection[str] = MODEL_NAMES
+        cls, document: Any, *, known_models: Collection[str] | None = MODEL_NAMES
     ) -> RoutingConfig:
         """Validate a routing document (camelCase or snake_case keys).
 
@@ -246,13 +248,17 @@ class RoutingConfig(_Doc):
             )
         body = {k: v for k, v in document.items() if k not in _SERVER_KEYS}
         try:
-            return cls.model_validate(body, context={"known_models": tuple(known_models)})
+            known = None if known_models is None else tuple(known_models)
+            return cls.model_validate(body, context={"known_models": known})
         except ValidationError as exc:
             raise InvalidInputError(f"invalid routing document: {_describe(exc)}") from None
 
     @classmethod
-    def from_file(cls, path: Path, *, known_models: Collection[str] = MODEL_NAMES) -> RoutingConfig:
-        """Read a routing document from a YAML or JSON file (as the Helm chart mounts it)."""
+    def from_file(
+        cls, path: Path, *, known_models: Collection[str] | None = MODEL_NAMES
+    ) -> RoutingConfig:
+        """Read a routing document from a YAML or JSON file (as the Helm chart mounts it);
+        ``known_models`` None accepts any model name."""
         try:
             text = path.read_text(encoding="utf-8")
             document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
