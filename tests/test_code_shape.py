@@ -95,6 +95,25 @@ def test_the_rest_layer_only_parses_and_writes() -> None:
     assert "import numpy" not in source and "np." not in source
 
 
+def test_the_clinical_plane_and_the_gateway_name_no_model() -> None:
+    """Tasks, sizes, classes and rules come from each version's metadata, the chains from the
+    task files: no model name in the analysis flow or the gateway's serving code (the
+    settings' defaults aside)."""
+    from medops.modelspec import MODEL_NAMES
+
+    sources = [*(ROOT / "medops" / "clinical").glob("*.py")]
+    sources += [
+        p
+        for p in (ROOT / "services" / "gateway").glob("*.py")
+        if p.name not in ("settings.py", "README.md")
+    ]
+    for path in sources:
+        text = path.read_text()
+        named = [n for n in MODEL_NAMES if n in text]
+        assert not named, (path.name, named)
+        assert "CLASSIFIER" not in text and "SEGMENTER" not in text, path.name
+
+
 def _image_files(dockerfile: str) -> list[str]:
     """The tracked files the image's build context holds (its ``.dockerignore`` allow-list)."""
     rules = (ROOT / "infra" / "docker" / f"{dockerfile}.dockerignore").read_text().splitlines()
@@ -118,6 +137,11 @@ def _image_files(dockerfile: str) -> list[str]:
 def test_the_gateway_image_holds_no_test_harness() -> None:
     files = _image_files("Dockerfile.gateway")
     assert "services/gateway/rest.py" in files and "medops/clinical/plane.py" in files
+    # the chains the gateway serves are read from the task files at start
+    assert {str(p.relative_to(ROOT)) for p in (ROOT / "tasks").glob("*.yaml")} <= set(files)
+    dockerfile = (ROOT / "infra" / "docker" / "Dockerfile.gateway").read_text()
+    assert "COPY tasks /opt/medops/tasks" in dockerfile
+    assert "MEDOPS_TASKS_DIR=/opt/medops/tasks" in dockerfile
     assert not [f for f in files if f.startswith("tests/") or "harness" in f]
     for f in files:
         if f.endswith(".py"):

@@ -492,10 +492,12 @@ BAD_VALUES = {
     "zero GPUs": _with("triton.gpu.count", 0),
     "port out of range": _with("gateway.service.httpPort", 70000),
     "unknown backend": _with("gateway.backend", "torchserve"),
+    "no served model": _with("gateway.models", []),
+    "served model name with capitals": _with("gateway.models", ["Polyp"]),
     "enabled as a string": _with("istio.enabled", "yes"),
     "unknown routing mode": _with("routing.mode", "random"),
-    "unknown model": _with(
-        "routing.models.brain-tumour",
+    "model name that is no DNS label": _with(
+        "routing.models.Brain_Tumour",
         {"variants": [{"name": "a", "alias": "champion", "weight": 100}]},
     ),
     "unknown strategy": _with("routing.models.brain-tumor-classifier.strategy", "roulette"),
@@ -618,6 +620,12 @@ def test_the_services_own_settings_accept_the_rendered_environment(
     assert settings.tracking_uri == "http://medops-mlflow:5000"
     assert settings.routing_store_url is not None
     assert settings.routing_store_url.startswith("postgresql://")
+    assert settings.models == [
+        "brain-tumor-classifier",
+        "brain-tumor-segmenter",
+        "brain-tumor-type-classifier",
+    ]
+    assert settings.default_chain == "brain-tumor-two-stage"
     (monitor,) = find(docs, "Deployment", "medops-monitor")
     for name, value in _plain_env(monitor).items():
         monkeypatch.setenv(name, value)
@@ -640,6 +648,40 @@ def test_the_gateway_reads_the_rendered_routing_document(tmp_path: Any) -> None:
     config = RoutingConfig.from_file(path)
     assert config.mode == "mesh"
     assert config.for_model("brain-tumor-classifier").strategy == "canary"
+
+
+def test_the_served_models_and_their_routing_come_from_values(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model of another task joins by values alone: served, routed on a canary, and no
+    default chain when the deployment has none."""
+    from services.gateway.app import served_models
+    from services.gateway.routing import RoutingConfig
+    from services.gateway.settings import GatewaySettings
+
+    values = profile_values("mesh")
+    values.setdefault("gateway", {}).update(models=["polyp-segmenter"], defaultChain="")
+    values["routing"]["models"] = {
+        "polyp-segmenter": {
+            "strategy": "canary",
+            "variants": [
+                {"name": "champion", "alias": "champion", "weight": 90},
+                {"name": "canary", "alias": "challenger", "weight": 10},
+            ],
+        }
+    }
+    docs = render(values)
+    (gateway,) = find(docs, "Deployment", "medops-gateway")
+    for name, value in _plain_env(gateway).items():
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings()
+    assert settings.models == ["polyp-segmenter"] and not settings.default_chain
+    (cm,) = find(docs, "ConfigMap", "medops-gateway-routing")
+    path = tmp_path / "routing.json"
+    path.write_text(cm["data"]["routing.json"])
+    config = RoutingConfig.from_file(path, known_models=None)
+    assert config.for_model("polyp-segmenter").strategy == "canary"
+    assert served_models(settings, config, None) == ["polyp-segmenter"]
 
 
 def test_gateway_and_monitor_share_a_prediction_log_in_the_bundled_postgresql() -> None:

@@ -116,7 +116,7 @@ def test_preprocessing_is_the_one_training_and_serving_call(catalog: Catalog) ->
 
 def test_the_chain_is_the_gateways(catalog: Catalog) -> None:
     classifier, segmenter = catalog.chain_models("brain-tumor-two-stage")
-    # services/gateway/app.py wires Chain(classifier=CLASSIFIER, segmenter=SEGMENTER)
+    # the gateway reads this file at start: its default chain (GatewaySettings.default_chain)
     assert Chain(classifier=classifier, segmenter=segmenter) == Chain(CLASSIFIER, SEGMENTER)
 
 
