@@ -46,7 +46,8 @@ class ClinicalPlane:
     """The analysis flow over a :class:`Predictor`; stateless between requests.
 
     ``chains`` are the declared chains by name (the task files' chain files);
-    ``default_chain`` runs when a request names neither a model nor a chain. A request may
+    ``default_chain`` runs when a request names neither a model nor a chain (``no_default``:
+    why there is none, for the 404 such a request gets). A request may
     name one served model instead: a classifier then decides every slice, a segmenter masks
     every slice (its task is read from the version's metadata, not from its name)."""
 
@@ -56,6 +57,7 @@ class ClinicalPlane:
         chains: Mapping[str, Chain],
         *,
         default_chain: str | None = None,
+        no_default: str | None = None,
         batch_size: int = 16,
         deid_key: bytes | None = None,
         store: LogStore | None = None,
@@ -68,6 +70,8 @@ class ClinicalPlane:
         self.predictor = predictor
         self.chains = dict(chains)
         self.default_chain = default_chain
+        self.no_default = no_default
+        """Why there is no default chain, for the callers who relied on it."""
         self.batch_size = max(1, batch_size)
         self.deid_key = deid_key or secrets.token_bytes(32)
         self.store = store
@@ -84,7 +88,8 @@ class ClinicalPlane:
         name = request.chain or self.default_chain
         known = ", ".join(self.chains) or "none"
         if name is None:
-            raise NotFoundError(f"no chain named and no default chain; chains: {known}")
+            why = self.no_default or "there is no default chain"
+            raise NotFoundError(f"name a model or a chain ({why}); chains: {known}")
         chain = self.chains.get(name)
         if chain is None:
             raise NotFoundError(f"unknown chain {name!r}; chains: {known}")

@@ -148,42 +148,39 @@ def served_models(
     return list(dict.fromkeys(names))
 
 
-def declared_chains(settings: GatewaySettings, served: list[str]) -> dict[str, Chain]:
-    """The chains of the task files whose models this gateway serves; the default chain must
-    be one of them. Task files with problems stop the start, naming file and field."""
+def declared_chains(
+    settings: GatewaySettings, served: list[str]
+) -> tuple[dict[str, Chain], str | None]:
+    """The chains of the task files whose models this gateway serves, and why the default
+    chain is not among them (None: it is, or there is none). Task files with problems stop
+    the start, naming file and field; a default chain that cannot run is logged and its
+    requests get 404 saying why, so a gateway of other models still starts."""
     from medops.tasks import TaskFileError, load_catalog, task_files
 
     folder = settings.tasks_dir
     default = settings.default_chain or None
-    if not folder.is_dir():
-        if default is not None:
-            raise InvalidInputError(
-                f"task folder {folder} not found: the default chain {default!r} is declared "
-                "there (MEDOPS_GATEWAY_TASKS_DIR; MEDOPS_GATEWAY_DEFAULT_CHAIN='' for none)"
-            )
-        return {}
-    catalog, problems = load_catalog(task_files(folder))
-    if problems:
-        raise TaskFileError(problems)
     chains: dict[str, Chain] = {}
-    for spec in catalog.chains():
-        classifier, segmenter = catalog.chain_models(spec.name)
-        missing = [m for m in (classifier, segmenter) if m is not None and m not in served]
-        if missing:
-            if spec.name == default:
-                raise InvalidInputError(
-                    f"default chain {default!r} needs model(s) {', '.join(missing)}, which "
-                    f"this gateway does not serve (served: {', '.join(served)})"
-                )
-            log.info("chain not served", extra={"chain": spec.name, "missing": missing})
-            continue
-        chains[spec.name] = Chain(classifier=classifier, segmenter=segmenter)
-    if default is not None and default not in chains:
-        raise InvalidInputError(
-            f"default chain {default!r} is not declared in {folder} "
-            f"(chains: {', '.join(chains) or 'none'})"
-        )
-    return chains
+    unserved: dict[str, str] = {}
+    if folder.is_dir():
+        catalog, problems = load_catalog(task_files(folder))
+        if problems:
+            raise TaskFileError(problems)
+        for spec in catalog.chains():
+            classifier, segmenter = catalog.chain_models(spec.name)
+            missing = [m for m in (classifier, segmenter) if m is not None and m not in served]
+            if missing:
+                unserved[spec.name] = f"needs model(s) {', '.join(missing)}, not served here"
+                continue
+            chains[spec.name] = Chain(classifier=classifier, segmenter=segmenter)
+    if default is None or default in chains:
+        return chains, None
+    if not folder.is_dir():
+        why = f"task folder {folder} not found (MEDOPS_GATEWAY_TASKS_DIR)"
+    else:
+        why = unserved.get(default) or f"not declared in {folder}"
+    problem = f"the default chain {default!r} is not served: {why}"
+    log.warning("default chain not served", extra={"chain": default, "reason": why})
+    return chains, problem
 
 
 def build_gateway(settings: GatewaySettings) -> Gateway:
@@ -222,7 +219,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         with contextlib.suppress(InvalidInputError):
             stored = RoutingConfig.from_document(fleet.document, known_models=None)
     served = served_models(settings, config, stored)
-    chains = declared_chains(settings, served)
+    chains, no_default = declared_chains(settings, served)
     router = Router(
         config,
         audit_path=settings.routing_audit_file or default_audit_path(settings.home),
@@ -241,7 +238,8 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     clinical = ClinicalPlane(
         dataplane,
         chains,
-        default_chain=settings.default_chain or None,
+        default_chain=None if no_default else settings.default_chain or None,
+        no_default=no_default,
         batch_size=settings.analyze_batch_size,
         deid_key=settings.deid_key.encode() if settings.deid_key else None,
         store=store,

@@ -84,9 +84,9 @@ class GatewaySettings(ApiKeySettings):
     this gateway serves). The gateway image ships the repository's ``tasks/``."""
 
     default_chain: str | None = "brain-tumor-two-stage"
-    """The chain ``/v1/analyze`` runs when a request names neither a model nor a chain; it must
-    be declared in ``tasks_dir`` and its models served, or the gateway does not start. Empty
-    or ``None``: such requests get 404 naming the chains."""
+    """The chain ``/v1/analyze`` runs when a request names neither a model nor a chain: a chain
+    file of ``tasks_dir`` whose models are served. Empty or ``None``, or not servable (a
+    warning at start): such requests get 404 saying why and naming the chains."""
 
     poll_seconds: float = 10.0
     """How often the registry aliases are checked; a moved alias is loaded and swapped in

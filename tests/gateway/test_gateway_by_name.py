@@ -21,7 +21,6 @@ from gateway_harness import GatewayThread, write_tiny_model
 from gateway_support import SIZE, make_settings, read_keys
 from PIL import Image as PILImage
 
-from medops.errors import InvalidInputError
 from medops.imaging.dicom import write_dicom_series
 from medops.imaging.lgg import lgg_patient_volume
 from medops.modelspec import CLASSIFIER, MODEL_NAMES, SEGMENTER, TYPE_CLASSIFIER
@@ -374,25 +373,54 @@ def test_chains_come_from_the_task_files_and_need_their_models_served(tmp_path: 
         "name: tumour-screen\nchain:\n  classifier: brain-tumor-classifier\n"
     )
     settings = GatewaySettings(tasks_dir=folder)
-    chains = declared_chains(settings, list(MODEL_NAMES))
+    chains, no_default = declared_chains(settings, list(MODEL_NAMES))
     assert {n: c.models for n, c in chains.items()} == {
         CHAIN: (CLASSIFIER, SEGMENTER),
         "tumour-screen": (CLASSIFIER,),
     }
-    # without the segmenter served, the two-stage chain is not served; as the default: no start
-    assert list(declared_chains(settings.model_copy(update={"default_chain": None}), [CLASSIFIER]))
-    with pytest.raises(InvalidInputError, match=f"needs model.s. {SEGMENTER}"):
-        declared_chains(settings, [CLASSIFIER, TYPE_CLASSIFIER])
-    with pytest.raises(InvalidInputError, match="'nope' is not declared"):
-        declared_chains(settings.model_copy(update={"default_chain": "nope"}), list(MODEL_NAMES))
+    assert no_default is None
+    # without the segmenter served, the two-stage chain is not served, and says why
+    chains, no_default = declared_chains(settings, [CLASSIFIER, TYPE_CLASSIFIER])
+    assert list(chains) == ["tumour-screen"]
+    assert no_default is not None and f"needs model(s) {SEGMENTER}" in no_default
+    _, no_default = declared_chains(settings.model_copy(update={"default_chain": "nope"}), [])
+    assert no_default is not None and "'nope' is not served: not declared in" in no_default
 
 
-def test_a_broken_task_file_or_a_missing_task_folder_stops_the_start(tmp_path: Path) -> None:
+def test_a_broken_task_file_stops_the_start_and_a_missing_folder_serves_no_chain(
+    tmp_path: Path,
+) -> None:
     folder = _tasks(tmp_path, "brain-tumor-classifier")
     (folder / "broken.yaml").write_text("name: broken\nchain:\n  classifier: no-such-task\n")
     with pytest.raises(TaskFileError, match=r"broken\.yaml: chain\.classifier: no task named"):
         declared_chains(GatewaySettings(tasks_dir=folder), list(MODEL_NAMES))
     missing = GatewaySettings(tasks_dir=tmp_path / "absent")
-    with pytest.raises(InvalidInputError, match=r"task folder .* not found"):
-        declared_chains(missing, list(MODEL_NAMES))
-    assert declared_chains(missing.model_copy(update={"default_chain": ""}), []) == {}
+    chains, no_default = declared_chains(missing, list(MODEL_NAMES))
+    assert chains == {} and no_default is not None and "not found" in no_default
+    assert declared_chains(missing.model_copy(update={"default_chain": ""}), []) == ({}, None)
+
+
+def test_a_gateway_without_the_default_chains_models_starts_and_says_why(
+    extra_models: dict[str, Path], kvasir_frame: Path, tmp_path: Path
+) -> None:
+    """A polyp-only gateway: the brain chain is not served; its model still is."""
+    settings = make_settings(tmp_path / "home", {POLYP: extra_models[POLYP]}, models=[POLYP])
+    with GatewayThread(settings) as gw:
+        headers = {
+            "authorization": f"Bearer {read_keys(tmp_path / 'home')['client']}",
+            "content-type": "image/jpeg",
+        }
+        default = httpx.post(
+            f"http://{gw.url}/v1/analyze", content=kvasir_frame.read_bytes(), headers=headers
+        )
+        assert default.status_code == 404
+        assert f"the default chain {CHAIN!r} is not served" in default.json()["error"]
+        ok = httpx.post(
+            f"http://{gw.url}/v1/analyze?model={POLYP}",
+            content=kvasir_frame.read_bytes(),
+            headers=headers,
+            timeout=60,
+        )
+        assert ok.status_code == 200 and ok.json()["models"]["segmenter"]["name"] == POLYP
+        ready = httpx.get(f"http://{gw.url}/v2/health/ready")
+        assert ready.status_code == 200 and list(ready.json()["models"]) == [POLYP]
