@@ -191,6 +191,8 @@ class ClinicalPlane:
             raise MedopsError(
                 f"{cls_route.info.name} answered shape {probs.shape}, expected (N, {n_classes})"
             )
+        chosen: np.ndarray
+        flagged: np.ndarray
         if n_classes > 2:
             # a multi-class classifier decides by its most probable class
             chosen = probs.argmax(axis=1)

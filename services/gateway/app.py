@@ -148,39 +148,32 @@ def served_models(
     return list(dict.fromkeys(names))
 
 
-def declared_chains(
-    settings: GatewaySettings, served: list[str]
-) -> tuple[dict[str, Chain], str | None]:
-    """The chains of the task files whose models this gateway serves, and why the default
-    chain is not among them (None: it is, or there is none). Task files with problems stop
-    the start, naming file and field; a default chain that cannot run is logged and its
-    requests get 404 saying why, so a gateway of other models still starts."""
+def declared_chains(settings: GatewaySettings) -> tuple[dict[str, Chain], str | None]:
+    """The chains of the task files, and why the default chain is not among them (None: it
+    is, or there is none). Task files with problems stop the start, naming file and field; a
+    missing default chain is logged and its requests get 404 saying why, so a gateway of
+    other models still starts. A step whose model this gateway does not serve answers 404
+    naming the served models when a request reaches it (``segment=never`` never does)."""
     from medops.tasks import TaskFileError, load_catalog, task_files
 
     folder = settings.tasks_dir
     default = settings.default_chain or None
     chains: dict[str, Chain] = {}
-    unserved: dict[str, str] = {}
     if folder.is_dir():
         catalog, problems = load_catalog(task_files(folder))
         if problems:
             raise TaskFileError(problems)
         for spec in catalog.chains():
             classifier, segmenter = catalog.chain_models(spec.name)
-            missing = [m for m in (classifier, segmenter) if m is not None and m not in served]
-            if missing:
-                unserved[spec.name] = f"needs model(s) {', '.join(missing)}, not served here"
-                continue
             chains[spec.name] = Chain(classifier=classifier, segmenter=segmenter)
     if default is None or default in chains:
         return chains, None
-    if not folder.is_dir():
-        why = f"task folder {folder} not found (MEDOPS_GATEWAY_TASKS_DIR)"
+    if folder.is_dir():
+        why = f"not declared in {folder}"
     else:
-        why = unserved.get(default) or f"not declared in {folder}"
-    problem = f"the default chain {default!r} is not served: {why}"
-    log.warning("default chain not served", extra={"chain": default, "reason": why})
-    return chains, problem
+        why = f"task folder {folder} not found (MEDOPS_GATEWAY_TASKS_DIR)"
+    log.warning("default chain not found", extra={"chain": default, "reason": why})
+    return chains, f"the default chain {default!r} is {why}"
 
 
 def build_gateway(settings: GatewaySettings) -> Gateway:
@@ -219,7 +212,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         with contextlib.suppress(InvalidInputError):
             stored = RoutingConfig.from_document(fleet.document, known_models=None)
     served = served_models(settings, config, stored)
-    chains, no_default = declared_chains(settings, served)
+    chains, no_default = declared_chains(settings)
     router = Router(
         config,
         audit_path=settings.routing_audit_file or default_audit_path(settings.home),

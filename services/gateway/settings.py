@@ -80,13 +80,13 @@ class GatewaySettings(ApiKeySettings):
         validation_alias=AliasChoices("MEDOPS_GATEWAY_TASKS_DIR", "MEDOPS_TASKS_DIR"),
     )
     """The task files (``MEDOPS_GATEWAY_TASKS_DIR``, else ``MEDOPS_TASKS_DIR``), read once at
-    start: their chain files are the chains ``/v1/analyze?chain=NAME`` runs (those whose models
-    this gateway serves). The gateway image ships the repository's ``tasks/``."""
+    start: their chain files are the chains ``/v1/analyze?chain=NAME`` runs; a file with
+    problems stops the start. The gateway image ships the repository's ``tasks/``."""
 
     default_chain: str | None = "brain-tumor-two-stage"
     """The chain ``/v1/analyze`` runs when a request names neither a model nor a chain: a chain
-    file of ``tasks_dir`` whose models are served. Empty or ``None``, or not servable (a
-    warning at start): such requests get 404 saying why and naming the chains."""
+    file of ``tasks_dir``. Empty or ``None``, or not declared there (a warning at start): such
+    requests get 404 saying why and naming the chains."""
 
     poll_seconds: float = 10.0
     """How often the registry aliases are checked; a moved alias is loaded and swapped in

@@ -23,11 +23,11 @@ from PIL import Image as PILImage
 
 from medops.imaging.dicom import write_dicom_series
 from medops.imaging.lgg import lgg_patient_volume
-from medops.modelspec import CLASSIFIER, MODEL_NAMES, SEGMENTER, TYPE_CLASSIFIER
+from medops.modelspec import CLASSIFIER, MODEL_NAMES, SEGMENTER
 from medops.rle import rle_decode_volume
 from medops.tasks import TaskFileError
 from medops.transforms import preprocess_slice, restore_mask
-from services.gateway.app import declared_chains, served_models
+from services.gateway.app import build_gateway, declared_chains, served_models
 from services.gateway.routing import RoutingConfig
 from services.gateway.settings import GatewaySettings
 
@@ -367,24 +367,20 @@ def _tasks(tmp_path: Path, *names: str) -> Path:
     return folder
 
 
-def test_chains_come_from_the_task_files_and_need_their_models_served(tmp_path: Path) -> None:
+def test_chains_come_from_the_task_files(tmp_path: Path) -> None:
     folder = _tasks(tmp_path, "brain-tumor-classifier", "brain-tumor-segmenter", CHAIN)
     (folder / "tumour-screen.yaml").write_text(
         "name: tumour-screen\nchain:\n  classifier: brain-tumor-classifier\n"
     )
     settings = GatewaySettings(tasks_dir=folder)
-    chains, no_default = declared_chains(settings, list(MODEL_NAMES))
+    chains, no_default = declared_chains(settings)
     assert {n: c.models for n, c in chains.items()} == {
         CHAIN: (CLASSIFIER, SEGMENTER),
         "tumour-screen": (CLASSIFIER,),
     }
     assert no_default is None
-    # without the segmenter served, the two-stage chain is not served, and says why
-    chains, no_default = declared_chains(settings, [CLASSIFIER, TYPE_CLASSIFIER])
-    assert list(chains) == ["tumour-screen"]
-    assert no_default is not None and f"needs model(s) {SEGMENTER}" in no_default
-    _, no_default = declared_chains(settings.model_copy(update={"default_chain": "nope"}), [])
-    assert no_default is not None and "'nope' is not served: not declared in" in no_default
+    _, no_default = declared_chains(settings.model_copy(update={"default_chain": "nope"}))
+    assert no_default is not None and "'nope' is not declared in" in no_default
 
 
 def test_a_broken_task_file_stops_the_start_and_a_missing_folder_serves_no_chain(
@@ -393,17 +389,21 @@ def test_a_broken_task_file_stops_the_start_and_a_missing_folder_serves_no_chain
     folder = _tasks(tmp_path, "brain-tumor-classifier")
     (folder / "broken.yaml").write_text("name: broken\nchain:\n  classifier: no-such-task\n")
     with pytest.raises(TaskFileError, match=r"broken\.yaml: chain\.classifier: no task named"):
-        declared_chains(GatewaySettings(tasks_dir=folder), list(MODEL_NAMES))
+        declared_chains(GatewaySettings(tasks_dir=folder))
     missing = GatewaySettings(tasks_dir=tmp_path / "absent")
-    chains, no_default = declared_chains(missing, list(MODEL_NAMES))
+    chains, no_default = declared_chains(missing)
     assert chains == {} and no_default is not None and "not found" in no_default
-    assert declared_chains(missing.model_copy(update={"default_chain": ""}), []) == ({}, None)
+    assert declared_chains(missing.model_copy(update={"default_chain": ""})) == ({}, None)
+    # the gateway does not start on it
+    with pytest.raises(TaskFileError, match=r"broken\.yaml"):
+        build_gateway(make_settings(tmp_path / "home", {}, tasks_dir=folder))
 
 
 def test_a_gateway_without_the_default_chains_models_starts_and_says_why(
     extra_models: dict[str, Path], kvasir_frame: Path, tmp_path: Path
 ) -> None:
-    """A polyp-only gateway: the brain chain is not served; its model still is."""
+    """A polyp-only gateway: the brain chain's models are not served (404 naming the served
+    one); its own model is."""
     settings = make_settings(tmp_path / "home", {POLYP: extra_models[POLYP]}, models=[POLYP])
     with GatewayThread(settings) as gw:
         headers = {
@@ -414,7 +414,7 @@ def test_a_gateway_without_the_default_chains_models_starts_and_says_why(
             f"http://{gw.url}/v1/analyze", content=kvasir_frame.read_bytes(), headers=headers
         )
         assert default.status_code == 404
-        assert f"the default chain {CHAIN!r} is not served" in default.json()["error"]
+        assert default.json()["error"] == f"unknown model {CLASSIFIER!r}; served: {POLYP}"
         ok = httpx.post(
             f"http://{gw.url}/v1/analyze?model={POLYP}",
             content=kvasir_frame.read_bytes(),
