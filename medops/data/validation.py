@@ -39,6 +39,7 @@ _FACTS_FILE = "file-facts.json"
 _FACTS_SCHEMA = 1
 _ROOT_DOCS = {"data.csv", "dataset.json"}
 _MAX_VALUES = 8
+_SHAPES_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,10 @@ class ValidationReport:
             counts = ", ".join(f"{k} {v}" for k, v in s["class_counts"].items())
             lines.append(f"classes  {counts}")
         if s.get("image_shapes"):
-            shapes = ", ".join(f"{k} ({v})" for k, v in s["image_shapes"].items())
+            common = sorted(s["image_shapes"].items(), key=lambda kv: -kv[1])
+            shapes = ", ".join(f"{k} ({v})" for k, v in common[:_SHAPES_SHOWN])
+            if len(common) > _SHAPES_SHOWN:  # frames of hundreds of sizes (Kvasir-SEG: 333)
+                shapes += f" and {len(common) - _SHAPES_SHOWN} other shapes"
             lines.append(f"shapes   {shapes}")
         if s.get("dtypes"):
             lines.append("dtypes   " + ", ".join(f"{k} ({v})" for k, v in s["dtypes"].items()))

@@ -315,9 +315,7 @@ def read_task(path: Path) -> TaskSpec:
     return spec
 
 
-def ingest_task(
-    spec: TaskSpec, data_root: Path, home: Path, *, progress: bool = False
-) -> Manifest:
+def ingest_task(spec: TaskSpec, data_root: Path, home: Path, *, progress: bool = False) -> Manifest:
     """Ingest the task's dataset as the task declares it (layout, folders, mask threshold,
     samples kept together); a folder that reads as another layout is refused."""
     from medops.data.ingestion import ingest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from medops.data import (
     validate,
 )
 from medops.data.layouts import LayoutProblems
+from medops.data.manifest import Manifest, compute_version
 from medops.data.reading import read_2d
 from medops.errors import DatasetError
 from medops.tasks import data_problems, ingest_task, read_task
@@ -87,10 +89,14 @@ def test_an_images_and_masks_folder_pair_is_detected_and_paired_by_stem(tmp_path
     _pair(root, "blank", 40, 40, empty=True)
     assert detect_layout(root) == "image-mask-folders"
     m = ingest(root, tmp_path / "home")
-    assert (m.layout, m.kind, m.classes) == ("image-mask-folders", "segmentation", [
-        "background",
-        "foreground",
-    ])
+    assert (m.layout, m.kind, m.classes) == (
+        "image-mask-folders",
+        "segmentation",
+        [
+            "background",
+            "foreground",
+        ],
+    )
     assert [s.sample_id for s in m.samples] == sorted(
         ["blank", "jpeg", *(f"frame{i:02d}" for i in range(6))]
     )
@@ -143,7 +149,7 @@ def test_orphan_masks_unreadable_files_and_size_mismatches_are_named(tmp_path: P
     (root / "masks" / "stray.png").unlink()
     (root / "masks" / "frame01.png").unlink()
     (root / "images" / "frame01.png").unlink()
-    with pytest.raises(LayoutProblems, match="mask masks/frame02.png is 10x12 but image "):
+    with pytest.raises(LayoutProblems, match=r"mask masks/frame02\.png is 10x12 but image "):
         ingest(root, tmp_path / "home")
 
 
@@ -236,8 +242,7 @@ def test_no_declared_pair_is_ever_split_over_many_seeds(tmp_path: Path) -> None:
                 assert len({side(fold, s) for s in pair}) == 1, (seed, pair)
         ungrouped = split_dataset(ingest(root, tmp_path / "plain"), seed=seed)
         split_pairs += any(
-            len({n for n in ("train", "val", "test") for s in p if s in getattr(ungrouped, n)})
-            > 1
+            len({n for n in ("train", "val", "test") for s in p if s in getattr(ungrouped, n)}) > 1
             for p in pairs
         )
     assert split_pairs > 30  # without the groups the same seeds do split them
@@ -293,3 +298,13 @@ def test_real_kvasir_seg_ingests_as_the_task_declares(data_dir: Path, tmp_path: 
         assert m.by_id[a].patient_id == m.by_id[b].patient_id
     splits = split_dataset(m, seed=0)
     assert sum(len(splits.patients(n)) for n in ("train", "val", "test")) == 876
+
+
+def test_layouts_without_settings_keep_the_versions_they_had(lgg_manifest: Manifest) -> None:
+    # the version formula before reading settings existed: LGG caches and splits stay valid
+    digest = hashlib.sha256(b"medops-manifest-1\n")
+    for rel, sha in sorted(lgg_manifest.hashes.items()):
+        digest.update(f"{rel}\0{sha}\n".encode())
+    assert lgg_manifest.version == digest.hexdigest()[:16]
+    assert compute_version(lgg_manifest.hashes, {}) == lgg_manifest.version
+    assert lgg_manifest.mask_threshold is None
