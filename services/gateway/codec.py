@@ -9,7 +9,7 @@ import numpy as np
 
 from medops.errors import InvalidInputError
 
-from .types import InferRequest, InferResponse, Tensor, numpy_dtype
+from .types import InferRequest, InferResponse, RestWire, Tensor, numpy_dtype
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -92,7 +92,7 @@ def decode_request(
         id=doc.get("id"),
         outputs=outputs,
         parameters=params,
-        wire=("rest", body, header_length),
+        wire=RestWire(body, header_length),
     )
     return request, binary_out
 
@@ -101,7 +101,7 @@ def encode_response(response: InferResponse, binary: bool) -> tuple[bytes, int |
     """Serialise a response; returns the body and the JSON header length (binary only)."""
     outputs = []
     chunks: list[bytes] = []
-    for t in response.outputs:
+    for t in response.tensors():
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
         if binary:
             raw = np.ascontiguousarray(t.data).tobytes()
