@@ -204,6 +204,7 @@ def test_grpc_raw_answers_are_triton_s_own_bytes_and_match_the_decoding_path(
         assert grpc_output_bytes(decoded) == grpc_output_bytes(direct)
 
 
+@pytest.mark.integration
 def test_the_onnx_backend_answers_the_same_bytes_with_and_without_pass_through(
     gateways: dict[tuple[str, bool], GatewayThread], client_headers: dict[str, str]
 ) -> None:
@@ -220,22 +221,38 @@ def test_the_onnx_backend_answers_the_same_bytes_with_and_without_pass_through(
 
 
 @pytest.mark.integration
-def test_prediction_counts_are_kept_on_the_fast_path(
-    gateways: dict[tuple[str, bool], GatewayThread], client_headers: dict[str, str]
+@pytest.mark.parametrize("backend", ["triton-http", "triton-grpc"])
+def test_requests_stages_and_prediction_counts_are_kept_on_the_fast_path(
+    backend: str, gateways: dict[tuple[str, bool], GatewayThread], client_headers: dict[str, str]
 ) -> None:
-    gw = gateways[("triton-grpc", True)]
+    gw = gateways[(backend, True)]
 
-    def answered() -> float:
+    def metric(prefix: str, *labels: str) -> float:
         text = httpx.get(f"http://{gw.url}/metrics").text
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith("medops_predictions_total{") and f'model="{CLASSIFIER}"' in line
+            if line.startswith(prefix + "{")
+            and f'model="{CLASSIFIER}"' in line
+            and all(label in line for label in labels)
         )
 
-    before = answered()
-    grpc_infer(gw.grpc_url, grpc_message(_batch(n=2, seed=9), CLASSIFIER), client_headers)
-    assert answered() == before + 2  # the forwarded answer was decoded for its classes
+    def counts() -> list[float]:
+        return [
+            metric("medops_requests_total", 'status="200"'),
+            metric("medops_request_duration_seconds_count", 'stage="infer"'),
+            metric("medops_request_duration_seconds_count", 'stage="total"'),
+            metric("medops_predictions_total"),
+        ]
+
+    before = counts()
+    x = _batch(n=2, seed=9)
+    if backend == "triton-grpc":
+        grpc_infer(gw.grpc_url, grpc_message(x, CLASSIFIER), client_headers)
+    else:
+        rest_output_bytes(rest_infer(gw.url, CLASSIFIER, *rest_body(x), client_headers))
+    # one request, each stage observed once, and the forwarded answer decoded for its classes
+    assert counts() == [before[0] + 1, before[1] + 1, before[2] + 1, before[3] + 2]
 
 
 # ---------------------------------------------------------------------- bad input
@@ -387,3 +404,41 @@ def test_a_request_splits_into_its_small_fields_and_views_of_its_tensors() -> No
     for broken in (data[:-3], b"\x0a\xff", b"\x0f"):
         with pytest.raises(InvalidInputError):
             split_raw_contents(broken)
+
+
+def test_the_onnx_backend_runs_on_views_of_the_request_bytes(
+    tiny_models: dict[str, Path],
+) -> None:
+    import asyncio
+
+    from services.gateway.backends import OnnxBackend
+    from services.gateway.types import InferRequest, Tensor
+
+    x = _batch(n=1, seed=12)
+    backend = OnnxBackend(threads=1)
+    fed: list[np.ndarray] = []
+
+    async def run(wire: bytes, offset: int) -> np.ndarray:
+        await backend.load(CLASSIFIER, "1", tiny_models[CLASSIFIER])
+        session = backend._sessions[(CLASSIFIER, "1")]
+        real_run = session.run
+
+        def spy(names: Any, feeds: dict[str, np.ndarray]) -> Any:
+            fed.extend(feeds.values())
+            return real_run(names, feeds)
+
+        session.run = spy  # type: ignore[method-assign]
+        view = np.frombuffer(memoryview(wire)[offset:], np.float32).reshape(x.shape)
+        request = InferRequest(model=CLASSIFIER, inputs=[Tensor("image", view)])
+        answer = await backend.infer(request, "1", 30.0)
+        await backend.close()
+        return np.asarray(answer.outputs[0].data)
+
+    wire = b"\0" * 8 + x.tobytes()
+    aligned = asyncio.run(run(wire, 8))
+    assert np.shares_memory(fed[0], np.frombuffer(wire, np.uint8))  # a view, not a copy
+    backend = OnnxBackend(threads=1)
+    odd = b"\0" * 5 + x.tobytes()
+    unaligned = asyncio.run(run(odd, 5))
+    assert fed[1].flags.aligned and not np.shares_memory(fed[1], np.frombuffer(odd, np.uint8))
+    np.testing.assert_array_equal(aligned, unaligned)
