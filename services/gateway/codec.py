@@ -9,7 +9,14 @@ import numpy as np
 
 from medops.errors import InvalidInputError
 
-from .types import InferRequest, InferResponse, RestWire, Tensor, numpy_dtype
+from .types import (
+    InferRequest,
+    InferResponse,
+    RestWire,
+    Tensor,
+    numpy_dtype,
+    refuse_shared_memory,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -24,6 +31,7 @@ def _tensor_from_json(item: dict[str, Any], binary: memoryview, offset: int) -> 
     dtype = numpy_dtype(str(item.get("datatype")), f"input {name!r}")
     count = int(np.prod(shape)) if shape else 1
     params = dict(item.get("parameters") or {})
+    refuse_shared_memory(params, f"input {name!r}")
     size = params.pop("binary_data_size", None)
     if size is not None:
         size = int(size)
@@ -83,6 +91,7 @@ def decode_request(
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise InvalidInputError("outputs[]: every output needs a string 'name'")
             outputs.append(out["name"])
+            refuse_shared_memory(out.get("parameters") or {}, f"output {out['name']!r}")
             if (out.get("parameters") or {}).get("binary_data", False):
                 binary_out = True
     request = InferRequest(

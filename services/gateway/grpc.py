@@ -32,7 +32,14 @@ from medops.service.logs import MODEL, REQUEST_ID, VARIANT
 from .backends.tritongrpc import CHANNEL_OPTIONS
 from .dataplane import DataPlane
 from .protowire import split_raw_contents
-from .types import GrpcWire, InferRequest, InferResponse, Tensor, numpy_dtype
+from .types import (
+    GrpcWire,
+    InferRequest,
+    InferResponse,
+    Tensor,
+    numpy_dtype,
+    refuse_shared_memory,
+)
 
 log = logging.getLogger("medops.gateway.access")
 
@@ -56,6 +63,7 @@ SERVICE = "inference.GRPCInferenceService"
 
 
 def _tensor(spec: Any, raw: memoryview | bytes | None) -> Tensor:
+    refuse_shared_memory(spec.parameters, f"input {spec.name!r}")
     shape = [int(d) for d in spec.shape]
     dtype = numpy_dtype(spec.datatype, f"input {spec.name!r}")
     count = int(np.prod(shape)) if shape else 1
@@ -88,6 +96,8 @@ def decode_infer(message: bytes) -> InferRequest:
     inputs = [_tensor(spec, raws[i] if raws else None) for i, spec in enumerate(request.inputs)]
     if not inputs:
         raise InvalidInputError("ModelInferRequest holds no inputs")
+    for output in request.outputs:
+        refuse_shared_memory(output.parameters, f"output {output.name!r}")
     return InferRequest(
         model=request.model_name,
         version=request.model_version or None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,15 @@ def count_nonfinite(dtype: np.dtype[Any], buffer: bytes | memoryview | np.ndarra
         return 0
     values = buffer if isinstance(buffer, np.ndarray) else np.frombuffer(buffer, dtype=dtype)
     return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def refuse_shared_memory(parameters: Iterable[str], where: str) -> None:
+    """Shared memory regions are between the gateway and its backend: a caller naming one
+    (forwarded as it came) would have the backend read or write tensors it does not own."""
+    if any(str(key).startswith("shared_memory") for key in parameters):
+        raise InvalidInputError(
+            f"{where}: shared memory parameters are not accepted; send the tensor's data"
+        )
 
 
 @dataclass

@@ -262,6 +262,18 @@ def _rest_cases() -> list[tuple[str, str, bytes, dict[str, str], int, str]]:
     x, nan = _batch(n=1), _batch(n=1)
     nan[0, 0, 0, 0], nan[0, 1, 2, 3], nan[0, 2, 4, 5] = np.nan, np.inf, -np.inf
     short_body, short_headers = rest_body(x)
+    region = {"shared_memory_region": "medops-0", "shared_memory_byte_size": 16}
+    shm_input = {"name": "image", "datatype": "FP32", "shape": [1, 3, SIZE, SIZE]}
+    shm_in = json.dumps({"inputs": [{**shm_input, "parameters": region}]}).encode()
+    out_header = json.dumps(
+        {
+            "inputs": [{**shm_input, "parameters": {"binary_data_size": x.nbytes}}],
+            "outputs": [{"name": "probabilities", "parameters": region}],
+        }
+    ).encode()
+    shm_out = out_header + x.tobytes()
+    out_headers = {"inference-header-content-length": str(len(out_header))}
+    as_json = {"content-type": "application/json"}
     return [
         ("size vs shape", CLASSIFIER, *rest_body(x, size=1000), 400, "do not match shape"),
         ("short body", CLASSIFIER, short_body[:-4], short_headers, 400, "runs past the end"),
@@ -271,6 +283,8 @@ def _rest_cases() -> list[tuple[str, str, bytes, dict[str, str], int, str]]:
         ("unknown model", "no-such-model", *rest_body(x), 404, "unknown model"),
         ("nan", CLASSIFIER, *rest_body(nan), 400, "3 non-finite value(s)"),
         ("too large", CLASSIFIER, *rest_body(_batch(n=5)), 413, "exceeds the limit"),
+        ("shm input", CLASSIFIER, shm_in, as_json, 400, "shared memory parameters"),
+        ("shm output", CLASSIFIER, shm_out, out_headers, 400, "shared memory parameters"),
     ]  # fmt: skip
 
 
@@ -296,6 +310,11 @@ def _grpc_cases() -> list[tuple[str, bytes, grpc.StatusCode, str]]:
     wrong_size = service_pb2.ModelInferRequest(model_name=CLASSIFIER)
     wrong_size.inputs.add(name="image", datatype="FP32", shape=list(x.shape))
     wrong_size.raw_input_contents.append(x.tobytes()[:-8])
+    shm_in = service_pb2.ModelInferRequest(model_name=CLASSIFIER)
+    spec = shm_in.inputs.add(name="image", datatype="FP32", shape=list(x.shape))
+    spec.parameters["shared_memory_region"].string_param = "medops-0"
+    shm_out = service_pb2.ModelInferRequest.FromString(grpc_message(x, CLASSIFIER))
+    shm_out.outputs.add(name="probabilities").parameters["shared_memory_region"].string_param = "r"
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     return [
         ("size vs shape", wrong_size.SerializeToString(), invalid, "bytes do not match shape"),
@@ -307,6 +326,8 @@ def _grpc_cases() -> list[tuple[str, bytes, grpc.StatusCode, str]]:
         ("too large", grpc_message(_batch(n=5), CLASSIFIER), grpc.StatusCode.RESOURCE_EXHAUSTED,
          ""),
         ("not protobuf", b"\x0a\xff\xff\xff", invalid, "ModelInferRequest"),
+        ("shm input", shm_in.SerializeToString(), invalid, "shared memory parameters"),
+        ("shm output", shm_out.SerializeToString(), invalid, "shared memory parameters"),
     ]  # fmt: skip
 
 
