@@ -4,9 +4,8 @@ SQLite in WAL mode with ``synchronous=FULL`` by default (one file, no server; re
 block the writer), PostgreSQL as an option. :meth:`PredictionStore.record` commits before it
 returns, so whatever was acknowledged survives a crash or a restart; concurrent writers share
 one commit (group commit), so a busy gateway pays one fsync per group, not per request.
-Nothing here may
-identify a patient: no patient ids, names, UIDs or file names, only a request id, model
-facts, outputs and numbers that describe the pixels.
+Nothing here may identify a patient: no patient ids, names, UIDs or file names, only a request
+id, model facts, outputs and numbers that describe the pixels.
 """
 
 from __future__ import annotations
