@@ -47,6 +47,8 @@ def test_reference_is_stored_with_the_model_version(
         set(lgg_split.calibration_groups)
     )
     assert calibration["calibration_rate"] <= 0.01 and 0 < calibration["column_level"] <= 0.01
+    assert calibration["traffic"] == "whole studies, patients in random order"
+    assert 0.0 <= calibration["heldout_rate"] <= 1.0
     assert {"p1", "noise", "bias_field", "emb_0", "emb_3"} <= set(lgg_reference.thresholds)
     # no identifiers in the stored reference: numbers only
     assert all(np.issubdtype(t, np.number) for t in lgg_reference.frame.dtypes)
