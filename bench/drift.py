@@ -1,18 +1,22 @@
 """Calibrated drift alarms on real data: false alarms, detection and delay, and their cost.
 
-Per model, on LGG patients split as the pipeline splits them: a reference (half the
-patients, the training split's role), calibration patients (a quarter, the validation
-split's), and held-out development patients (the last quarter, used for nothing else).
-The classifier sees every slice; the segmenter the slices the classifier flags, here the
-tumour-labelled ones (what a perfect classifier flags; no model is trained for this).
+Per model, on the LGG patients in leave-patients-out rounds: each quarter of the patients in
+turn is the held-out development set (used for nothing else in its round); of the others, two
+thirds make the reference (the training split's role) and one third joins them to calibrate
+(the validation split's), as the pipeline does. The classifier sees every slice; the
+segmenter the slices the classifier flags, here the tumour-labelled ones (what a perfect
+classifier flags; no model is trained for this). Healthy traffic arrives as whole studies:
+every slice of one patient, then the next, patients in random order.
 
-1. The false-alarm rate on the development patients at the calibrated thresholds, for
-   windows of 100 predictions drawn from one patient, from half of them, and from all.
-2. Detection on shifted sets: other-scanner images (the 4-class JPEGs; tumour classes
-   only for the segmenter), Gaussian noise and a bias field on development slices. A
-   stream of healthy predictions turns shifted; the newest 100 are judged after every
-   prediction: the detection rate (windows fully shifted that alarm) and the delay (shifted
-   predictions until the first alarm).
+1. The false-alarm rate on the development patients at the calibrated thresholds, windows of
+   100 consecutive predictions of that stream (the stated target, with a binomial 95 %
+   interval; windows overlap and share patients, so the disjoint windows the data holds are
+   counted too), and as a stress case windows of one patient's slices alone.
+2. Detection on shifted sets: other-scanner images (the 4-class JPEGs; tumour classes only
+   for the segmenter), Gaussian noise and a bias field on development studies. A stream of
+   healthy predictions turns shifted; the newest 100 are judged after every prediction: the
+   detection rate (windows fully shifted that alarm) and the delay (shifted predictions until
+   the first alarm).
 3. What it costs: calibration at export, one window at run time (the fast statistic and
    Evidently's report on the same columns).
 
@@ -31,12 +35,14 @@ import numpy as np
 import pandas as pd
 import tifffile
 from PIL import Image as PILImage
+from scipy import stats
 
 from medops.monitoring.drift import (
     CalibrationSet,
     ReferenceDistances,
     build_reference,
     compute_drift,
+    draw_stream_windows,
     draw_windows,
     load_reference,
 )
@@ -98,134 +104,169 @@ def _pick(items: list, keep: list[bool]) -> list:
     return [x for x, k in zip(items, keep, strict=True) if k]
 
 
+def interval(hits: int, total: int) -> str:
+    """``rate [low, high]``: the exact binomial 95 % interval."""
+    ci = stats.binomtest(hits, total).proportion_ci(0.95)
+    return f"{hits / total:6.2%} [{ci.low:.2%}, {ci.high:.2%}]"
+
+
+def healthy_then_shifted(healthy: np.ndarray, shifted: np.ndarray) -> np.ndarray:
+    """Windows of the newest 100 after each shifted prediction of ``healthy`` then ``shifted``."""
+    stream = np.concatenate([healthy, shifted])
+    return np.stack([stream[t : t + WINDOW] for t in range(1, len(shifted) + 1)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=256, help="model input size")
-    parser.add_argument("--streams", type=int, default=50, help="shifted streams per cell")
-    parser.add_argument("--windows", type=int, default=2000, help="healthy windows per cell")
+    parser.add_argument("--streams", type=int, default=20, help="shifted streams per round")
+    parser.add_argument("--windows", type=int, default=1000, help="healthy windows per round")
     parser.add_argument("--per-class", type=int, default=100, help="4-class images per class")
+    parser.add_argument("--rounds", type=int, default=4, help="leave-patients-out rounds")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
 
     t0 = time.perf_counter()
     patients = lgg_patients()
-    parts = {
-        name: read_lgg([p for i, p in enumerate(patients) if i % 4 in quarters])
-        for name, quarters in (("reference", (0, 1)), ("calibration", (2,)), ("dev", (3,)))
-    }
-    print(
-        "data: "
-        + ", ".join(
-            f"{name} {len(imgs)} slices / {len(set(groups))} patients"
-            for name, (imgs, groups, _) in parts.items()
-        )
-        + f" ({time.perf_counter() - t0:.1f} s)"
-    )
+    raw, groups, tumour = read_lgg(patients)
+    print(f"data: {len(raw)} slices of {len(patients)} patients ({time.perf_counter() - t0:.1f} s)")
     models = {
         "brain-tumor-classifier": (lambda tumour: [True] * len(tumour), CLASSES),
         "brain-tumor-segmenter": (lambda tumour: tumour, ("glioma", "meningioma", "pituitary")),
     }
+    table = []
     for model, (population, jpeg_classes) in models.items():
-        chosen = {}
-        for name, (imgs, groups, tumour) in parts.items():
-            keep = population(tumour)
-            chosen[name] = (_pick(imgs, keep), _pick(groups, keep))
-        (ref_raw, ref_groups), (cal_raw, cal_groups) = chosen["reference"], chosen["calibration"]
-        dev_raw, dev_groups = chosen["dev"]
-        print(f"\n-- {model}: reference {len(ref_raw)}, calibration {len(cal_raw)}, dev "
-              f"{len(dev_raw)} slices")  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            home = Path(tmp)
-            t0, c0 = time.perf_counter(), time.process_time()
-            build_reference(
-                [preprocess_slice(im, args.size) for im in ref_raw],
-                model=model,
-                model_version="bench",
-                home=home,
-                groups=ref_groups,
-                original_shapes=[im.shape for im in ref_raw],
-                calibration=CalibrationSet(
-                    [preprocess_slice(im, args.size) for im in cal_raw],
-                    groups=cal_groups,
-                    original_shapes=[im.shape for im in cal_raw],
+        keep = population(tumour)
+        images, labels = _pick(raw, keep), np.asarray(_pick(groups, keep))
+        jpegs = read_fourclass(args.per_class, jpeg_classes)
+        false, single, windows_seen, disjoint, heldout_est = 0, 0, 0, 0, []
+        detection: dict[str, list[tuple[bool, int | None]]] = {}
+        calibrate_s, fast_ms, evidently_s = [], [], []
+        print(f"\n-- {model}: {len(images)} slices, {args.rounds} leave-patients-out rounds")
+        for fold in range(args.rounds):
+            # each patient index's quarter: development in one round, never calibration there
+            quarter = np.arange(len(patients)) % args.rounds
+            rest = [i for i in range(len(patients)) if quarter[i] != fold]
+            role = {i: "dev" for i in range(len(patients)) if quarter[i] == fold}
+            role |= {i: "reference" if k % 3 < 2 else "calibration" for k, i in enumerate(rest)}
+            part = {
+                name: [k for k, g in enumerate(labels) if role[int(g)] == name]
+                for name in ("reference", "calibration", "dev")
+            }
+            with tempfile.TemporaryDirectory() as tmp:
+                home = Path(tmp)
+                c0 = time.process_time()
+                build_reference(
+                    [preprocess_slice(images[k], args.size) for k in part["reference"]],
+                    model=model,
+                    model_version="bench",
+                    home=home,
+                    groups=[int(labels[k]) for k in part["reference"]],
+                    original_shapes=[images[k].shape for k in part["reference"]],
+                    calibration=CalibrationSet(
+                        [preprocess_slice(images[k], args.size) for k in part["calibration"]],
+                        groups=[int(labels[k]) for k in part["calibration"]],
+                        original_shapes=[images[k].shape for k in part["calibration"]],
+                    ),
+                )
+                calibrate_s.append(time.process_time() - c0)
+                ref = load_reference(model, "bench", home=home)
+            cal = ref.calibration
+            assert cal is not None and cal.heldout_rate is not None
+            heldout_est.append(cal.heldout_rate)
+            columns = list(ref.thresholds)
+            limits = np.array([ref.thresholds[c] for c in columns])
+            distance = ReferenceDistances(ref.frame, columns)
+            dev_raw = [images[k] for k in part["dev"]]
+            dev_groups = labels[part["dev"]]
+            dev = features(ref, dev_raw, args.size)[columns].to_numpy()
+            streamed = draw_stream_windows(
+                dev, dev_groups, window=WINDOW, draws=args.windows, rng=rng
+            )
+            false += int((distance(streamed) > limits).any(axis=1).sum())
+            alone = draw_windows(
+                dev, dev_groups, window=WINDOW, draws=args.windows, patients=1, rng=rng
+            )
+            single += int((distance(alone) > limits).any(axis=1).sum())
+            windows_seen += args.windows
+            disjoint += len(dev) // WINDOW
+            print(
+                f"  round {fold + 1}: {len(set(dev_groups))} development patients "
+                f"({len(dev)} slices); calibrated on {cal.groups} patients, per-column level "
+                f"{cal.column_level:.4f}, rate {cal.calibration_rate:.2%} on calibration "
+                f"windows, {cal.heldout_rate:.2%} on folds left out of it"
+            )
+            shifted = {
+                "4-class JPEG (other scanners)": (features(ref, jpegs, args.size), None),
+                "Gaussian noise (sd 20)": (
+                    features(ref, [noisy(im, rng) for im in dev_raw], args.size),
+                    dev_groups,
                 ),
-            )
-            ref = load_reference(model, "bench", home=home)
-            print(
-                f"reference built and calibrated: {time.perf_counter() - t0:.1f} s wall, "
-                f"{time.process_time() - c0:.1f} s CPU (features of every slice included)"
-            )
-        assert ref.calibration is not None
-        cal = ref.calibration
-        print(
-            f"calibrated: target {cal.false_alarm_rate:.1%} of windows of {cal.window}, "
-            f"{cal.draws} windows of one held-out patient over {cal.rounds} splits of "
-            f"{cal.groups} patients; per-column level {cal.column_level:.4f}, rate on the "
-            f"calibration windows {cal.calibration_rate:.2%}"
-        )
-        columns = list(ref.thresholds)
-        limits = np.array([ref.thresholds[c] for c in columns])
-        distance = ReferenceDistances(ref.frame, columns)
-        dev = features(ref, dev_raw, args.size)[columns].to_numpy()
-        labels = np.asarray(dev_groups)
-        count = int(np.unique(labels).size)
-        print(f"false alarms on {count} development patients ({args.windows} windows of 100):")
-        for mix, k in (("one patient", 1), ("half of them", max(1, count // 2)), ("all", count)):
-            windows = draw_windows(
-                dev, labels, window=WINDOW, draws=args.windows, patients=k, rng=rng
-            )
-            rate = float((distance(windows) > limits).any(axis=1).mean())
-            sd = np.sqrt(max(rate, 1e-3) * (1 - rate) / args.windows)
-            print(
-                f"  windows from {mix:>13} ({k:>2} patients): {rate:6.2%} ± {sd:.2%} "
-                f"(target {cal.false_alarm_rate:.0%}: ratio {rate / cal.false_alarm_rate:.1f})"
-            )
+                "bias field (0.4-1.6 ramp)": (
+                    features(ref, [bias_field(im) for im in dev_raw], args.size),
+                    dev_groups,
+                ),
+            }
+            for name, (frame, shifted_groups) in shifted.items():
+                bad = frame[columns].to_numpy()
+                healthy = draw_stream_windows(
+                    dev, dev_groups, window=WINDOW, draws=args.streams, rng=rng
+                )
+                if shifted_groups is None:  # no patients: images in random order
+                    after = np.stack(
+                        [bad[rng.choice(len(bad), WINDOW, len(bad) < WINDOW)] for _ in healthy]
+                    )
+                else:
+                    after = draw_stream_windows(
+                        bad, shifted_groups, window=WINDOW, draws=args.streams, rng=rng
+                    )
+                for before, then in zip(healthy, after, strict=True):
+                    fired = (distance(healthy_then_shifted(before, then)) > limits).any(axis=1)
+                    first = int(np.argmax(fired)) + 1 if fired.any() else None
+                    detection.setdefault(name, []).append((bool(fired[-1]), first))
+            window = pd.DataFrame(streamed[0], columns=columns)
+            compute_drift(ref.frame, window.head(50), model=model, thresholds=ref.thresholds,
+                          calibration=cal, html=False)  # fmt: skip  # warm-up
+            c0 = time.process_time()
+            compute_drift(ref.frame, window, model=model, thresholds=ref.thresholds,
+                          calibration=cal, html=False)  # fmt: skip
+            evidently_s.append(time.process_time() - c0)
+            w0 = time.perf_counter()
+            for _ in range(20):
+                (distance(streamed[:1]) > limits).any()
+            fast_ms.append((time.perf_counter() - w0) / 20 * 1e3)
 
-        shifted = {
-            "4-class JPEG (other scanners)": read_fourclass(args.per_class, jpeg_classes),
-            "Gaussian noise (sd 20)": [noisy(im, rng) for im in dev_raw],
-            "bias field (0.4-1.6 ramp)": [bias_field(im) for im in dev_raw],
-        }
         print(
-            f"detection, {args.streams} streams of 100 healthy (all development patients) then "
-            "shifted predictions; window = newest 100 after each prediction:"
+            f"false alarms, target {cal.false_alarm_rate:.0%} of windows of {WINDOW} "
+            f"({windows_seen} windows over {args.rounds} rounds, {disjoint} disjoint):"
         )
+        stream_rate = interval(false, windows_seen)
+        print(f"  stream of whole studies (the target): {stream_rate}")
+        print(f"  expected from calibration (folds left out of it): {np.mean(heldout_est):.2%}")
+        print(f"  stress case, one patient per window:  {interval(single, windows_seen)}")
+        print(f"detection, {args.streams * args.rounds} streams of healthy then shifted studies:")
         print(f"  {'shift':<30} {'detected':>9} {'delay median':>13} {'p90':>6} {'never':>6}")
-        for name, images in shifted.items():
-            bad = features(ref, images, args.size)[columns].to_numpy()
-            delays, detected = [], 0
-            for _ in range(args.streams):
-                healthy = dev[rng.choice(len(dev), WINDOW, replace=False)]
-                after = bad[rng.choice(len(bad), WINDOW, replace=len(bad) < WINDOW)]
-                stream = np.concatenate([healthy, after])
-                windows = np.stack([stream[t : t + WINDOW] for t in range(1, WINDOW + 1)])
-                fired = (distance(windows) > limits).any(axis=1)
-                detected += bool(fired[-1])
-                delays.append(int(np.argmax(fired)) + 1 if fired.any() else None)
-            seen = [d for d in delays if d is not None]
+        cells = []
+        for name, results in detection.items():
+            seen = [d for _, d in results if d is not None]
+            rate = sum(hit for hit, _ in results) / len(results)
             median = f"{np.median(seen):.0f}" if seen else "-"
             p90 = f"{np.percentile(seen, 90):.0f}" if seen else "-"
-            print(
-                f"  {name:<30} {detected / args.streams:>9.0%} {median:>13} {p90:>6} "
-                f"{len(delays) - len(seen):>6}"
-            )
-
-        window = pd.DataFrame(dev[rng.choice(len(dev), WINDOW)], columns=columns)
-        compute_drift(ref.frame, window.head(50), model=model, thresholds=ref.thresholds,
-                      calibration=cal, html=False)  # fmt: skip  # warm-up
-        w0, c0 = time.perf_counter(), time.process_time()
-        compute_drift(ref.frame, window, model=model, thresholds=ref.thresholds,
-                      calibration=cal, html=False)  # fmt: skip
-        ev_cpu = time.process_time() - c0
-        ev_wall = time.perf_counter() - w0
-        w0, c0 = time.perf_counter(), time.process_time()
-        (distance(window.to_numpy()[None]) > limits).any()
-        fast_cpu, fast_wall = time.process_time() - c0, time.perf_counter() - w0
+            never = len(results) - len(seen)
+            print(f"  {name:<30} {rate:>9.0%} {median:>13} {p90:>6} {never:>6}")
+            cells.append(f"{name.split(' (')[0]} {rate:.0%} / {median}")
         print(
-            f"one window of 100 at run time: Evidently {ev_wall:.2f} s wall {ev_cpu:.2f} s CPU, "
-            f"fast statistic {fast_wall * 1e3:.1f} ms wall {fast_cpu * 1e3:.1f} ms CPU "
-            f"(ratio {ev_cpu / max(fast_cpu, 1e-6):.0f}x CPU)"
+            f"cost: calibration {np.mean(calibrate_s):.1f} s CPU per reference (features "
+            f"included); one window of 100: fast statistic {np.mean(fast_ms):.2f} ms, "
+            f"Evidently's report {np.mean(evidently_s):.2f} s CPU"
         )
+        table.append((model, stream_rate, interval(single, windows_seen), cells, fast_ms))
+
+    print("\nsummary (false alarms per window of 100 with the binomial 95 % interval; "
+          "detection rate / median delay in predictions):")  # fmt: skip
+    for model, stream_rate, single_rate, cells, fast_ms in table:
+        print(f"  {model}: stream {stream_rate}; one patient {single_rate}; "
+              f"{'; '.join(cells)}; {np.mean(fast_ms):.2f} ms per window")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Gateway overhead against calling Triton directly: same model, payload and run.
 
-Starts a real Triton (CPU, from .venv-triton) and four gateways in their own processes
-(forwarding over HTTP or gRPC, each with and without input tensors in shared memory), then
+Starts a real Triton (CPU, from .venv-triton) and gateways in their own processes
+(forwarding over HTTP or gRPC, each with and without input tensors in shared memory, and with
+pass-through off: ``*-decode`` decodes and re-encodes every tensor, as before it), then
 measures, for a 1x3x256x256 float32 tensor:
 p50/p99 latency over HTTP (binary tensors) and gRPC, direct and through the gateway, and
 throughput at concurrency 1, 8 and 32. Also ``/v1/analyze`` latency for one LGG slice and for
@@ -201,8 +202,10 @@ def main() -> None:
             # (client transport, gateway backend, shared memory) per case
             setups = {
                 "HTTP": ("http", "triton-http", False),
+                "HTTP-decode": ("http", "triton-http", False),
                 "HTTP+shm": ("http", "triton-http", True),
                 "gRPC": ("grpc", "triton-grpc", False),
+                "gRPC-decode": ("grpc", "triton-grpc", False),
                 "gRPC+shm": ("grpc", "triton-grpc", True),
                 "HTTP+shm+uvloop": ("http", "triton-http", True),
             }
@@ -219,6 +222,8 @@ def main() -> None:
                 extra = {"MEDOPS_GATEWAY_SHARED_MEMORY": "true"} if shm else {}
                 if name.endswith("uvloop"):
                     extra["MEDOPS_GATEWAY_UVLOOP"] = "true"
+                if name.endswith("decode"):
+                    extra["MEDOPS_GATEWAY_PASSTHROUGH"] = "false"
                 proc = stack.enter_context(
                     gateway_process(argv, {**env, **extra}, port, folder / f"{name}.log")
                 )

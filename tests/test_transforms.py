@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -157,3 +159,25 @@ def test_n4_bias_correction_flattens_a_smooth_multiplicative_field() -> None:
     np.testing.assert_array_equal(n4_bias_correction(flat), flat)
     out = preprocess_slice(biased, 48, bias_correction=True)
     assert out.shape == (3, 48, 48) and np.isfinite(out).all()
+
+
+def test_the_brain_models_input_is_pinned_bit_for_bit(lgg_dir: Path) -> None:
+    """What the LGG models get from the shared preprocessing, as sha256 of the float32 bytes:
+    parameterising it for other tasks must leave these unchanged."""
+    import hashlib
+
+    from medops.data.reading import read_2d
+
+    folder = sorted(d for d in lgg_dir.iterdir() if d.is_dir())[0]
+    slice_ = read_2d(folder / f"{folder.name}_10.tif")
+    pinned = {
+        128: "da9aa3703d026e9a08f15bf5192be78aa2fc0ebe18b04d3b04e1ed93e0fa0ad3",
+        256: "abfe7244c4bc8c8ffc573e371698de3b1115902d1e3ba44eee7219eac942a151",
+    }
+    for size, digest in pinned.items():
+        assert hashlib.sha256(preprocess_slice(slice_, size).tobytes()).hexdigest() == digest
+    synthetic = np.random.default_rng(7).integers(0, 256, size=(3, 200, 160), dtype=np.uint8)
+    assert (
+        hashlib.sha256(preprocess_slice(synthetic, 96).tobytes()).hexdigest()
+        == "ff6d57e2c1b2b5dfe5c28ae765988bea7600433c4b0c362c023567001c9aa2e2"
+    )

@@ -9,7 +9,7 @@ load cached, preprocessed arrays for training.
 
 from medops.data.arrays import ArraySet, cache_dir, load_arrays, source_shapes
 from medops.data.ingestion import ingest
-from medops.data.layouts import detect_layout
+from medops.data.layouts import LayoutOptions, detect_layout
 from medops.data.manifest import Manifest, Sample, load_manifest
 from medops.data.splits import Splits, patient_folds, split_dataset
 from medops.data.validation import Issue, ValidationReport, validate
@@ -17,6 +17,7 @@ from medops.data.validation import Issue, ValidationReport, validate
 __all__ = [
     "ArraySet",
     "Issue",
+    "LayoutOptions",
     "Manifest",
     "Sample",
     "Splits",

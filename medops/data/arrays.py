@@ -1,7 +1,7 @@
 """Preprocessed training arrays, cached on disk per dataset version and size.
 
-The cache for one (version, size) is a pair of ``.npy`` files holding a row per sample of
-the manifest (images float32 ``(N, 3, S, S)``, masks uint8 ``(N, 1, S, S)``) opened as memory
+The cache for one (version, size, channels) is a pair of ``.npy`` files holding a row per sample
+of the manifest (images float32 ``(N, C, S, S)``, masks uint8 ``(N, 1, S, S)``) opened as memory
 maps, plus ``done.npy`` marking the rows already filled. A call decodes only the rows it
 needs that are not done yet, so a second call reads straight from the cache, and calls for
 different subsets share one cache.
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from medops.data.layouts import threshold_mask
 from medops.data.manifest import Manifest, Sample, write_json_atomic
 from medops.data.reading import as_mask, read_2d, read_volume
 from medops.errors import DatasetError, InvalidInputError
@@ -38,7 +39,7 @@ class ArraySet:
     """Model-ready arrays for a list of samples, in the order asked for."""
 
     images: np.ndarray
-    """float32 (N, 3, size, size), each row ``preprocess_slice`` of the sample."""
+    """float32 (N, channels, size, size), each row ``preprocess_slice`` of the sample."""
     masks: np.ndarray | None
     """uint8 (N, 1, size, size) of 0/1 for segmentation datasets, else None."""
     labels: np.ndarray
@@ -52,8 +53,11 @@ class ArraySet:
         return len(self.sample_ids)
 
 
-def cache_dir(home: Path, version: str, size: int, *, bias_correction: bool = False) -> Path:
-    return Path(home) / "cache" / version / (f"{size}-n4" if bias_correction else str(size))
+def cache_dir(
+    home: Path, version: str, size: int, *, bias_correction: bool = False, channels: int = CHANNELS
+) -> Path:
+    name = str(size) + ("" if channels == CHANNELS else f"-c{channels}")
+    return Path(home) / "cache" / version / (f"{name}-n4" if bias_correction else name)
 
 
 class _Sources:
@@ -82,7 +86,11 @@ class _Sources:
         if s.mask is None:
             raise DatasetError(f"{s.image} has no mask; run `medops data validate`")
         if s.slice_index is None:
-            return as_mask(read_2d(self.m.root / s.mask, s.mask))
+            decoded = read_2d(self.m.root / s.mask, s.mask)
+            threshold = self.m.mask_threshold
+            if threshold is not None:  # lossy masks: the declared cut, not "non-zero"
+                return threshold_mask(decoded, threshold)
+            return as_mask(decoded)
         seg = self._read_volume(s.mask, "_labels")
         if s.slice_index >= seg.shape[1]:
             raise DatasetError(f"{s.mask} has no slice {s.slice_index}: shape {seg.shape}")
@@ -124,7 +132,9 @@ def _new_memmap(path: Path, dtype: Any, shape: tuple[int, ...]) -> None:
 
 
 class _Cache:
-    def __init__(self, directory: Path, manifest: Manifest, size: int, bias: bool) -> None:
+    def __init__(
+        self, directory: Path, manifest: Manifest, size: int, bias: bool, channels: int
+    ) -> None:
         self.dir = directory
         n = len(manifest.samples)
         self.segmentation = manifest.kind == "segmentation"
@@ -137,7 +147,9 @@ class _Cache:
             "sample_ids_sha256": hashlib.sha256(ids).hexdigest(),
             "masks": self.segmentation,
         }
-        shapes = {"images": (n, CHANNELS, size, size), "masks": (n, 1, size, size)}
+        if channels != CHANNELS:  # absent for 3: caches built before channels varied stay valid
+            meta["channels"] = channels
+        shapes = {"images": (n, channels, size, size), "masks": (n, 1, size, size)}
         directory.mkdir(parents=True, exist_ok=True)
         meta_path = directory / "meta.json"
         fresh = True
@@ -196,10 +208,16 @@ def _gather(source: np.memmap, rows: np.ndarray) -> np.ndarray:
 
 
 def _prepare(
-    sources: _Sources, s: Sample, size: int, segmentation: bool, bias_correction: bool
+    sources: _Sources,
+    s: Sample,
+    size: int,
+    segmentation: bool,
+    bias_correction: bool,
+    channels: int,
 ) -> tuple[np.ndarray, np.ndarray | None]:
+    # the mask takes the image's geometry: the whole frame to size x size, centres aligned
     image = preprocess_slice(
-        sources.image(s), size, channels=CHANNELS, bias_correction=bias_correction
+        sources.image(s), size, channels=channels, bias_correction=bias_correction
     )
     return image, resize_mask(sources.mask(s), size) if segmentation else None
 
@@ -211,12 +229,14 @@ def _fill(
     todo: list[int],
     size: int,
     bias_correction: bool,
+    channels: int,
     bar: tqdm,
 ) -> None:
     segmentation = cache.masks is not None
 
     def prepare(row: int) -> tuple[np.ndarray, np.ndarray | None]:
-        return _prepare(sources, manifest.samples[row], size, segmentation, bias_correction)
+        sample = manifest.samples[row]
+        return _prepare(sources, sample, size, segmentation, bias_correction, channels)
 
     # 2D files decode and preprocess in threads (zlib, JPEG, numpy and torch release the
     # GIL); slices of volumes share one open volume and stay in order on this thread.
@@ -242,14 +262,18 @@ def load_arrays(
     home: Path | str,
     progress: bool = False,
     bias_correction: bool = False,
+    channels: int = CHANNELS,
 ) -> ArraySet:
     """Model-ready arrays for ``sample_ids``, cached under ``<home>/cache/<version>/<size>/``.
 
-    Images are :func:`medops.transforms.preprocess_slice` of each sample (3 channels), masks
-    :func:`medops.transforms.resize_mask` of its mask; labels come from the manifest.
+    Images are :func:`medops.transforms.preprocess_slice` of each sample (``channels``, 3 by
+    default), masks :func:`medops.transforms.resize_mask` of its mask (thresholded at the
+    manifest's mask threshold when it has one); labels come from the manifest.
     """
     if not isinstance(size, int) or size < 1:
         raise InvalidInputError(f"size must be a positive integer, got {size!r}")
+    if not isinstance(channels, int) or not 1 <= channels <= 4:
+        raise InvalidInputError(f"channels must be 1 to 4, got {channels!r}")
     unknown = [sid for sid in sample_ids if sid not in manifest.index]
     if unknown:
         raise InvalidInputError(
@@ -257,10 +281,13 @@ def load_arrays(
         )
     rows = np.array([manifest.index[sid] for sid in sample_ids], dtype=np.intp)
     cache = _Cache(
-        cache_dir(Path(home), manifest.version, size, bias_correction=bias_correction),
+        cache_dir(
+            Path(home), manifest.version, size, bias_correction=bias_correction, channels=channels
+        ),
         manifest,
         size,
         bias_correction,
+        channels,
     )
     todo = sorted({int(r) for r in rows if not cache.done[r]})
     sources = _Sources(manifest)
@@ -272,7 +299,7 @@ def load_arrays(
         file=sys.stderr,
     ) as bar:
         try:
-            _fill(cache, sources, manifest, todo, size, bias_correction, bar)
+            _fill(cache, sources, manifest, todo, size, bias_correction, channels, bar)
         finally:
             if todo:
                 cache.commit()

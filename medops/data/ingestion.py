@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from medops.data.layouts import detect_layout, scan
+from medops.data.layouts import LayoutOptions, detect_layout, scan
 from medops.data.manifest import Manifest, compute_version
 from medops.data.reading import read_bytes, sha256_bytes
 from medops.errors import DatasetError, InvalidInputError
@@ -51,16 +51,26 @@ def datasets_dir(home: Path) -> Path:
 
 
 def ingest(
-    path: Path | str, home: Path | str, *, name: str | None = None, progress: bool = False
+    path: Path | str,
+    home: Path | str,
+    *,
+    name: str | None = None,
+    progress: bool = False,
+    layout: str | None = None,
+    options: LayoutOptions | None = None,
 ) -> Manifest:
     """Ingest the dataset at ``path`` and save its manifest under ``home``.
 
     The layout is detected (see :mod:`medops.data.layouts`); every file is hashed and the
     manifest written to ``<home>/datasets/<name>/<version>/manifest.json``. An unknown or
-    empty layout raises :class:`~medops.errors.DatasetError` naming the path.
+    empty layout raises :class:`~medops.errors.DatasetError` naming the path, and so does a
+    declared ``layout`` the folder does not read as. ``options``: what a task file declares
+    beyond the files (an image-mask-folders mask threshold, samples kept together).
     """
     root = Path(path).expanduser().resolve()
-    layout = detect_layout(root)
+    detected = detect_layout(root, options)
+    if layout is not None and layout != detected:
+        raise DatasetError(f"{root}: declared {layout}, but the folder reads as {detected}")
     if name is not None and not name.strip():
         raise InvalidInputError("name: must not be empty")
     dataset = _slug(name) if name else default_name(root)
@@ -68,7 +78,7 @@ def ingest(
         desc=f"hashing {dataset}", unit="file", disable=not progress, file=sys.stderr, leave=False
     ) as bar:
         hasher = _Hasher(root, bar)
-        found = scan(root, layout, hasher)
+        found = scan(root, detected, hasher, options)
         bar.total = len(set(found.files))
         bar.refresh()
         for rel in found.files:
@@ -85,7 +95,7 @@ def ingest(
         classes=found.classes,
         samples=found.samples,
         patients=found.patients,
-        version=compute_version(hashes),
+        version=compute_version(hashes, found.settings),
         hashes=hashes,
         info=found.info,
     )

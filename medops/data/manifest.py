@@ -49,7 +49,8 @@ class Manifest:
 
     ``version`` is the first 16 hex digits of a sha256 over the sorted (path, content hash)
     pairs, so the same files always give the same version and any changed, added, removed or
-    renamed file gives a new one.
+    renamed file gives a new one; a layout's reading settings (a mask threshold, declared
+    groups) count too.
     """
 
     name: str
@@ -74,6 +75,12 @@ class Manifest:
     def index(self) -> dict[str, int]:
         """Position of each sample id in ``samples``."""
         return {s.sample_id: i for i, s in enumerate(self.samples)}
+
+    @property
+    def mask_threshold(self) -> int | None:
+        """A mask pixel is foreground at this value or above; None: any non-zero value."""
+        value = self.info.get("mask_threshold")
+        return int(value) if isinstance(value, int) else None
 
     def image_path(self, sample: Sample) -> Path:
         return self.root / sample.image
@@ -146,10 +153,14 @@ class Manifest:
         return path
 
 
-def compute_version(hashes: dict[str, str]) -> str:
+def compute_version(hashes: dict[str, str], settings: dict[str, Any] | None = None) -> str:
+    """The content version of a dataset: its files, and the ``settings`` that shaped its
+    samples (none for the layouts whose files say everything)."""
     digest = hashlib.sha256(f"medops-manifest-{MANIFEST_SCHEMA}\n".encode())
     for rel, sha in sorted(hashes.items()):
         digest.update(f"{rel}\0{sha}\n".encode())
+    if settings:
+        digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 

@@ -39,6 +39,7 @@ _FACTS_FILE = "file-facts.json"
 _FACTS_SCHEMA = 1
 _ROOT_DOCS = {"data.csv", "dataset.json"}
 _MAX_VALUES = 8
+_SHAPES_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,16 @@ class ValidationReport:
             f"patients {s.get('patients')}   samples {s.get('samples')}",
         ]
         if "positive_samples" in s:
-            lines.append(f"tumour-positive samples {s['positive_samples']}")
+            positive = s.get("positive_class", "tumour")
+            lines.append(f"{positive}-positive samples {s['positive_samples']}")
         if "class_counts" in s:
             counts = ", ".join(f"{k} {v}" for k, v in s["class_counts"].items())
             lines.append(f"classes  {counts}")
         if s.get("image_shapes"):
-            shapes = ", ".join(f"{k} ({v})" for k, v in s["image_shapes"].items())
+            common = sorted(s["image_shapes"].items(), key=lambda kv: -kv[1])
+            shapes = ", ".join(f"{k} ({v})" for k, v in common[:_SHAPES_SHOWN])
+            if len(common) > _SHAPES_SHOWN:  # frames of hundreds of sizes (Kvasir-SEG: 333)
+                shapes += f" and {len(common) - _SHAPES_SHOWN} other shapes"
             lines.append(f"shapes   {shapes}")
         if s.get("dtypes"):
             lines.append("dtypes   " + ", ".join(f"{k} ({v})" for k, v in s["dtypes"].items()))
@@ -305,9 +310,12 @@ def _check_mask(ck: _Checker, s: Sample, shape: list[int], volume: bool, sid: st
             f"{'x'.join(map(str, expected))}",
             sid,
         )
+    threshold = ck.m.mask_threshold
     if volume:
         if not mf.get("label_map"):
             ck.add("error", "non-binary-mask", f"{s.mask} is not a label map of integers >= 0", sid)
+    elif threshold is not None and threshold > 1:
+        pass  # a declared cut reads many values (JPEG noise around 0 and 255) as two
     elif mf["n_values"] > 2 or (mf["n_values"] == 2 and mf["values"][0] != 0):
         shown = ", ".join(f"{v:g}" for v in mf["values"])
         more = ", ..." if mf["n_values"] > _MAX_VALUES else ""
@@ -315,7 +323,7 @@ def _check_mask(ck: _Checker, s: Sample, shape: list[int], volume: bool, sid: st
             "error",
             "non-binary-mask",
             f"{s.mask} has {mf['n_values']} values ({shown}{more}); expected 0 and one "
-            "foreground value",
+            "foreground value (or a mask threshold: label.mask_threshold of the task file)",
             sid,
         )
 
@@ -467,6 +475,7 @@ def validate(
     }
     if manifest.kind == "segmentation":
         stats["positive_samples"] = sum(s.label == 1 for s in manifest.samples)
+        stats["positive_class"] = manifest.classes[-1]
     else:
         stats["class_counts"] = manifest.class_counts()
     stats.update(_check_samples(ck, progress))

@@ -9,18 +9,22 @@ Every column is compared with Evidently's normed Wasserstein distance (the dista
 the two distributions in units of the reference's standard deviation): unlike a p-value it
 does not call every tiny difference drift once the window is large.
 
-The alarm has a stated false-alarm rate. Brain MRI varies more from patient to patient than
-slices within one patient do, so the alarm is calibrated on patients a reference has not
-seen: the non-test patients (training and validation splits) are split again and again into
-a pseudo-reference and held-out patients, and thousands of windows of ``window`` predictions
-are drawn from one held-out patient at a time (the hardest healthy case). A window raises
-the alarm when any column's distance exceeds its threshold; the thresholds are one quantile
-level of each column's healthy distances, the level chosen so that at most
-``false_alarm_rate`` of the drawn windows raise it (a max-statistic / min-p calibration:
-columns that move together are not counted twice, and a column that never moved in
-calibration alarms on any change). The thresholds, the rate, the window size and how they
-were obtained are stored in ``meta.json`` and used by the monitor as they are; at run time
-an alarm costs one distance per column.
+The alarm has a stated false-alarm rate, for healthy traffic as it arrives: whole studies
+(every slice of one patient, then the next patient, in random order; for the segmenter only
+the slices the classifier flags, so one window spans more patients). Brain MRI varies more
+from patient to patient than slices within one patient do, so the alarm is calibrated on
+patients a reference has not seen: the non-test patients (training and validation splits)
+are split again and again into a pseudo-reference and held-out patients, the held-out
+patients are streamed study after study, and thousands of windows of ``window`` consecutive
+predictions are cut from those streams. A window raises the alarm when any column's
+distance exceeds its threshold; the thresholds are one quantile level of each column's
+healthy distances, the level chosen so that at most ``false_alarm_rate`` of the drawn
+windows raise it (a max-statistic / min-p calibration: columns that move together are not
+counted twice, and a column that never moved in calibration alarms on any change). The same
+calibration repeated with one fold of patients left out, and judged on that fold's windows,
+estimates the rate on patients the thresholds never saw (``heldout_rate``). The thresholds,
+the rate, the window size and how they were obtained are stored in ``meta.json`` and used by
+the monitor as they are; at run time an alarm costs one distance per column.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ DEFAULT_WINDOW = 100
 """Predictions per window the alarm is calibrated for (and the monitor judges)."""
 DEFAULT_DRAWS = 2000
 """Healthy windows drawn to calibrate: 20 exceedances at a 1 % target."""
+TRAFFIC = "whole studies, patients in random order"
+"""How the healthy windows of calibration arrive (see :func:`draw_stream_windows`)."""
 PREDICTION_COLUMNS = ("confidence", "area")
 _REFERENCE_FILE = "reference.parquet"
 _META_FILE = "meta.json"
@@ -158,15 +164,19 @@ class Calibration:
     source: str
     """Which patients made the pool."""
     rounds: int = 40
-    """Times a share of the pool's patients was held out of a pseudo-reference."""
+    """Times a fold of the pool's patients was held out of a pseudo-reference."""
     holdout: float = 0.25
     """Share of the patients held out per round."""
-    patients_per_window: int = 1
-    """Held-out patients each healthy window is drawn from."""
+    traffic: str = TRAFFIC
+    """How the healthy windows were drawn from the held-out patients."""
+    heldout_rate: float | None = None
+    """Share of windows that raised the alarm under thresholds calibrated without their
+    patients (each fold left out in turn): what to expect of patients never seen."""
     method: str = (
-        "max statistic over columns; healthy windows of held-out patients against a "
-        "pseudo-reference of the others; alarm when any column's normed Wasserstein "
-        "distance exceeds its threshold"
+        "max statistic over columns; windows of consecutive predictions of held-out "
+        "patients streamed study after study (patients in random order) against a "
+        "pseudo-reference of the others; alarm when any column's normed Wasserstein distance "
+        "exceeds its threshold"
     )
     seed: int = 0
 
@@ -187,8 +197,9 @@ def draw_windows(
     patients: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """(draws, window, C) healthy windows, each from ``patients`` random patients' rows:
-    without replacement when they have enough rows, a bootstrap of them when not."""
+    """(draws, window, C) windows, each from ``patients`` random patients' rows: without
+    replacement when they have enough rows, a bootstrap of them when not (the stress case of
+    traffic from one patient at a time, not what the alarm is calibrated for)."""
     unique, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(unique.size)]
     out = np.empty((draws, window, values.shape[1]))
@@ -196,6 +207,30 @@ def draw_windows(
         chosen = rng.choice(unique.size, min(patients, unique.size), replace=False)
         rows = np.concatenate([members[g] for g in chosen])
         out[b] = values[rng.choice(rows, window, replace=rows.size < window)]
+    return out
+
+
+def draw_stream_windows(
+    values: np.ndarray,
+    groups: np.ndarray,
+    *,
+    window: int,
+    draws: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(draws, window, C) windows of healthy traffic as it arrives: each is ``window``
+    consecutive rows, at a random place, of a stream of whole studies (every row of one
+    patient in its given order, then the next patient, patients in random order). A patient
+    comes back only when the stream has run through all of them and still needs rows."""
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(unique.size)]
+    out = np.empty((draws, window, values.shape[1]))
+    for b in range(draws):
+        studies = [members[g] for g in rng.permutation(unique.size)]
+        start = int(rng.integers(0, sum(m.size for m in studies)))  # anywhere in one pass
+        while sum(m.size for m in studies) < start + window:
+            studies += [members[g] for g in rng.permutation(unique.size)]
+        out[b] = values[np.concatenate(studies)[start : start + window]]
     return out
 
 
@@ -208,6 +243,30 @@ def drift_columns(frame: pd.DataFrame) -> list[str]:
     ]
 
 
+def _max_statistic_thresholds(scores: np.ndarray, target: float) -> tuple[np.ndarray, float, float]:
+    """Per-column thresholds at one quantile level of (N, C) healthy ``scores``: the largest
+    level at which at most ``target`` of the rows have any column above its threshold.
+    Returns the thresholds, the level and the rate they give on ``scores``."""
+    count = scores.shape[0]
+    ranked = np.sort(scores, axis=0)
+
+    def thresholds_at(level: float) -> np.ndarray:
+        # the (1 - level) quantile of each column's healthy distances
+        k = min(count - 1, math.ceil((1.0 - level) * count) - 1)
+        return np.maximum(ranked[max(k, 0)], _MIN_THRESHOLD)
+
+    def rate_at(level: float) -> float:
+        return float((scores > thresholds_at(level)[None, :]).any(axis=1).mean())
+
+    low, high = 0.0, target
+    if rate_at(high) <= target:
+        low = high
+    while high - low > 0.25 / count:
+        middle = (low + high) / 2
+        low, high = (middle, high) if rate_at(middle) <= target else (low, middle)
+    return thresholds_at(low), low, rate_at(low)
+
+
 def calibrate_alarm(
     pool: pd.DataFrame,
     groups: Sequence[Any],
@@ -217,20 +276,20 @@ def calibrate_alarm(
     draws: int = DEFAULT_DRAWS,
     rounds: int = 40,
     holdout: float = 0.25,
-    patients_per_window: int = 1,
     seed: int = 0,
     source: str = "training patients",
 ) -> tuple[dict[str, float], Calibration]:
-    """Per-column thresholds at which healthy windows raise the alarm at most at the target.
+    """Per-column thresholds at which healthy traffic raises the alarm at most at the target.
 
-    ``pool``: feature rows of non-test patients (the training and validation splits),
-    ``groups`` one patient key per row. Each of ``rounds`` rounds holds ``holdout`` of the
-    patients out of a pseudo-reference made of the others and draws windows of ``window``
-    rows from ``patients_per_window`` held-out patients at a time: what a window of unseen
-    patients looks like against a reference of these. Brain MRI varies more from patient to
-    patient than slices within one do, so windows of one patient are the hardest healthy
-    case. Returns the thresholds (alarm when any column's distance exceeds its own) and the
-    record of how they were obtained.
+    ``pool``: feature rows of non-test patients (the training and validation splits), each
+    patient's rows in the order a study arrives; ``groups`` one patient key per row. The
+    patients are split ``rounds`` times into folds of about ``holdout`` of them (more
+    patients per fold when that few hold too few rows for two windows); each fold in turn is
+    held out of a pseudo-reference made of the others and streamed study after study
+    (:func:`draw_stream_windows`): what windows of unseen patients look like against a
+    reference of these. Returns the thresholds (alarm when any column's distance exceeds its
+    own) and the record of how they were obtained, with the rate measured on each fold under
+    thresholds calibrated without it (``heldout_rate``).
     """
     if not 0.0 < false_alarm_rate < 1.0:
         raise InvalidInputError(f"false_alarm_rate: expected in (0, 1), got {false_alarm_rate}")
@@ -247,62 +306,53 @@ def calibrate_alarm(
     if labels.shape[0] != len(pool):
         raise InvalidInputError(f"groups: {labels.shape[0]} labels for {len(pool)} rows")
     patients = np.unique(labels)
-    held_count = max(1, round(holdout * patients.size))
-    if patients.size - held_count < 2 or len(pool) < 8:
+    if patients.size < 4 or len(pool) < 8:
         raise DatasetError(
             f"calibration: {patients.size} patients ({len(pool)} slices) are too few to hold "
             "some out of a reference; need at least 4"
         )
+    # folds of about `holdout` of the patients, fewer and larger when a fold would hold less
+    # than two windows of rows (the segmenter's few flagged slices per patient)
+    folds = max(2, min(round(1.0 / holdout), len(pool) // (2 * window), patients.size // 2))
     columns = drift_columns(pool)
     if not columns:
         raise DatasetError("calibration: no finite drift column")
     rng = np.random.default_rng(seed)
     values = pool[columns].to_numpy(dtype=np.float64)
-    per_round = np.diff(np.linspace(0, draws, rounds + 1).round().astype(int))
-    healthy = []
-    for n in per_round:
-        held = np.isin(labels, rng.choice(patients, held_count, replace=False))
-        distance = ReferenceDistances(pool.loc[~held, columns], columns)
-        windows = draw_windows(
-            values[held],
-            labels[held],
-            window=window,
-            draws=int(n),
-            patients=patients_per_window,
-            rng=rng,
-        )
-        healthy.append(distance(windows))
-    ranked = np.sort(np.concatenate(healthy), axis=0)
-    scores = np.concatenate(healthy)
-
-    def thresholds_at(level: float) -> np.ndarray:
-        # the (1 - level) quantile of each column's healthy distances
-        k = min(draws - 1, math.ceil((1.0 - level) * draws) - 1)
-        return np.maximum(ranked[max(k, 0)], _MIN_THRESHOLD)
-
-    def rate_at(level: float) -> float:
-        return float((scores > thresholds_at(level)[None, :]).any(axis=1).mean())
-
-    # the largest per-column level whose family of thresholds keeps the rate at the target
-    low, high = 0.0, false_alarm_rate
-    if rate_at(high) <= false_alarm_rate:
-        low = high
-    while high - low > 0.25 / draws:
-        middle = (low + high) / 2
-        low, high = (middle, high) if rate_at(middle) <= false_alarm_rate else (low, middle)
-    limits = thresholds_at(low)
+    splits = max(1, round(rounds / folds))
+    per_fold = max(1, math.ceil(draws / (splits * folds)))
+    healthy: list[list[np.ndarray]] = []
+    for _ in range(splits):
+        scores = []
+        for fold in np.array_split(rng.permutation(patients), folds):
+            held = np.isin(labels, fold)
+            distance = ReferenceDistances(pool.loc[~held, columns], columns)
+            windows = draw_stream_windows(
+                values[held], labels[held], window=window, draws=per_fold, rng=rng
+            )
+            scores.append(distance(windows))
+        healthy.append(scores)
+    every = np.concatenate([s for split in healthy for s in split])
+    limits, level, rate = _max_statistic_thresholds(every, false_alarm_rate)
+    # the same calibration without one fold, judged on that fold's windows
+    alarms = [
+        (scores[k] > _max_statistic_thresholds(np.concatenate(scores[:k] + scores[k + 1 :]),
+                                               false_alarm_rate)[0]).any(axis=1)
+        for scores in healthy
+        for k in range(folds)
+    ]  # fmt: skip
     record = Calibration(
         false_alarm_rate=false_alarm_rate,
         window=window,
-        draws=draws,
-        column_level=low,
-        calibration_rate=rate_at(low),
+        draws=int(every.shape[0]),
+        column_level=level,
+        calibration_rate=rate,
         rows=len(pool),
         groups=int(patients.size),
         source=source,
-        rounds=rounds,
-        holdout=holdout,
-        patients_per_window=patients_per_window,
+        rounds=splits * folds,
+        holdout=1.0 / folds,
+        heldout_rate=float(np.concatenate(alarms).mean()),
         seed=seed,
     )
     return dict(zip(columns, map(float, limits), strict=True)), record

@@ -10,8 +10,10 @@ from medops.tasks.catalog import (
     TaskFile,
     TaskFileError,
     data_problems,
+    ingest_task,
     load_catalog,
     read_spec,
+    read_task,
     task_files,
 )
 from medops.tasks.schema import ChainSpec, Problem, TaskSpec, TrainOverrides
@@ -25,7 +27,9 @@ __all__ = [
     "TaskSpec",
     "TrainOverrides",
     "data_problems",
+    "ingest_task",
     "load_catalog",
     "read_spec",
+    "read_task",
     "task_files",
 ]

@@ -6,18 +6,21 @@ command line or a pipeline reports all of them at once, before anything trains o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
-from medops.data.layouts import LAYOUTS, detect_layout
-from medops.data.reading import is_image_name
+from medops.data.layouts import LAYOUTS, LayoutProblems, detect_layout, scan
+from medops.data.reading import read_bytes, sha256_bytes
 from medops.errors import DatasetError, InvalidInputError
 from medops.tasks.schema import ChainSpec, Problem, TaskSpec, semantic_problems
+
+if TYPE_CHECKING:
+    from medops.data.manifest import Manifest
 
 SUFFIXES = (".yaml", ".yml")
 Spec = TaskSpec | ChainSpec
@@ -244,93 +247,86 @@ def data_path(spec: TaskSpec, data_root: Path) -> Path:
     return Path(data_root) / spec.data.path
 
 
-def _stems(folder: Path) -> dict[str, str]:
-    return {
-        f.stem: f.name
-        for f in folder.iterdir()
-        if f.is_file() and not f.name.startswith(".") and is_image_name(f.name)
-    }
+def _hasher(root: Path) -> Callable[[str], str]:
+    def sha(rel: str) -> str:
+        return sha256_bytes(read_bytes(root / rel, rel))
+
+    return sha
 
 
-def _list(names: Iterable[str], limit: int = 3) -> str:
-    items = sorted(names)
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
+_OPTION_FIELDS = {"images": "data.images", "masks": "data.masks", "together": "groups.together"}
 
 
-def _pair_problems(spec: TaskSpec, root: Path, file: str) -> tuple[list[Problem], set[str]]:
-    images_dir = root / (spec.data.images or "images")
-    masks_dir = root / (spec.data.masks or "masks")
-    problems = []
-    for key, folder in (("data.images", images_dir), ("data.masks", masks_dir)):
-        if not folder.is_dir():
-            problems.append(Problem(file=file, field=key, message=f"{folder} is not a folder"))
-    if problems:
-        return problems, set()
-    images, masks = _stems(images_dir), _stems(masks_dir)
-    if not images:
-        problems.append(Problem(file=file, field="data.images", message=f"{images_dir}: no images"))
-    if without := set(images) - set(masks):
-        problems.append(
-            Problem(
-                file=file,
-                field="data.masks",
-                message=f"{len(without)} of {len(images)} images have no mask in {masks_dir} "
-                f"(e.g. {_list(images[s] for s in without)})",
-            )
-        )
-    if orphans := set(masks) - set(images):
-        problems.append(
-            Problem(
-                file=file,
-                field="data.images",
-                message=f"{len(orphans)} masks have no image in {images_dir} "
-                f"(e.g. {_list(masks[s] for s in orphans)})",
-            )
-        )
-    return problems, set(images)
+def _image_mask_problems(spec: TaskSpec, root: Path, file: str) -> list[Problem]:
+    """The dataset read as the layout's reader reads it for training: pairing, decodable
+    masks, image and mask sizes, the declared groups."""
+    try:
+        scan(root, "image-mask-folders", _hasher(root), spec.layout_options())
+    except LayoutProblems as exc:
+        out = []
+        for option, message in exc.problems:
+            key, _, index = option.partition("[")
+            field = _OPTION_FIELDS[key] + (f"[{index}" if index else "")
+            out.append(Problem(file=file, field=field, message=message))
+        return out
+    except DatasetError as exc:
+        return [Problem(file=file, field="data.path", message=str(exc))]
+    return []
 
 
 def data_problems(spec: TaskSpec, file: str, data_root: Path) -> list[Problem]:
     """What is wrong with the task's data on disk: a missing folder, a layout other than the
-    declared one, images without masks, class folders other than the class list, groups that
-    name samples the data lacks."""
+    declared one, class folders other than the class list; for image-mask-folders the
+    layout's own reading (images without masks, unreadable files, sizes that differ, groups
+    that name samples the data lacks)."""
     root = data_path(spec, data_root).resolve()
     if not root.is_dir():
         problem = "not found" if not root.exists() else "not a folder"
         message = f"{root} {problem} (data root {Path(data_root).resolve()}: MEDOPS_DATA_DIR)"
         return [Problem(file=file, field="data.path", message=message)]
     layout = spec.data.layout
-    samples: set[str] | None = None
     if layout == "image-mask-folders":
-        problems, samples = _pair_problems(spec, root, file)
-        if problems:
-            return problems
-    else:
-        try:
-            detected = detect_layout(root)
-        except DatasetError as exc:
-            return [Problem(file=file, field="data.layout", message=f"{layout}, but {exc}")]
-        if detected == "class-folders" and {d.name for d in root.iterdir() if d.is_dir()} == {
-            "images",
-            "masks",
-        }:
-            detected = "image-mask-folders"
-        if detected != layout:
-            message = f"declared {layout}, but {root} reads as {detected}"
-            return [Problem(file=file, field="data.layout", message=message)]
+        return _image_mask_problems(spec, root, file)
+    try:
+        detected = detect_layout(root)
+    except DatasetError as exc:
+        return [Problem(file=file, field="data.layout", message=f"{layout}, but {exc}")]
+    if detected != layout:
+        message = f"declared {layout}, but {root} reads as {detected}"
+        return [Problem(file=file, field="data.layout", message=message)]
     problems = []
     if spec.label.source == "folder":
         folders = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name[0] not in "._")
         if folders != spec.label.classes:
             message = f"{spec.label.classes} differs from the class folders {folders} of {root}"
             problems.append(Problem(file=file, field="label.classes", message=message))
-    if samples is not None:
-        for i, group in enumerate(spec.groups.together):
-            if missing := [s for s in group if s not in samples]:
-                message = f"{', '.join(missing)} not among the images of {root}"
-                problems.append(Problem(file=file, field=f"groups.together[{i}]", message=message))
     return problems
+
+
+def read_task(path: Path) -> TaskSpec:
+    """The task declared in ``path``; :class:`TaskFileError` with every problem otherwise."""
+    spec, problems = read_spec(Path(path))
+    if problems:
+        raise TaskFileError(problems)
+    if not isinstance(spec, TaskSpec):
+        raise TaskFileError(
+            [Problem(file=Path(path).name, field="chain", message="a chain, not a task")]
+        )
+    return spec
+
+
+def ingest_task(spec: TaskSpec, data_root: Path, home: Path, *, progress: bool = False) -> Manifest:
+    """Ingest the task's dataset as the task declares it (layout, folders, mask threshold,
+    samples kept together); a folder that reads as another layout is refused."""
+    from medops.data.ingestion import ingest
+
+    return ingest(
+        data_path(spec, data_root),
+        home,
+        progress=progress,
+        layout=spec.data.layout,
+        options=spec.layout_options(),
+    )
 
 
 def summary(entry: TaskFile) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from medops.data.layouts import LAYOUTS
+from medops.data.layouts import LAYOUTS, LayoutOptions
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 """Task and model names: DNS labels, as registered model names and routing variants are."""
@@ -26,8 +26,8 @@ Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 """A finite number (an int is one too; a quoted "0.5" is not)."""
 
 Layout = Literal["lgg", "class-folders", "msd", "dicom-folders", "image-mask-folders"]
-"""How the data lies on disk: the layouts of :mod:`medops.data.layouts`, and an images/masks
-folder pair (Kvasir-SEG) whose reader comes with a later step."""
+"""How the data lies on disk: the layouts of :mod:`medops.data.layouts` (``image-mask-folders``
+is an images/masks folder pair such as Kvasir-SEG)."""
 LabelKind = Literal[
     "binary-classification",
     "multiclass-classification",
@@ -207,6 +207,15 @@ class TaskSpec(_Doc):
             for key, value in chosen.train.model_dump(exclude_unset=True).items():
                 out[key] = tuple(value) if isinstance(value, list | tuple) else value
         return out
+
+    def layout_options(self) -> LayoutOptions:
+        """What the data layer reads beyond the files: folder names, mask threshold, groups."""
+        return LayoutOptions(
+            images=self.data.images or "images",
+            masks=self.data.masks or "masks",
+            mask_threshold=self.label.mask_threshold,
+            together=tuple(tuple(group) for group in self.groups.together),
+        )
 
     def preprocess_kwargs(self, preset: str | None = None) -> dict[str, object]:
         """Keyword arguments of ``preprocess_slice`` at ``preset``'s training size."""

@@ -224,7 +224,12 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     models = ModelManager(source, backend, served)
     metrics = GatewayMetrics(CollectorRegistry())
     dataplane = DataPlane(
-        backend, models, router, timeout_s=settings.request_timeout_s, metrics=metrics
+        backend,
+        models,
+        router,
+        timeout_s=settings.request_timeout_s,
+        metrics=metrics,
+        passthrough=settings.passthrough,
     )
     store = PredictionStore(settings.store_url) if settings.prediction_log else None
     auth = settings.authenticator()

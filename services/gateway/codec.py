@@ -9,7 +9,14 @@ import numpy as np
 
 from medops.errors import InvalidInputError
 
-from .types import InferRequest, InferResponse, Tensor, numpy_dtype
+from .types import (
+    InferRequest,
+    InferResponse,
+    RestWire,
+    Tensor,
+    numpy_dtype,
+    refuse_shared_memory,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -24,6 +31,7 @@ def _tensor_from_json(item: dict[str, Any], binary: memoryview, offset: int) -> 
     dtype = numpy_dtype(str(item.get("datatype")), f"input {name!r}")
     count = int(np.prod(shape)) if shape else 1
     params = dict(item.get("parameters") or {})
+    refuse_shared_memory(params, f"input {name!r}")
     size = params.pop("binary_data_size", None)
     if size is not None:
         size = int(size)
@@ -83,6 +91,7 @@ def decode_request(
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise InvalidInputError("outputs[]: every output needs a string 'name'")
             outputs.append(out["name"])
+            refuse_shared_memory(out.get("parameters") or {}, f"output {out['name']!r}")
             if (out.get("parameters") or {}).get("binary_data", False):
                 binary_out = True
     request = InferRequest(
@@ -92,7 +101,7 @@ def decode_request(
         id=doc.get("id"),
         outputs=outputs,
         parameters=params,
-        wire=("rest", body, header_length),
+        wire=RestWire(body, header_length),
     )
     return request, binary_out
 
@@ -101,7 +110,7 @@ def encode_response(response: InferResponse, binary: bool) -> tuple[bytes, int |
     """Serialise a response; returns the body and the JSON header length (binary only)."""
     outputs = []
     chunks: list[bytes] = []
-    for t in response.outputs:
+    for t in response.tensors():
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
         if binary:
             raw = np.ascontiguousarray(t.data).tobytes()

@@ -2,6 +2,12 @@
 
 REST and gRPC layers translate their messages to :class:`InferRequest` and back; everything
 else (routing, version choice, validation, deadlines, shadow copies) happens here once.
+
+Pass-through: a request keeps the bytes it arrived in (its tensors are views of them), so a
+backend speaking the caller's wire forwards them, and the answer goes back as the backend
+wrote it. Validation reads the header and each float tensor once (the NaN rule); the answer
+is decoded only when the plane needs its numbers (a classifier's prediction counts, a shadow
+comparison). ``passthrough=False`` re-encodes every request and answer instead.
 """
 
 from __future__ import annotations
@@ -57,12 +63,14 @@ class DataPlane:
         *,
         timeout_s: float = 30.0,
         metrics: GatewayMetrics | None = None,
+        passthrough: bool = True,
     ) -> None:
         self.backend = backend
         self.models = models
         self.router = router
         self.timeout_s = timeout_s
         self.metrics = metrics
+        self.passthrough = passthrough
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -284,6 +292,8 @@ class DataPlane:
         """Route, validate and run one V2 request; the answer names the variant and version.
         Its count and its ``infer`` and ``total`` stages are observed here, once."""
         start = time.perf_counter()
+        if not self.passthrough:
+            request.wire = None
         entry, variant, shadow = await self.choose(request.model, request.version, headers or {})
         labels = {"model": request.model, "version": entry.version, "variant": variant}
         status = 500
@@ -329,9 +339,9 @@ class DataPlane:
         """Answered classes and their probabilities, for classifiers (cheap: an argmax)."""
         assert self.metrics is not None
         classes = entry.info.classes
-        if entry.info.task != "classification" or not response.outputs:
+        if entry.info.task != "classification" or not response.tensors():
             return
-        probs = np.asarray(response.outputs[0].data)
+        probs = np.asarray(response.tensors()[0].data)
         if probs.ndim != 2 or probs.shape[1] != len(classes):
             return
         for row in probs:
@@ -413,12 +423,12 @@ class DataPlane:
         entry = route.handle
         assert isinstance(entry, LoadedModel)
         response, _ = await self._infer(request, entry, route.variant)
-        return np.asarray(response.outputs[0].data)
+        return np.asarray(response.tensors()[0].data)
 
 
 def _disagree(a: InferResponse, b: InferResponse) -> bool:
     """Whether two answers differ in decision: argmax for (N, K), thresholded masks otherwise."""
-    x, y = np.asarray(a.outputs[0].data), np.asarray(b.outputs[0].data)
+    x, y = np.asarray(a.tensors()[0].data), np.asarray(b.tensors()[0].data)
     if x.shape != y.shape:
         return True
     if x.ndim == 2:

@@ -5,6 +5,10 @@ so ``tritonclient.grpc`` works against the gateway unchanged. Tensors travel as
 ``raw_input_contents`` (what tritonclient sends) or typed ``contents``; answers always use
 ``raw_output_contents``. Routing headers come from the call's metadata; the chosen variant and
 version go back as initial metadata.
+
+``ModelInfer`` takes and returns serialised messages: the request is split, not parsed whole
+(:mod:`.protowire`), so a gRPC backend gets the caller's bytes and the caller gets the
+backend's answer as it came.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from medops.errors import InvalidInputError, MedopsError
@@ -26,7 +31,15 @@ from medops.service.logs import MODEL, REQUEST_ID, VARIANT
 
 from .backends.tritongrpc import CHANNEL_OPTIONS
 from .dataplane import DataPlane
-from .types import InferRequest, Tensor, numpy_dtype
+from .protowire import split_raw_contents
+from .types import (
+    GrpcWire,
+    InferRequest,
+    InferResponse,
+    Tensor,
+    numpy_dtype,
+    refuse_shared_memory,
+)
 
 log = logging.getLogger("medops.gateway.access")
 
@@ -46,9 +59,11 @@ _CONTENTS_FIELD = {
     "FP64": "fp64_contents",
 }
 PUBLIC_METHODS = frozenset({"ServerLive", "ServerReady"})
+SERVICE = "inference.GRPCInferenceService"
 
 
-def _tensor(spec: Any, raw: bytes | None) -> Tensor:
+def _tensor(spec: Any, raw: memoryview | bytes | None) -> Tensor:
+    refuse_shared_memory(spec.parameters, f"input {spec.name!r}")
     shape = [int(d) for d in spec.shape]
     dtype = numpy_dtype(spec.datatype, f"input {spec.name!r}")
     count = int(np.prod(shape)) if shape else 1
@@ -68,21 +83,43 @@ def _tensor(spec: Any, raw: bytes | None) -> Tensor:
     return Tensor(spec.name, np.asarray(values, dtype=dtype).reshape(shape))
 
 
-def decode_infer(request: Any) -> InferRequest:
-    raws = list(request.raw_input_contents)
+def decode_infer(message: bytes) -> InferRequest:
+    """A serialised ``ModelInferRequest`` as an :class:`InferRequest` whose tensors are views
+    of ``message``, which travels along as the request's wire."""
+    small, raws = split_raw_contents(message)
+    try:
+        request = service_pb2.ModelInferRequest.FromString(small)
+    except DecodeError:
+        raise InvalidInputError("ModelInferRequest is not a valid protobuf message") from None
     if raws and len(raws) != len(request.inputs):
         raise InvalidInputError("raw_input_contents must hold one entry per input")
     inputs = [_tensor(spec, raws[i] if raws else None) for i, spec in enumerate(request.inputs)]
     if not inputs:
         raise InvalidInputError("ModelInferRequest holds no inputs")
+    for output in request.outputs:
+        refuse_shared_memory(output.parameters, f"output {output.name!r}")
     return InferRequest(
         model=request.model_name,
         version=request.model_version or None,
         inputs=inputs,
         id=request.id or None,
         outputs=[o.name for o in request.outputs] or None,
-        wire=request,
+        wire=GrpcWire(message),
     )
+
+
+def encode_infer(response: InferResponse) -> bytes:
+    """The serialised ``ModelInferResponse``: the backend's own when it was forwarded."""
+    if isinstance(response.wire, GrpcWire):
+        return response.wire.message
+    r = service_pb2.ModelInferResponse(
+        model_name=response.model, model_version=response.version, id=response.id or ""
+    )
+    for t in response.tensors():
+        r.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        r.raw_output_contents.append(np.ascontiguousarray(t.data).tobytes())
+    serialised: bytes = r.SerializeToString()
+    return serialised
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -170,8 +207,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         return await self._call("ModelMetadata", context, body)
 
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def body(metadata: dict[str, str]) -> Any:
+    async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Serialised in, serialised out (registered without (de)serialisers)."""
+
+        async def body(metadata: dict[str, str]) -> bytes:
             response = await self.dataplane.infer(decode_infer(request), metadata)
             await context.send_initial_metadata(
                 (
@@ -179,15 +218,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     ("x-medops-model-version", response.version),
                 )
             )
-            if isinstance(response.wire, service_pb2.ModelInferResponse):
-                return response.wire
-            r = service_pb2.ModelInferResponse(
-                model_name=response.model, model_version=response.version, id=response.id or ""
-            )
-            for t in response.outputs:
-                r.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
-                r.raw_output_contents.append(np.ascontiguousarray(t.data).tobytes())
-            return r
+            return encode_infer(response)
 
         return await self._call("ModelInfer", context, body)
 
@@ -202,8 +233,11 @@ def create_grpc_server(
         *[o for o in CHANNEL_OPTIONS if not o[0].startswith("grpc.max_")],
     ]
     server = grpc.aio.server(options=options)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, auth), server
+    servicer = InferenceServicer(dataplane, auth)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    # registered again without (de)serialisers: the later registration is the one served
+    server.add_registered_method_handlers(
+        SERVICE, {"ModelInfer": grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)}
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

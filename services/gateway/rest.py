@@ -33,6 +33,7 @@ from medops.service.middleware import ServiceMiddleware
 from .codec import HEADER_LENGTH, decode_request, encode_response
 from .dataplane import DataPlane
 from .settings import GatewaySettings
+from .types import RestWire
 
 ADMIN_PATHS = frozenset({"/v1/routing/audit"})
 
@@ -158,8 +159,8 @@ def create_app(
             model, version, body, int(length) if length is not None else None
         )
         response = await dataplane.infer(infer_request, headers)
-        if isinstance(response.wire, tuple) and response.wire[0] == "rest":
-            _, payload, header_length = response.wire
+        if isinstance(response.wire, RestWire):
+            payload, header_length = response.wire.body, response.wire.header_length
         else:
             payload, header_length = encode_response(response, binary)
         out_headers = {

@@ -41,6 +41,12 @@ class GatewaySettings(ApiKeySettings):
     backend_url: str = "127.0.0.1:8000"
     """``host:port`` (or ``http://host:port``) of the remote backend; unused by ``onnx``."""
 
+    passthrough: bool = True
+    """Forward V2 requests and answers between a caller and a backend that speak the same wire
+    (REST binary tensors to ``triton-http``, gRPC to ``triton-grpc``) as bytes, without
+    decoding and re-encoding tensors; validation still reads what the contract needs. ``false``
+    re-encodes them (to compare, or to debug a backend)."""
+
     shared_memory: bool = False
     """Hand input tensors to Triton through POSIX shared memory instead of the socket. Only
     when the gateway and Triton share a host and ``/dev/shm`` (a sidecar, or one machine);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,15 @@ def count_nonfinite(dtype: np.dtype[Any], buffer: bytes | memoryview | np.ndarra
     return int(values.size - np.count_nonzero(np.isfinite(values)))
 
 
+def refuse_shared_memory(parameters: Iterable[str], where: str) -> None:
+    """Shared memory regions are between the gateway and its backend: a caller naming one
+    (forwarded as it came) would have the backend read or write tensors it does not own."""
+    if any(str(key).startswith("shared_memory") for key in parameters):
+        raise InvalidInputError(
+            f"{where}: shared memory parameters are not accepted; send the tensor's data"
+        )
+
+
 @dataclass
 class Tensor:
     """One named tensor; ``data`` is a numpy array of ``shape``."""
@@ -70,6 +80,25 @@ class Tensor:
         return [int(d) for d in self.data.shape]
 
 
+@dataclass(frozen=True)
+class RestWire:
+    """A V2 REST body as it travelled: a JSON header, then the binary tensors (when
+    ``header_length`` is set)."""
+
+    body: bytes
+    header_length: int | None
+
+
+@dataclass(frozen=True)
+class GrpcWire:
+    """A serialised ``ModelInferRequest`` or ``ModelInferResponse`` as it travelled."""
+
+    message: bytes
+
+
+Wire = RestWire | GrpcWire
+
+
 @dataclass
 class InferRequest:
     model: str
@@ -80,9 +109,10 @@ class InferRequest:
     outputs: list[str] | None = None
     """Requested output names; ``None`` means all."""
     parameters: dict[str, Any] = field(default_factory=dict)
-    wire: Any = None
-    """The request as it arrived (REST: ``(body, header_length)``; gRPC: the protobuf), so a
-    backend speaking the same wire format forwards it untouched instead of re-encoding."""
+    wire: Wire | None = None
+    """The request as it arrived, so a backend speaking the same wire format forwards these
+    bytes instead of re-encoding ``inputs`` (views into them, never copies); ``None`` when the
+    data plane wants it re-encoded."""
 
 
 @dataclass
@@ -93,5 +123,15 @@ class InferResponse:
     id: str | None = None
     variant: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-    wire: Any = None
-    """The backend's answer in the caller's wire format, when it was forwarded untouched."""
+    wire: Wire | None = None
+    """The backend's answer in the caller's wire format, when it was forwarded untouched;
+    then ``outputs`` stays empty until :meth:`tensors` decodes it."""
+    decode: Callable[[], list[Tensor]] | None = None
+    """Decodes ``wire`` into output tensors, for whoever needs the numbers (prediction
+    counts, shadow comparison); set with ``wire``."""
+
+    def tensors(self) -> list[Tensor]:
+        """The outputs as arrays, decoded from the forwarded bytes on first use."""
+        if self.decode is not None:
+            self.outputs, self.decode = self.decode(), None
+        return self.outputs

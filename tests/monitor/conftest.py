@@ -48,8 +48,8 @@ def lgg_split(lgg_dir: Path) -> LggSplit:
     assert len(patients) >= 20, f"expected the LGG patients under {lgg_dir}"
     ref, groups = read_lgg([p for i, p in enumerate(patients) if i % 4 < 2], step=2)
     cal, cal_groups = read_lgg([p for i, p in enumerate(patients) if i % 4 == 2], step=2)
-    held, _ = read_lgg([p for i, p in enumerate(patients) if i % 4 == 3], step=2)
-    return LggSplit(ref, groups, held, cal, cal_groups)
+    held, held_groups = read_lgg([p for i, p in enumerate(patients) if i % 4 == 3], step=2)
+    return LggSplit(ref, groups, held, cal, cal_groups, held_groups)
 
 
 @pytest.fixture(scope="session")

@@ -110,3 +110,5 @@ class LggSplit:
     heldout_raw: list[np.ndarray]
     calibration_raw: list[np.ndarray]
     calibration_groups: list[int]
+    heldout_groups: list[int] = field(default_factory=list)
+    """One patient index per held-out slice, in study order."""

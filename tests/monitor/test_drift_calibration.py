@@ -17,6 +17,7 @@ from medops.monitoring.drift import (
     ReferenceDistances,
     build_reference,
     calibrate_alarm,
+    draw_stream_windows,
     load_reference,
     normed_wasserstein,
 )
@@ -37,18 +38,6 @@ def _patients(rng: np.random.Generator, count: int, slices: int = 40) -> tuple[p
     return pd.DataFrame(np.concatenate(rows), columns=COLUMNS), groups
 
 
-def _windows(frame: pd.DataFrame, groups: list, rng: np.random.Generator, n: int) -> np.ndarray:
-    """Windows of 100 rows, each from one random patient (as calibration draws them)."""
-    labels = np.asarray(groups)
-    patients = np.unique(labels)
-    values = frame[COLUMNS].to_numpy()
-    out = []
-    for _ in range(n):
-        rows = np.flatnonzero(labels == rng.choice(patients))
-        out.append(values[rng.choice(rows, 100, replace=True)])
-    return np.stack(out)
-
-
 def test_the_fast_distance_is_evidentlys_normed_wasserstein() -> None:
     rng = np.random.default_rng(0)
     reference = pd.DataFrame({"p50": rng.normal(size=333), "rows": np.full(333, 256.0)})
@@ -62,25 +51,49 @@ def test_the_fast_distance_is_evidentlys_normed_wasserstein() -> None:
             assert fast[b, c] == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
+def test_stream_windows_are_consecutive_whole_studies_in_random_patient_order() -> None:
+    # row value = patient * 1000 + slice: a window must read as runs of consecutive slices
+    groups = np.repeat(np.arange(12), 30)
+    values = (groups * 1000 + np.tile(np.arange(30), 12)).astype(float)[:, None]
+    windows = draw_stream_windows(
+        values, groups, window=100, draws=300, rng=np.random.default_rng(0)
+    )[:, :, 0]
+    starts = set()
+    for window in windows:
+        patient, slice_ = window // 1000, window % 1000
+        # runs of one study: consecutive slices of one patient
+        runs = np.split(np.arange(100), np.flatnonzero(np.diff(window) != 1) + 1)
+        assert len(runs) >= 4  # 100 predictions of 30-slice studies span four or five
+        # every study but the first and the last of the window is whole
+        assert all(slice_[run[0]] == 0 and slice_[run[-1]] == 29 for run in runs[1:-1])
+        starts.add(int(patient[0]))
+    assert starts == set(range(12))  # patients in random order
+
+
 def test_calibration_reaches_its_stated_false_alarm_rate_and_detects_a_clear_shift() -> None:
     rng = np.random.default_rng(1)
     # the rate is a tail of the patient-to-patient spread: it takes many patients to pin down
     pool, groups = _patients(rng, 300, slices=20)
     thresholds, record = calibrate_alarm(pool, groups, false_alarm_rate=0.05, draws=2000)
     assert record.calibration_rate <= 0.05 and record.groups == 300 and record.window == 100
+    assert record.traffic.startswith("whole studies")
+    # the rate on folds left out of the calibration estimates that of unseen patients
+    assert record.heldout_rate is not None and abs(record.heldout_rate - 0.05) <= 0.03
     reference = ReferenceDistances(pool, COLUMNS)
     limits = np.array([thresholds[c] for c in COLUMNS])
 
-    # 2,000 windows of 100 predictions from 200 patients never seen in calibration
+    # 2,000 windows of 100 predictions streamed from 200 patients never seen in calibration
     unseen, unseen_groups = _patients(rng, 200, slices=20)
-    healthy = _windows(unseen, unseen_groups, rng, 2000)
+    healthy = draw_stream_windows(
+        unseen[COLUMNS].to_numpy(), np.asarray(unseen_groups), window=100, draws=2000, rng=rng
+    )
     rate = float((reference(healthy) > limits).any(axis=1).mean())
-    # the target within sampling error: windows of one patient each, so the error is that of
-    # a 5 % tail seen in 300 and in 200 patients (a binomial sd of about 1.3 and 1.5 %)
+    # the target within sampling error: a window holds five patients, so the error is that
+    # of a 5 % tail of five-patient mixtures seen in 300 and in 200 patients
     assert 0.05 - 0.03 <= rate <= 0.05 + 0.03, rate
 
     shifted = healthy.copy()
-    shifted[:, :, COLUMNS.index("noise")] += 2.0  # 2 sd of the slices: a clear shift
+    shifted[:, :, COLUMNS.index("noise")] += 1.0  # 1 sd of the slices: a clear shift
     detected = (reference(shifted[:500]) > limits).any(axis=1).mean()
     assert detected >= 0.95, detected
 

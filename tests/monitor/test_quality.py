@@ -21,7 +21,8 @@ def _log(store: PredictionStore, i: int, day: int, decision: str, label: str | N
     store.record(
         PredictionRecord(
             request_id=f"q{i}", model="cls", version="1", variant="champion",
-            probabilities={"tumour": 0.9}, features={"p50": 0.1}, decision=decision,
+            probabilities={"no_tumour": 0.1, "tumour": 0.9}, features={"p50": 0.1},
+            decision=decision,
             time=1_700_000_000.0 + day * DAY + i,
         )
     )  # fmt: skip

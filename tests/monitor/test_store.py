@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -170,6 +172,116 @@ def test_acknowledged_records_survive_a_killed_writer(tmp_path: Path) -> None:
     assert {f"w-{i}" for i in range(acked + 1)} <= ids
 
 
+_CONCURRENT_WRITER = """
+import sys, threading
+from medops.monitoring.store import PredictionRecord, PredictionStore
+store = PredictionStore(sys.argv[1])
+printing = threading.Lock()
+
+def write(t):
+    i = 0
+    while True:
+        store.record(PredictionRecord(
+            request_id=f"w{t}-{i}", model="m", version="1", variant="champion",
+            probabilities={"tumour": 0.5}, features={"p50": float(i)}))
+        with printing:  # the acknowledgement: printed only after record() returned
+            print(f"w{t}-{i}", flush=True)
+        i += 1
+
+for t in range(8):
+    threading.Thread(target=write, args=(t,), daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_acknowledged_records_of_concurrent_writers_survive_a_killed_writer(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/crash.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CONCURRENT_WRITER, url], stdout=subprocess.PIPE, text=True
+    )
+    acked: set[str] = set()
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            acked.add(line.strip())
+            if len(acked) >= 400:
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # mid-group: some callers were waiting for a commit
+        proc.wait()
+    assert len(acked) >= 400
+    assert len({a.split("-")[0] for a in acked}) == 8  # every writer thread got acknowledged
+    with PredictionStore(url) as reopened:
+        ids = set(reopened.window("m")["request_id"])
+    assert acked <= ids
+
+
+def _commits(store: PredictionStore) -> list[str]:
+    """The COMMIT statements SQLite runs on the store's connection from now on."""
+    seen: list[str] = []
+    store._conn.set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
+    return seen
+
+
+def _queued_while_busy(store: PredictionStore, recs: list[PredictionRecord]) -> list[object]:
+    """Each record written by its own thread while the connection is busy (a reader holds
+    it), so they all queue; then the connection is freed. Returns each thread's outcome:
+    None when acknowledged, else the exception."""
+    outcomes: list[object] = [None] * len(recs)
+
+    def write(i: int) -> None:
+        try:
+            store.record(recs[i])
+        except Exception as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(recs))]
+    with store._lock:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(store._queue) < len(recs):
+            assert time.monotonic() < deadline, "writers did not queue"
+            time.sleep(0.01)
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
+def test_concurrent_writers_share_one_commit_and_all_are_acknowledged(
+    store: PredictionStore,
+) -> None:
+    commits = _commits(store)
+    outcomes = _queued_while_busy(store, [_rec(i) for i in range(16)])
+    assert outcomes == [None] * 16
+    assert commits == ["COMMIT"]  # one durable commit for sixteen callers
+    assert set(store.window("brain-tumor-classifier")["request_id"]) == {
+        f"req-{i}" for i in range(16)
+    }
+    # without group commit: one commit per caller
+    store.group_commit = False
+    threads = [
+        threading.Thread(target=store.record, args=(_rec(i, variant="shadow"),)) for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert store.count() == 16 + 4 and len(commits) == 1 + 4
+
+
+def test_a_failing_record_fails_only_its_own_caller_in_a_group(store: PredictionStore) -> None:
+    store.record(_rec(5))
+    commits = _commits(store)
+    outcomes = _queued_while_busy(store, [_rec(i) for i in range(10)])
+    assert isinstance(outcomes[5], ConflictError)
+    assert [o for i, o in enumerate(outcomes) if i != 5] == [None] * 9
+    assert commits == ["COMMIT"]
+    assert store.count() == 10
+
+
 def test_postgresql_store_keeps_the_same_contract(postgres_url: str) -> None:
     with PredictionStore(postgres_url) as pg:
         for i in range(3):
@@ -186,3 +298,15 @@ def test_postgresql_store_keeps_the_same_contract(postgres_url: str) -> None:
     assert win["p50"].tolist() == pytest.approx([0.1, 0.2])
     with PredictionStore(postgres_url) as again:  # survives a reconnect
         assert again.count("brain-tumor-classifier") == 3
+
+
+def test_postgresql_group_commit_fails_only_the_conflicting_caller(postgres_url: str) -> None:
+    with PredictionStore(postgres_url) as pg:
+        pg.record(_rec(103))
+        outcomes = _queued_while_busy(pg, [_rec(100 + i) for i in range(6)])
+        assert isinstance(outcomes[3], ConflictError)
+        assert [o for i, o in enumerate(outcomes) if i != 3] == [None] * 5
+    with PredictionStore(postgres_url) as again:  # committed, not merely seen by its session
+        assert {f"req-{100 + i}" for i in range(6)} <= set(
+            again.window("brain-tumor-classifier")["request_id"]
+        )

@@ -26,6 +26,24 @@ from pipelines.steps import split_data
 TINY_CAP = get_preset("tiny").max_patients
 
 
+def flagged_train(registry: Registry, home: Path) -> list[str]:
+    """The training slices the champion classifier flags at the segmenter's gate."""
+    from pipelines.steps import load_split
+
+    classifier = registry.resolve(CLASSIFIER, CHAMPION)
+    rule = registry.resolve(SEGMENTER, CHAMPION).info
+    gate = classifier.info.threshold if rule.gate_threshold is None else rule.gate_threshold
+    splits = home / "flag-splits.json"
+    manifest = next(home.glob("datasets/*/*/manifest.json"))
+    split_data(str(manifest), str(splits), max_patients=TINY_CAP)
+    train = load_split(
+        str(manifest), str(splits), "train", size=classifier.info.input_size, home=str(home)
+    )
+    session = ort.InferenceSession(str(classifier.onnx_path))
+    tumour = session.run(None, {"image": train.images})[0][:, -1]
+    return [i for i, p in zip(train.sample_ids, tumour, strict=True) if p >= gate]
+
+
 @pytest.mark.integration
 def test_the_tiny_pipeline_trains_registers_promotes_and_publishes_both_models(
     mlflow_server: str,
@@ -46,7 +64,6 @@ def test_the_tiny_pipeline_trains_registers_promotes_and_publishes_both_models(
     dataset_version = manifest.version
     split_data(str(manifest.path), str(tmp_path / "splits.json"), max_patients=TINY_CAP)
     train_ids = Splits.load(tmp_path / "splits.json").sample_ids(manifest, "train")
-    tumour = {s.sample_id for s in manifest.samples if s.label == 1}
     models = {m.name: m for m in registry.list_models()}
     for name, output_shape in ((CLASSIFIER, (1, 2)), (SEGMENTER, (1, 1, 32, 32))):
         summary = models[name]
@@ -89,9 +106,12 @@ def test_the_tiny_pipeline_trains_registers_promotes_and_publishes_both_models(
 
         # the monitor's drift reference for the served version: the training patients' slices
         reference = load_reference(name, "1", home=medops_home)
-        # the segmenter sees the slices the classifier flags: its reference is tumour slices
-        expected = train_ids if name == CLASSIFIER else [i for i in train_ids if i in tumour]
+        # the segmenter sees the slices the champion classifier flags under the segmenter's
+        # gate: its reference is those training slices, whatever their labels
+        expected = train_ids if name == CLASSIFIER else flagged_train(registry, medops_home)
         assert len(reference.frame) == len(expected) > 0
+        assert reference.calibration is not None
+        assert reference.calibration.traffic == "whole studies, patients in random order"
         assert reference.reducer is not None
         assert ("prob_tumour" in reference.frame.columns) == (name == CLASSIFIER)
     assert (medops_home / "pipeline-runs").is_dir()

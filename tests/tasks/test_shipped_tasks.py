@@ -5,6 +5,7 @@ preset, gate floors and tolerances, intervals, preprocessing and the two-stage c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from medops.data.layouts import LAYOUTS, SEGMENTATION_CLASSES, detect_layout, sc
 from medops.errors import DatasetError
 from medops.modelspec import CLASSIFIER, MODEL_NAMES, SEGMENTER
 from medops.tasks import Catalog, TaskSpec, load_catalog, task_files
-from medops.tasks.schema import PresetName, TrainOverrides
+from medops.tasks.schema import Layout, PresetName, TrainOverrides
 from medops.training import TrainConfig
 from medops.transforms import preprocess_slice
 from pipelines import local, steps
@@ -126,11 +127,12 @@ def test_preset_overrides_name_real_training_fields() -> None:
 
 
 def test_the_readable_layouts_are_the_ones_scan_reads(tmp_path: Path) -> None:
+    assert set(LAYOUTS) == set(get_args(Layout))  # every layout a task declares is read
     for layout in LAYOUTS:
         with pytest.raises(DatasetError):  # read, and found empty: not an unknown layout
             scan(tmp_path, layout, lambda rel: rel)
     with pytest.raises(KeyError):
-        scan(tmp_path, "image-mask-folders", lambda rel: rel)
+        scan(tmp_path, "png-folders", lambda rel: rel)
 
 
 def test_kvasir_task_validates_against_its_data(catalog: Catalog, data_dir: Path) -> None:
@@ -138,7 +140,7 @@ def test_kvasir_task_validates_against_its_data(catalog: Catalog, data_dir: Path
 
     spec = catalog.task("kvasir-polyp-segmenter")
     assert data_problems(spec, "kvasir-polyp-segmenter.yaml", data_dir) == []
-    assert not spec.trainable and spec.label.mask_threshold == 128
+    assert spec.trainable and spec.label.mask_threshold == 128
     assert len(spec.groups.together) == 4
     for brain in _brain(catalog):
         assert brain.trainable

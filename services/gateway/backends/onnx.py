@@ -98,7 +98,9 @@ class OnnxBackend(Backend):
         session = self._sessions.get((request.model, version))
         if session is None:
             raise BackendUnavailableError(f"model {request.model} version {version} is not loaded")
-        feeds = {t.name: t.data for t in request.inputs}
+        # views of the request's bytes, not copies; copied only when the wire left them
+        # unaligned for their dtype
+        feeds = {t.name: np.require(t.data, requirements=("C", "A")) for t in request.inputs}
         names = request.outputs or [o.name for o in session.get_outputs()]
         loop = asyncio.get_running_loop()
         try:

@@ -21,12 +21,14 @@ from medops.errors import (
     NotFoundError,
 )
 
-from ..types import InferRequest, InferResponse, Tensor, numpy_dtype
+from ..protowire import with_model_version
+from ..types import GrpcWire, InferRequest, InferResponse, Tensor, numpy_dtype
 from .base import Backend
 from .shm import SharedMemoryPool
 
 log = logging.getLogger("medops.gateway.backends")
 
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MAX_MESSAGE = 512 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -55,11 +57,14 @@ class TritonGrpcBackend(Backend):
         self._shm_tried = 0.0
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
+        self._infer_serialised: Any = None
 
     async def start(self) -> None:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)
             self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+            # no (de)serialisers: bytes in, bytes out, for requests forwarded untouched
+            self._infer_serialised = self._channel.unary_unary(MODEL_INFER)
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -148,11 +153,6 @@ class TritonGrpcBackend(Backend):
     def _message(
         self, request: InferRequest, version: str, placed: list[tuple[str, int, int]] | None
     ) -> Any:
-        wire = request.wire
-        if placed is None and isinstance(wire, service_pb2.ModelInferRequest):
-            # The caller spoke gRPC too: forward its message (raw tensors and all) as is.
-            wire.model_version = version
-            return wire
         msg = service_pb2.ModelInferRequest(
             model_name=request.model, model_version=version, id=request.id or ""
         )
@@ -182,25 +182,49 @@ class TritonGrpcBackend(Backend):
                         if "shared memory" not in exc.message:
                             raise
                         self._shm_registered = False  # the server restarted: register again
+        if isinstance(request.wire, GrpcWire):
+            return await self._forward(request.wire, request, version, timeout_s)
         return await self._infer(self._message(request, version, None), request, timeout_s)
 
+    async def _forward(
+        self, wire: GrpcWire, request: InferRequest, version: str, timeout_s: float
+    ) -> InferResponse:
+        """The caller spoke gRPC too: its message goes as it came (naming the routed
+        version), and its answer comes back serialised, decoded only if someone asks."""
+        message = wire.message
+        if request.version != version:
+            message = with_model_version(message, version)
+        try:
+            answer: bytes = await self._infer_serialised(message, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, f"model {request.model}") from None
+        return InferResponse(
+            model=request.model,
+            version=version,
+            id=request.id,
+            outputs=[],
+            wire=GrpcWire(answer),
+            decode=lambda: _outputs(service_pb2.ModelInferResponse.FromString(answer)),
+        )
+
     async def _infer(self, msg: Any, request: InferRequest, timeout_s: float) -> InferResponse:
-        wire, version = request.wire, msg.model_version
         try:
             r = await self._stub.ModelInfer(msg, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, f"model {request.model}") from None
-        outputs = [
-            Tensor(
-                o.name,
-                np.frombuffer(raw, dtype=numpy_dtype(o.datatype, o.name)).reshape(list(o.shape)),
-            )
-            for o, raw in zip(r.outputs, r.raw_output_contents, strict=True)
-        ]
         return InferResponse(
             model=request.model,
-            version=r.model_version or version,
+            version=r.model_version or msg.model_version,
             id=request.id,
-            outputs=outputs,
-            wire=r if msg is wire else None,
+            outputs=_outputs(r),
         )
+
+
+def _outputs(r: Any) -> list[Tensor]:
+    return [
+        Tensor(
+            o.name,
+            np.frombuffer(raw, dtype=numpy_dtype(o.datatype, o.name)).reshape(list(o.shape)),
+        )
+        for o, raw in zip(r.outputs, r.raw_output_contents, strict=True)
+    ]

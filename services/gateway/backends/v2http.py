@@ -20,7 +20,7 @@ from medops.errors import (
 )
 
 from ..codec import HEADER_LENGTH, decode_response, encode_request, encode_request_shm
-from ..types import InferRequest, InferResponse
+from ..types import InferRequest, InferResponse, RestWire
 from .base import Backend
 from .shm import SharedMemoryPool
 
@@ -211,9 +211,10 @@ class V2HttpBackend(Backend):
             if answer is not None:
                 return answer
         wire = request.wire
-        if self.binary and isinstance(wire, tuple) and wire[0] == "rest":
+        forward = self.binary and isinstance(wire, RestWire)
+        if isinstance(wire, RestWire) and forward:
             # Same wire format both ways: forward the caller's body untouched.
-            body, header_length = wire[1], wire[2]
+            body, header_length = wire.body, wire.header_length
         else:
             body, header_length = encode_request(request, binary=self.binary)
         headers = {
@@ -234,13 +235,21 @@ class V2HttpBackend(Backend):
         if status != 200:
             raise _error(status, payload, what)
         length = resp_headers.get(HEADER_LENGTH)
-        header_length = int(length) if length is not None else None
-        doc = decode_response(payload, header_length)
-        forwarded = isinstance(wire, tuple) and body is wire[1]
+        answer_length = int(length) if length is not None else None
+        if forward:
+            # The answer goes back as it came; its tensors are decoded only if someone asks.
+            return InferResponse(
+                model=request.model,
+                version=version,
+                id=request.id,
+                outputs=[],
+                wire=RestWire(payload, answer_length),
+                decode=lambda: list(decode_response(payload, answer_length)["outputs"]),
+            )
+        doc = decode_response(payload, answer_length)
         return InferResponse(
             model=request.model,
             version=str(doc.get("model_version") or version),
             id=request.id,
             outputs=doc["outputs"],
-            wire=("rest", payload, header_length) if forwarded else None,
         )
