@@ -246,10 +246,11 @@ def report(scenarios: list[Scenario]) -> None:
               f"{r:6.1f}ms {g / s.slices:8.2f}ms {r / s.slices:8.2f}ms {ratio:6.2f}  "
               f"{'PASS' if ratio <= GOAL else 'MISS'}")  # fmt: skip
     print("mean ms per request by stage (gateway /metrics, medops_request_duration_seconds):")
-    print(f"{'input':22} {'segment':7} " + " ".join(f"{stage:>11}" for stage in STAGES))
+    print(f"{'input':22} {'segment':7} " + " ".join(f"{stage:>11}" for stage in STAGES)
+          + f" {'raw compute':>11}")  # fmt: skip
     for s in scenarios:
         cells = " ".join(f"{s.stages.get(stage, float('nan')):11.1f}" for stage in STAGES)
-        print(f"{s.label:22} {s.segment:7} {cells}")
+        print(f"{s.label:22} {s.segment:7} {cells} {statistics.fmean(s.raw_s) * 1000:11.1f}")
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -259,9 +260,9 @@ def main() -> None:
                     if transport == "http"
                     else (triton.grpc_url, nginx.grpc_url, grpc_url)
                 )
-                keys = ({}, auth, auth)  # nginx forwards the key; Triton ignores it
+                keys: tuple[dict[str, str], ...] = ({}, auth, auth)  # nginx forwards the key
                 return {
-                    path: (lambda u=url, h=headers: caller(u, CLASSIFIER, h))
+                    path: functools.partial(caller, url, CLASSIFIER, headers)
                     for path, url, headers in zip(PATHS, urls, keys, strict=True)
                 }
 
@@ -288,12 +289,12 @@ def main() -> None:
                 d50, d90, _ = by_path["direct"].p()
                 for path, fig in by_path.items():
                     p50, p90, p99 = fig.p()
-                    extra = (
+                    overhead = (
                         f" {p50 - d50:+8.2f} {p90 - d90:+8.2f} {fig.cpu():10.2f}"
                         if path != "direct"
                         else ""
                     )
-                    print(f"{name:15} {path:8} {p50:8.2f} {p90:8.2f} {p99:8.2f}{extra}")
+                    print(f"{name:15} {path:8} {p50:8.2f} {p90:8.2f} {p99:8.2f}{overhead}")
             print(f"{'case':15} {'conc':>4} {'direct/s':>9} {'nginx/s':>8} {'gateway/s':>10} "
                   f"{'nginx':>6} {'gateway':>8}  (ratios to direct)")  # fmt: skip
             for name in cases:
