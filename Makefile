@@ -42,8 +42,8 @@ lint: $(STAMP)
 
 ## Benchmarks that take minutes; bench-quality cross-validates the fast preset (about 45 min
 ## on 2 cores), bench-quality-full trains the full preset once on the held-out split (hours).
-bench: $(STAMP) triton
-	$(BIN)/python -m bench ingest routing gateway drift predlog
+bench: $(STAMP) system-deps triton
+	$(BIN)/python -m bench ingest routing gateway analyze drift predlog
 
 bench-quality: $(STAMP)
 	$(BIN)/python -m bench quality

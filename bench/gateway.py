@@ -1,12 +1,16 @@
-"""Gateway overhead against calling Triton directly: same model, payload and run.
+"""Gateway overhead against calling Triton directly and through nginx: same model, payload
+and run.
 
-Starts a real Triton (CPU, from .venv-triton) and gateways in their own processes
-(forwarding over HTTP or gRPC, each with and without input tensors in shared memory, and with
-pass-through off: ``*-decode`` decodes and re-encodes every tensor, as before it), then
-measures, for a 1x3x256x256 float32 tensor:
-p50/p99 latency over HTTP (binary tensors) and gRPC, direct and through the gateway, and
-throughput at concurrency 1, 8 and 32. Also ``/v1/analyze`` latency for one LGG slice and for
-one patient's DICOM series. Prints figures and ratios; asserts nothing.
+Starts a real Triton (CPU, from .venv-triton), Debian's nginx as a plain reverse proxy in
+front of it (HTTP/1.1 keep-alive upstream, ``grpc_pass``; ``nginx_proxy.NginxProxy``) and
+gateways in their own processes (forwarding over HTTP or gRPC, each with and without input
+tensors in shared memory, and with pass-through off: ``*-decode`` decodes and re-encodes every
+tensor, as before it), then measures, for a 1x3x256x256 float32 tensor, per case: p50/p90/p99
+latency over HTTP (binary tensors) or gRPC on the three paths (direct, nginx, gateway,
+interleaved), the overhead of nginx and of the gateway over direct, the CPU each proxy spends
+per request (nginx: master and workers), and throughput at concurrency 1, 8 and 32 as a ratio
+to direct. Ends with the issue's goals per case, PASS or MISS. Prints; asserts nothing.
+``bench/analyze.py`` measures ``/v1/analyze``.
 
 Models: the registry's champions when ``--registry`` is given, else small contract-abiding
 models at 256x256 (``gateway_harness.write_tiny_model``), so the figures isolate the
@@ -17,15 +21,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
+import functools
 import json
 import os
 import statistics
 import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +40,23 @@ from gateway_harness import (
     write_repository,
     write_tiny_model,
 )
+from nginx_proxy import NginxProxy
 
 from medops.modelspec import CHAMPION, CLASSIFIER, MODEL_NAMES
 
 SHAPE = (1, 3, 256, 256)
+PATHS = ("direct", "nginx", "gateway")
+CONCURRENCY = (1, 8, 32)
 
 
-def _percentiles(samples: list[float]) -> tuple[float, float]:
+def _percentiles(samples: list[float]) -> tuple[float, float, float]:
+    """p50, p90 and p99 in ms."""
     ordered = sorted(samples)
-    p50 = statistics.median(ordered)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return p50 * 1000, p99 * 1000
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+    return statistics.median(ordered) * 1000, at(0.90), at(0.99)
 
 
 def _http_caller(url: str, model: str, headers: dict[str, str]) -> Callable[[], None]:
@@ -85,20 +95,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 def latency(
-    make: Callable[[], Callable[[], None]], n: int, pid: int | None = None
-) -> tuple[float, float, float]:
-    """p50 and p99 in ms, and the CPU ms ``pid`` spent per request (0 without a pid)."""
+    make: Callable[[], Callable[[], None]], n: int, pids: Callable[[], list[int]] | None = None
+) -> tuple[list[float], float]:
+    """``n`` request times in seconds, and the CPU ms the processes ``pids()`` spent per
+    request (0 without them)."""
     call = make()
     for _ in range(10):
         call()
     samples = []
-    cpu0 = cpu_seconds(pid) if pid else 0.0
+    watched = pids() if pids else []
+    cpu0 = sum(cpu_seconds(p) for p in watched)
     for _ in range(n):
         t = time.perf_counter()
         call()
         samples.append(time.perf_counter() - t)
-    cpu = (cpu_seconds(pid) - cpu0) / n * 1000 if pid else 0.0
-    return (*_percentiles(samples), cpu)
+    cpu = (sum(cpu_seconds(p) for p in watched) - cpu0) / n * 1000
+    return samples, cpu
 
 
 def throughput(make: Callable[[], Callable[[], None]], concurrency: int, seconds: float) -> float:
@@ -140,40 +152,41 @@ def _models(folder: Path, registry: bool) -> dict[str, Path]:
     }
 
 
-def _analyze_inputs(data_dir: Path, folder: Path) -> tuple[bytes, bytes, int]:
-    from medops.imaging.dicom import write_dicom_series
-    from medops.imaging.lgg import lgg_patient_volume
+@dataclass
+class Figures:
+    """One path's figures in one case: pooled latency samples, CPU, throughput by concurrency."""
 
-    lgg = data_dir / "lgg-mri-segmentation"
-    patient = sorted(p for p in lgg.iterdir() if p.is_dir())[0]
-    tif = next(p for p in sorted(patient.glob("*.tif")) if not p.name.endswith("_mask.tif"))
-    volume = lgg_patient_volume(patient)
-    paths = write_dicom_series(volume, folder / "dicom")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for p in paths:
-            z.write(p, arcname=p.name)
-    return tif.read_bytes(), buf.getvalue(), volume.num_slices
+    samples: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+    per_second: dict[int, float] = field(default_factory=dict)
+
+    def p(self) -> tuple[float, float, float]:
+        return _percentiles(self.samples)
+
+    def cpu(self) -> float:
+        return statistics.fmean(self.cpu_ms) if self.cpu_ms else 0.0
 
 
-def _analyze_latency(
-    url: str, headers: dict[str, str], body: bytes, ctype: str, n: int
-) -> tuple[float, float]:
-    import httpx
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
 
-    with httpx.Client(timeout=120) as client:
-        samples = []
-        for i in range(n + 2):
-            t = time.perf_counter()
-            r = client.post(
-                f"http://{url}/v1/analyze?segment=always",
-                content=body,
-                headers={**headers, "content-type": ctype},
-            )
-            r.raise_for_status()
-            if i >= 2:
-                samples.append(time.perf_counter() - t)
-    return _percentiles(samples)
+
+def report_goals(name: str, direct: Figures, nginx: Figures, gateway: Figures) -> None:
+    """The issue's goals for one case, each with PASS or MISS."""
+    d50, g50, n50 = direct.p()[0], gateway.p()[0], nginx.p()[0]
+    g_over, n_over = g50 - d50, n50 - d50
+    ratio = f"{g_over / n_over:.2f} x" if n_over > 0 else "n/a (nginx adds nothing)"
+    rows = [
+        (f"gateway p50 overhead {g_over:+.2f} ms over direct", "<= 1 ms", g_over <= 1.0),
+        (f"gateway / nginx p50 overhead {ratio} (nginx {n_over:+.2f} ms)", "<= 1.5 x",
+         g_over <= 1.5 * max(n_over, 0.0)),
+        (f"gateway CPU {gateway.cpu():.2f} ms per request", "<= 0.5 ms", gateway.cpu() <= 0.5),
+    ]  # fmt: skip
+    for c in (8, 32):
+        r = gateway.per_second[c] / direct.per_second[c]
+        rows.append((f"throughput at concurrency {c}: {r:.2f} of direct", ">= 0.9", r >= 0.9))
+    for text, goal, ok in rows:
+        print(f"{name:15} {_verdict(ok):4}  {text} (goal {goal})")
 
 
 def main() -> None:
@@ -183,9 +196,6 @@ def main() -> None:
     parser.add_argument("--registry", action="store_true", help="serve the registry's champions")
     parser.add_argument("--cases", default="", help="comma-separated subset of the cases to run")
     args = parser.parse_args()
-    data_dir = Path(
-        os.environ.get("MEDOPS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
-    )
 
     with tempfile.TemporaryDirectory(prefix="medops-bench-") as tmp:
         folder = Path(tmp)
@@ -199,6 +209,7 @@ def main() -> None:
             "MEDOPS_GATEWAY_LOG_LEVEL": "WARNING",
         }
         with TritonServer(repo) as triton, contextlib.ExitStack() as stack:
+            nginx = stack.enter_context(NginxProxy(triton.http_url, triton.grpc_url))
             # (client transport, gateway backend, shared memory) per case
             setups = {
                 "HTTP": ("http", "triton-http", False),
@@ -210,6 +221,9 @@ def main() -> None:
                 "HTTP+shm+uvloop": ("http", "triton-http", True),
             }
             wanted = [c for c in args.cases.split(",") if c] or list(setups)
+            unknown = sorted(set(wanted) - set(setups))
+            if unknown:
+                raise SystemExit(f"unknown case(s) {unknown}; choose from {list(setups)}")
             cases = {}
             for name, (transport, backend, shm) in setups.items():
                 if name not in wanted:
@@ -230,48 +244,74 @@ def main() -> None:
                 cases[name] = (transport, f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", proc.pid)
             key = json.loads((home / "credentials.json").read_text())["client"]
             auth = {"authorization": f"Bearer {key}"}
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
             print(f"model {CLASSIFIER}, input float32 {'x'.join(map(str, SHAPE))}, "
                   f"{'registry champions' if args.registry else 'tiny models'}; "
-                  f"Triton {triton.http_url}; {os.cpu_count()} CPUs")  # fmt: skip
+                  f"Triton {triton.http_url}, nginx {nginx.http_url} / {nginx.grpc_url}; "
+                  f"{os.cpu_count()} CPUs, load average {load} (figures from a busy machine "
+                  f"are same-run ratios only)")  # fmt: skip
 
-            def callers(
-                name: str,
-            ) -> tuple[Callable[[], Callable[[], None]], Callable[[], Callable[[], None]]]:
+            def callers(name: str) -> dict[str, Callable[[], Callable[[], None]]]:
+                """direct, nginx and gateway request makers for ``name``'s transport."""
                 transport, http_url, grpc_url, _ = cases[name]
-                if transport == "http":
-                    return (lambda: _http_caller(triton.http_url, CLASSIFIER, {}),
-                            lambda: _http_caller(http_url, CLASSIFIER, auth))  # fmt: skip
-                return (lambda: _grpc_caller(triton.grpc_url, CLASSIFIER, {}),
-                        lambda: _grpc_caller(grpc_url, CLASSIFIER, auth))  # fmt: skip
+                caller = _http_caller if transport == "http" else _grpc_caller
+                urls = (
+                    (triton.http_url, nginx.http_url, http_url)
+                    if transport == "http"
+                    else (triton.grpc_url, nginx.grpc_url, grpc_url)
+                )
+                keys: tuple[dict[str, str], ...] = ({}, auth, auth)  # nginx forwards the key
+                return {
+                    path: functools.partial(caller, url, CLASSIFIER, headers)
+                    for path, url, headers in zip(PATHS, urls, keys, strict=True)
+                }
 
-            print(f"{'case':15} {'path':8} {'p50 ms':>8} {'p99 ms':>8}")
+            def pids_of(name: str, path: str) -> Callable[[], list[int]] | None:
+                if path == "gateway":
+                    return lambda: [cases[name][3]]
+                if path == "nginx":
+                    return lambda: [nginx.pid, *nginx.worker_pids()]
+                return None
+
+            figures = {name: {path: Figures() for path in PATHS} for name in cases}
             for name in cases:
-                direct, via = callers(name)
-                for _round in range(2):  # interleaved, so load changes hit both alike
-                    d50, d99, _ = latency(direct, args.requests // 2)
-                    g50, g99, cpu = latency(via, args.requests // 2, cases[name][3])
-                    print(f"{name:15} {'direct':8} {d50:8.2f} {d99:8.2f}")
-                    print(f"{name:15} {'gateway':8} {g50:8.2f} {g99:8.2f}   "
-                          f"overhead p50 {g50 - d50:+.2f} ms, p99 {g99 - d99:+.2f} ms; "
-                          f"gateway CPU {cpu:.2f} ms per request")  # fmt: skip
-            print(f"{'case':15} {'conc':>4} {'direct/s':>9} {'gateway/s':>10} {'ratio':>6}")
+                makers = callers(name)
+                for _round in range(2):  # interleaved, so load changes hit all paths alike
+                    for path in PATHS:
+                        samples, cpu = latency(
+                            makers[path], args.requests // 2, pids_of(name, path)
+                        )
+                        figures[name][path].samples += samples
+                        figures[name][path].cpu_ms.append(cpu)
+            print(f"{'case':15} {'path':8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+                  f"{'+p50 ms':>8} {'+p90 ms':>8} {'CPU ms/req':>10}")  # fmt: skip
+            for name, by_path in figures.items():
+                d50, d90, _ = by_path["direct"].p()
+                for path, fig in by_path.items():
+                    p50, p90, p99 = fig.p()
+                    overhead = (
+                        f" {p50 - d50:+8.2f} {p90 - d90:+8.2f} {fig.cpu():10.2f}"
+                        if path != "direct"
+                        else ""
+                    )
+                    print(f"{name:15} {path:8} {p50:8.2f} {p90:8.2f} {p99:8.2f}{overhead}")
+            print(f"{'case':15} {'conc':>4} {'direct/s':>9} {'nginx/s':>8} {'gateway/s':>10} "
+                  f"{'nginx':>6} {'gateway':>8}  (ratios to direct)")  # fmt: skip
             for name in cases:
-                direct, via = callers(name)
-                for c in (1, 8, 32):
-                    d = throughput(direct, c, args.seconds)
-                    g = throughput(via, c, args.seconds)
-                    print(f"{name:15} {c:4d} {d:9.1f} {g:10.1f} {g / d:6.2f}")
-            gw_http = next(iter(cases.values()))[1]
-            tif, series, slices = _analyze_inputs(data_dir, folder)
-            s50, s99 = _analyze_latency(gw_http, auth, tif, "image/tiff", 20)
-            v50, v99 = _analyze_latency(gw_http, auth, series, "application/zip", 5)
-            print(f"/v1/analyze one LGG slice (tif, classify and segment): "
-                  f"p50 {s50:.1f} ms, p99 {s99:.1f} ms")  # fmt: skip
-            per_slice = v50 / slices
-            print(
-                f"/v1/analyze one patient ({slices}-slice DICOM series zip): p50 {v50:.1f} ms "
-                f"({per_slice:.1f} ms per slice), p99 {v99:.1f} ms"
-            )
+                makers = callers(name)
+                for c in CONCURRENCY:
+                    rates: dict[str, list[float]] = {path: [] for path in PATHS}
+                    for order in (PATHS, PATHS[::-1]):  # half each way: drift hits all alike
+                        for path in order:
+                            rates[path].append(throughput(makers[path], c, args.seconds / 2))
+                    for path in PATHS:
+                        figures[name][path].per_second[c] = statistics.fmean(rates[path])
+                    d, n, g = (figures[name][path].per_second[c] for path in PATHS)
+                    print(f"{name:15} {c:4d} {d:9.1f} {n:8.1f} {g:10.1f} "
+                          f"{n / d:6.2f} {g / d:8.2f}")  # fmt: skip
+            print("goals (issue 14), per case:")
+            for name, by_path in figures.items():
+                report_goals(name, by_path["direct"], by_path["nginx"], by_path["gateway"])
 
 
 if __name__ == "__main__":

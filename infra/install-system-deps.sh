@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Debian packages the tests need; installs only what is missing, so a second run is instant.
+# Debian packages the tests and benchmarks need (nginx: the reverse-proxy baseline of
+# bench/gateway.py); installs only what is missing, so a second run is instant.
 set -euo pipefail
-packages=(prometheus postgresql)
+packages=(prometheus postgresql nginx)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
