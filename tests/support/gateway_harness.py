@@ -159,6 +159,21 @@ def write_repository(repo: Path, models: dict[str, tuple[Path, int]]) -> Path:
     )
 
 
+def stop_process(proc: subprocess.Popen[Any], *, group: bool, timeout_s: float) -> None:
+    """SIGTERM (to its process group with ``group``), then SIGKILL to the group after
+    ``timeout_s``: a server started with ``start_new_session`` is stopped by PID."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        (os.killpg if group else os.kill)(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 class TritonServer:
     """A real Triton on free loopback ports, stopped by PID."""
 
@@ -209,16 +224,9 @@ class TritonServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None:
             # The process group: Triton and the Python backend stubs it spawned.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+            stop_process(self.proc, group=True, timeout_s=20)
         self.proc = None
         shutil.rmtree(self.work_dir, ignore_errors=True)
 

@@ -8,19 +8,17 @@ temporary folder; it runs in the foreground as the current user and is stopped b
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from gateway_harness import free_port
+from gateway_harness import free_port, stop_process
 
 NGINX = os.environ.get("MEDOPS_NGINX", "/usr/sbin/nginx")
 BODY_BUFFER = "4m"
@@ -164,16 +162,9 @@ class NginxProxy:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None:
             # SIGTERM to the master: a fast shutdown, workers included
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+            stop_process(self.proc, group=False, timeout_s=10)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> NginxProxy:
