@@ -166,10 +166,13 @@ def to_nifti(a: Analysis, gz: bool) -> bytes:
         return path.read_bytes()
 
 
-def to_dicom_seg(a: Analysis) -> bytes:
+def to_dicom_seg(
+    a: Analysis, *, series_instance_uid: str | None = None, sop_instance_uid: str | None = None
+) -> bytes:
     """A binary DICOM SEG of the mask over the upload's de-identified source datasets, so its
     referenced study, series and instance UIDs are the remapped ones the caller sees
-    everywhere else, never the originals."""
+    everywhere else, never the originals. New UIDs unless given (stable ones make a resend
+    a harmless duplicate)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -193,9 +196,9 @@ def to_dicom_seg(a: Analysis) -> bytes:
         pixel_array=a.mask.astype(bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_instance_uid or hd.UID(),
         series_number=900,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=sop_instance_uid or hd.UID(),
         instance_number=1,
         manufacturer="medops",
         manufacturer_model_name=name,

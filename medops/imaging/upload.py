@@ -38,6 +38,8 @@ _TYPE2_PATIENT_STUDY = (
 )
 """Type 2 attributes a derived object copies from its sources: present, empty after
 de-identification."""
+TYPE2_PATIENT_STUDY = _TYPE2_PATIENT_STUDY
+"""The same names, for callers deriving objects from datasets they read themselves."""
 
 
 @dataclass(frozen=True)

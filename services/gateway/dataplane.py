@@ -233,6 +233,9 @@ class DataPlane:
             "threshold": entry.info.threshold,
             "accepts_nonfinite": entry.info.accepts_nonfinite,
             "version": entry.version,
+            # a segmenter's rule, so remote callers of the clinical plane apply it too
+            "gate_threshold": entry.info.gate_threshold,
+            "min_component_px": entry.info.min_component_px,
         }
         return meta
 

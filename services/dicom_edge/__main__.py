@@ -1,0 +1,3 @@
+from services.dicom_edge.cli import dicom
+
+dicom()

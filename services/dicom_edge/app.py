@@ -1,0 +1,128 @@
+"""The edge's composition root and HTTP side: health, readiness, ``/metrics``, the outbox
+listing and the explicit "series complete" trigger (admin keys). The DIMSE listener and the
+analysis/delivery loop run for the app's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from medops.clinical import Chain, ClinicalPlane
+from medops.clinical.v2 import V2Predictor
+from medops.service.auth import Authenticator
+from medops.service.errors import install_error_handlers
+from medops.service.health import METRICS_PATH, OPEN_PATHS, add_health_routes
+from medops.service.middleware import ServiceMiddleware
+
+from .delivery import CStoreSender, Sender, StowSender
+from .edge import DicomEdge, EdgeMetrics
+from .settings import DicomEdgeSettings
+
+log = logging.getLogger("medops.dicom_edge")
+
+
+def needed_role(method: str, path: str) -> str | None:
+    """Health and metrics open; everything else (the outbox holds results) an admin key."""
+    return None if path in OPEN_PATHS else "admin"
+
+
+def build_sender(settings: DicomEdgeSettings) -> Sender:
+    if settings.destination == "stow":
+        if not settings.stow_url:
+            from medops.errors import InvalidInputError
+
+            raise InvalidInputError("destination stow needs MEDOPS_DICOM_STOW_URL")
+        return StowSender(settings.stow_url)
+    return CStoreSender(
+        settings.dest_host, settings.dest_port, settings.dest_ae_title, settings.ae_title
+    )
+
+
+def build_edge(
+    settings: DicomEdgeSettings, registry: CollectorRegistry
+) -> tuple[DicomEdge, V2Predictor]:
+    predictor = V2Predictor(
+        settings.endpoint_url,
+        api_key=None
+        if settings.endpoint_api_key is None
+        else settings.endpoint_api_key.get_secret_value(),
+        timeout_s=settings.endpoint_timeout_s,
+    )
+    chain = Chain(classifier=settings.classifier, segmenter=settings.segmenter)
+    plane = ClinicalPlane(
+        predictor,
+        {settings.chain: chain},
+        default_chain=settings.chain,
+        deid_key=None
+        if settings.deid_key is None
+        else settings.deid_key.get_secret_value().encode(),
+    )
+    edge = DicomEdge(settings, plane, build_sender(settings), EdgeMetrics(registry))
+    return edge, predictor
+
+
+def create_app(
+    settings: DicomEdgeSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    auth: Authenticator | None = None,
+) -> FastAPI:
+    registry = registry or CollectorRegistry()
+    auth = auth or settings.authenticator()
+    edge, predictor = build_edge(settings, registry)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        edge.start_listener()
+        stop = asyncio.Event()
+        task = asyncio.create_task(edge.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+            edge.stop_listener()
+            await predictor.aclose()
+
+    app = FastAPI(title="medops dicom edge", lifespan=lifespan)
+    app.state.edge = edge
+    install_error_handlers(app)
+
+    async def live() -> bool:
+        return True
+
+    async def ready() -> tuple[bool, dict[str, Any]]:
+        listening = edge._ae is not None
+        return listening, {} if listening else {"reason": "the DIMSE listener is not running"}
+
+    add_health_routes(app, live, ready)
+
+    @app.get(METRICS_PATH)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/outbox")
+    async def outbox() -> dict[str, Any]:
+        entries = await asyncio.to_thread(edge.outbox_listing)
+        return {"pending": len(entries), "entries": entries}
+
+    @app.post("/v1/series/complete")
+    async def complete() -> dict[str, Any]:
+        """Treat every spooled series as complete now (no waiting for the quiet time)."""
+        return {"triggered": await asyncio.to_thread(edge.spool.trigger)}
+
+    app.add_middleware(
+        ServiceMiddleware,
+        auth=auth,
+        needed_role=needed_role,
+        max_request_bytes=settings.max_request_bytes,
+        service="dicom_edge",
+    )
+    return app

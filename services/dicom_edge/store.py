@@ -1,0 +1,222 @@
+"""Durable files: the spool of received instances and the outbox of results to send.
+
+A file is written to a temporary name, flushed and fsynced, renamed into place, and its
+directory fsynced, so once a write returns the file survives a crash or a kill -9 and a
+reader never sees half of one. Names are hashes of UIDs: nothing on disk names a patient
+outside the DICOM files themselves (which hold patient data, as on any PACS).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUFFIX = ".dcm"
+
+
+def key_of(uid: str) -> str:
+    """A file-system name for a UID that says nothing about it."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:32]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` (and parents) durably: each new entry's parent is fsynced."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        fsync_dir(d.parent)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if path.parent.exists():
+        fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class SpooledSeries:
+    key: str
+    path: Path
+    files: tuple[Path, ...]
+    last_arrival: float
+
+
+class Spool:
+    """Received instances by series: ``incoming/<series>/<instance>.dcm``; refused series
+    (with the reason) under ``refused/``; instances kept unanalysed under ``kept/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / "incoming"
+        self.refused = root / "refused"
+        self.kept = root / "kept"
+        for d in (self.incoming, self.refused, self.kept):
+            ensure_dir(d)
+        self._triggered: set[str] = set()
+
+    def put(self, series_uid: str, sop_uid: str, data: bytes, *, analyse: bool = True) -> Path:
+        folder = self.incoming if analyse else self.kept
+        path = folder / key_of(series_uid) / (key_of(sop_uid) + SUFFIX)
+        write_durably(path, data)
+        return path
+
+    def series(self) -> list[SpooledSeries]:
+        found = []
+        for d in sorted(self.incoming.iterdir()):
+            if not d.is_dir():
+                continue
+            files = tuple(sorted(d.glob("*" + SUFFIX)))
+            if not files:
+                continue
+            last = max(f.stat().st_mtime for f in files)
+            found.append(SpooledSeries(d.name, d, files, last))
+        return found
+
+    def complete(self, quiet_s: float, now: float | None = None) -> list[SpooledSeries]:
+        """The series quiet for ``quiet_s`` seconds, or triggered explicitly."""
+        now = time.time() if now is None else now
+        return [
+            s for s in self.series() if s.key in self._triggered or now - s.last_arrival >= quiet_s
+        ]
+
+    def trigger(self) -> int:
+        """Mark every spooled series complete now (the explicit trigger)."""
+        keys = [s.key for s in self.series()]
+        self._triggered.update(keys)
+        return len(keys)
+
+    def done(self, series: SpooledSeries) -> None:
+        """Forget the files analysed; instances that arrived since stay for the next round."""
+        for f in series.files:
+            f.unlink(missing_ok=True)
+        fsync_dir(series.path)
+        self._triggered.discard(series.key)
+        if not any(series.path.iterdir()):
+            series.path.rmdir()
+            fsync_dir(series.path.parent)
+
+    def refuse(self, series: SpooledSeries, reason: str) -> None:
+        """Keep a series that cannot be analysed, with the reason, out of the analysis loop."""
+        target = self.refused / series.key
+        if target.exists():
+            _remove_tree(target)
+        os.replace(series.path, target)
+        fsync_dir(self.incoming)
+        fsync_dir(self.refused)
+        write_durably(target / "reason.json", json.dumps({"reason": reason}).encode())
+        self._triggered.discard(series.key)
+
+    def pending_instances(self) -> int:
+        return sum(len(s.files) for s in self.series())
+
+
+@dataclass
+class DeliveryState:
+    created: float
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: str | None = None
+    last_attempt: float | None = None
+    delivered: list[str] = field(default_factory=list)
+    """Files of the entry already accepted by the destination."""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: str
+    path: Path
+    state: DeliveryState
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted(self.path.glob("*" + SUFFIX))
+
+
+class Outbox:
+    """Results waiting for delivery: ``outbox/<id>/{*.dcm, state.json}``, written whole
+    (a temporary folder renamed into place) so an entry is either absent or complete."""
+
+    STATE = "state.json"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "outbox"
+        ensure_dir(self.root)
+
+    def put(self, entry_id: str, files: dict[str, bytes]) -> bool:
+        """Store an entry; False when it is already there (the same result analysed again)."""
+        target = self.root / entry_id
+        if target.exists():
+            return False
+        tmp = self.root / f".{entry_id}.{uuid.uuid4().hex}.tmp"
+        tmp.mkdir()
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        self._write_state(tmp, DeliveryState(created=time.time()))
+        fsync_dir(tmp)
+        os.replace(tmp, target)
+        fsync_dir(self.root)
+        return True
+
+    def _write_state(self, folder: Path, state: DeliveryState) -> None:
+        write_durably(folder / self.STATE, json.dumps(asdict(state)).encode())
+
+    def entries(self) -> list[OutboxEntry]:
+        found = []
+        for d in sorted(self.root.iterdir()):
+            if d.name.startswith(".") or not d.is_dir():
+                continue
+            try:
+                raw: dict[str, Any] = json.loads((d / self.STATE).read_text())
+                state = DeliveryState(**raw)
+            except (OSError, ValueError, TypeError):
+                state = DeliveryState(created=d.stat().st_mtime)
+            found.append(OutboxEntry(d.name, d, state))
+        return found
+
+    def due(self, now: float | None = None) -> list[OutboxEntry]:
+        now = time.time() if now is None else now
+        return [e for e in self.entries() if e.state.next_attempt <= now]
+
+    def update(self, entry: OutboxEntry) -> None:
+        self._write_state(entry.path, entry.state)
+
+    def delivered(self, entry: OutboxEntry) -> None:
+        _remove_tree(entry.path)
+
+    def clear_temporary(self) -> None:
+        """Drop half-written entries a crash left (their series is still in the spool)."""
+        for d in self.root.glob(".*.tmp"):
+            _remove_tree(d)
