@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -74,15 +75,14 @@ def send_with_retries(
     *,
     attempts: int,
     initial_s: float,
-    sleep: Callable[[float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """One delivery round: up to ``attempts`` tries, waiting ``initial_s``, then twice as long."""
-    kwargs = {"sleep": sleep} if sleep is not None else {}
     retrying = Retrying(
         stop=stop_after_attempt(max(1, attempts)),
         wait=wait_exponential(multiplier=initial_s, min=initial_s, max=60),
         reraise=False,
-        **kwargs,
+        sleep=sleep,
     )
     try:
         for attempt in retrying:

@@ -10,6 +10,7 @@ recomputed from the key and the spooled files whenever needed and never written 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import threading
@@ -21,13 +22,8 @@ from typing import Any
 import pydicom
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import (
-    CTImageStorage,
-    MRImageStorage,
-    SecondaryCaptureImageStorage,
-    Verification,
-)
 
 from medops.clinical import AnalyzeRequest, ClinicalPlane, Upload
 from medops.clinical.report import build_results
@@ -42,6 +38,7 @@ from .store import Outbox, Spool, SpooledSeries, key_of
 
 log = logging.getLogger("medops.dicom_edge")
 
+VERIFICATION = "1.2.840.10008.1.1"
 ANALYSABLE = (str(MRImageStorage), str(CTImageStorage), str(SecondaryCaptureImageStorage))
 """Storage classes of single-frame images the clinical plane can analyse."""
 
@@ -139,10 +136,10 @@ class DicomEdge:
                 "no calling AE title is allowed: set MEDOPS_DICOM_ALLOWED_CALLING_AES"
             )
         ae.require_calling_aet = list(self.settings.allowed_calling_aes)
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION)
         if self.settings.unsupported_sop_class == "store":
             for context in AllStoragePresentationContexts:
-                ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+                ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         else:
             for uid in ANALYSABLE:
                 ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
@@ -151,7 +148,10 @@ class DicomEdge:
 
     def start_listener(self) -> None:
         ae = self.application_entity()
-        handlers = [(evt.EVT_C_ECHO, lambda _: SUCCESS), (evt.EVT_C_STORE, self.on_c_store)]
+        handlers: list[Any] = [
+            (evt.EVT_C_ECHO, lambda _: SUCCESS),
+            (evt.EVT_C_STORE, self.on_c_store),
+        ]
         ae.start_server(
             (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
         )
@@ -337,16 +337,14 @@ class DicomEdge:
                 await asyncio.to_thread(self.deliver_due)
             except Exception:
                 log.exception("edge round failed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.scan_interval_s)
-            except TimeoutError:
-                pass
 
 
 def _read_all(files: list[bytes]) -> list[Dataset]:
     """The original datasets, with the Type 2 patient and study attributes a derived object
     copies present (empty when the modality left them out)."""
-    datasets = [pydicom.dcmread(io.BytesIO(b)) for b in files]
+    datasets: list[Dataset] = [pydicom.dcmread(io.BytesIO(b)) for b in files]
     for ds in datasets:
         for keyword in TYPE2_PATIENT_STUDY:
             if keyword not in ds:

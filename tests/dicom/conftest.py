@@ -64,7 +64,7 @@ def gateway(
         onnx_threads=1,
         deid_key="test-deid-key",
         models=[CLASSIFIER, SEGMENTER],
-    )  # type: ignore[call-arg]
+    )
     with GatewayThread(settings) as gw:
         yield gw
 
