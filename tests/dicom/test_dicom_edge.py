@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,8 @@ from dicom_harness import EdgeProcess, Orthanc, series_in_study, wait_for
 from dicomweb_client.api import DICOMwebClient
 from gateway_harness import GatewayThread
 from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage
+from pynetdicom import AE
 
 from medops.rle import rle_decode_volume
 
@@ -185,3 +188,162 @@ def _numeric(ds: Dataset, meaning: str) -> list[float]:
 
 def _texts(ds: Dataset, meaning: str) -> list[str]:
     return [str(i.TextValue) for i in _items(ds, "TEXT", meaning)]
+
+
+def test_a_calling_ae_title_off_the_allow_list_is_rejected_at_association(
+    make_edge: Callable[..., EdgeProcess],
+) -> None:
+    edge = make_edge()
+    allowed = subprocess.run(
+        ["echoscu", "-aet", MODALITY_AE, "-aec", "MEDOPS", "127.0.0.1", str(edge.port)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    refused = subprocess.run(
+        ["echoscu", "-aet", "INTRUDER", "-aec", "MEDOPS", "127.0.0.1", str(edge.port)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "Association Rejected" in refused.stdout + refused.stderr
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context("1.2.840.10008.1.1")  # Verification
+    assoc = ae.associate("127.0.0.1", edge.port, ae_title="MEDOPS")
+    assert assoc.is_rejected
+
+
+def test_a_truncated_instance_gets_a_failure_status_and_the_rest_of_the_series_is_analysed(
+    make_edge: Callable[..., EdgeProcess],
+    make_series: Callable[[Path], list[Path]],
+    patients: list[Path],
+    orthanc: Orthanc,
+) -> None:
+    files = make_series(patients[1])
+    originals = by_position(files)
+    edge = make_edge()
+    first = min(files, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    broken = pydicom.dcmread(first)
+    broken.PixelData = broken.PixelData[: len(broken.PixelData) // 2]
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(MRImageStorage, broken.file_meta.TransferSyntaxUID)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1")  # CR: not analysed, not accepted
+    assoc = ae.associate("127.0.0.1", edge.port, ae_title="MEDOPS")
+    assert assoc.is_established
+    try:
+        accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
+        assert accepted == {str(MRImageStorage)}
+        status = assoc.send_c_store(broken)
+        assert status.Status == 0xC210
+    finally:
+        assoc.release()
+    rest = [p for p in files if p != first]
+    storescu(edge, rest)
+    seg, _ = results_in(orthanc, str(originals[0].StudyInstanceUID))
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert {i.ReferencedSOPInstanceUID for i in referenced} == {
+        str(d.SOPInstanceUID) for d in originals[1:]
+    }
+    metrics = httpx.get(f"{edge.url}/metrics", timeout=10).text
+    assert 'medops_dicom_instances_total{outcome="corrupt"} 1.0' in metrics
+
+
+def test_results_wait_in_the_outbox_while_the_pacs_is_down_and_are_delivered_when_it_is_back(
+    make_edge: Callable[..., EdgeProcess],
+    make_series: Callable[[Path], list[Path]],
+    patients: list[Path],
+    orthanc: Orthanc,
+) -> None:
+    files = make_series(patients[2])
+    originals = by_position(files)
+    edge = make_edge()
+    admin = {"authorization": f"Bearer {edge_keys(edge)['admin']}"}
+    orthanc.stop()
+    try:
+        storescu(edge, files)
+
+        def failed_entry() -> list[dict[str, Any]]:
+            listing = httpx.get(f"{edge.url}/v1/outbox", headers=admin, timeout=10).json()
+            return [e for e in listing["entries"] if e["last_error"]]
+
+        entries = wait_for("an undeliverable result in the outbox", failed_entry)
+        assert entries[0]["files"] == ["seg.dcm", "sr.dcm"] and entries[0]["attempts"] >= 1
+        assert "STOW-RS" in entries[0]["last_error"]
+        metrics = httpx.get(f"{edge.url}/metrics", timeout=10).text
+        assert "medops_dicom_outbox_undeliverable 1.0" in metrics
+        assert httpx.get(f"{edge.url}/v1/outbox", timeout=10).status_code == 401
+        client = {"authorization": f"Bearer {edge_keys(edge)['client']}"}
+        assert httpx.get(f"{edge.url}/v1/outbox", headers=client, timeout=10).status_code == 403
+        sweep_for_phi(edge, admin, files)
+    finally:
+        orthanc.start()
+    seg, _ = results_in(orthanc, str(originals[0].StudyInstanceUID))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == originals[0].SeriesInstanceUID
+    wait_for(
+        "an empty outbox",
+        lambda: (
+            httpx.get(f"{edge.url}/v1/outbox", headers=admin, timeout=10).json()["pending"] == 0
+        ),
+    )
+
+
+def sweep_for_phi(edge: EdgeProcess, admin: dict[str, str], files: list[Path]) -> None:
+    """No patient identifier, and no original UID, in the edge's logs, metrics or listing."""
+    planted = {PATIENT_ID, PATIENT_NAME, "Roe", "19650412"}
+    for ds in map(pydicom.dcmread, files):
+        planted |= {str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)}
+    surfaces = {
+        "log": edge.log(),
+        "metrics": httpx.get(f"{edge.url}/metrics", timeout=10).text,
+        "outbox": httpx.get(f"{edge.url}/v1/outbox", headers=admin, timeout=10).text,
+    }
+    assert "series analysed" in surfaces["log"]
+    for name, text in surfaces.items():
+        leaked = sorted(p for p in planted if p in text)
+        assert not leaked, f"the edge's {name} carries identifiers: {leaked[:3]}"
+
+
+ACKED = re.compile(r"Received Store Response \(Success\)")
+SENDING = re.compile(r"Sending file: (\S+)")
+
+
+def test_kill_9_during_a_c_store_burst_loses_no_acknowledged_instance(
+    make_edge: Callable[..., EdgeProcess],
+    make_series: Callable[[Path], list[Path]],
+    patients: list[Path],
+    orthanc: Orthanc,
+) -> None:
+    files = make_series(max(patients[3:6], key=lambda p: len(list(p.glob("*_mask.tif")))))
+    originals = by_position(files)
+    edge = make_edge(MEDOPS_DICOM_QUIET_S="30")
+    spool = Path(edge.env["MEDOPS_DICOM_SPOOL_DIR"]) / "incoming"
+    burst = subprocess.Popen(
+        ["storescu", "-v", "-aet", MODALITY_AE, "-aec", "MEDOPS", "127.0.0.1", str(edge.port),
+         *map(str, files)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    wait_for(
+        "a few instances in the spool",
+        lambda: sum(1 for _ in spool.glob("*/*.dcm")) >= len(files) // 3,
+        interval_s=0.01,
+    )
+    edge.kill()
+    output, _ = burst.communicate(timeout=60)
+    acknowledged: list[str] = []
+    current = None
+    for line in output.splitlines():
+        if m := SENDING.search(line):
+            current = m.group(1)
+        elif ACKED.search(line) and current is not None:
+            acknowledged.append(current)
+    assert 0 < len(acknowledged) < len(files), output[-2000:]
+    acked_uids = {str(pydicom.dcmread(p).SOPInstanceUID) for p in acknowledged}
+
+    make_edge(MEDOPS_DICOM_QUIET_S="1")  # same spool, same outbox
+    seg, _ = results_in(orthanc, str(originals[0].StudyInstanceUID))
+    referenced = {
+        i.ReferencedSOPInstanceUID
+        for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
+    assert acked_uids <= referenced
+    print(
+        f"{len(acknowledged)} of {len(files)} acknowledged before the kill, {len(referenced)} analysed"
+    )
