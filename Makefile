@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export MEDOPS_HOME ?= $(CURDIR)/.medops
 export MEDOPS_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: demo test test-slow lint bench bench-quality bench-quality-full install system-deps triton clean
+.PHONY: demo test test-slow test-dicom lint bench bench-quality bench-quality-full install system-deps triton clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,15 @@ demo: $(STAMP)
 
 ## Everything the tests need (Python, Debian packages, the Triton venv), then the tests.
 test: $(STAMP) system-deps triton lint
-	$(BIN)/pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow and not dicom" -q
 
 test-slow: $(STAMP) system-deps triton
 	$(BIN)/pytest -m slow -q
+
+## The DICOM edge against a real Orthanc, DCMTK and dciodvfy (about a minute). Runs as root:
+## the session moves into a network namespace of its own, since Orthanc binds every interface.
+test-dicom: $(STAMP) system-deps
+	$(BIN)/pytest -m dicom tests/dicom -q
 
 system-deps:
 	bash infra/install-system-deps.sh
