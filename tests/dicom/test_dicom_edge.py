@@ -345,5 +345,6 @@ def test_kill_9_during_a_c_store_burst_loses_no_acknowledged_instance(
     }
     assert acked_uids <= referenced
     print(
-        f"{len(acknowledged)} of {len(files)} acknowledged before the kill, {len(referenced)} analysed"
+        f"{len(acknowledged)} of {len(files)} acknowledged before the kill, "
+        f"{len(referenced)} analysed"
     )
