@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from prometheus_client import CollectorRegistry
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from medops.clinical import ClinicalPlane
 from medops.clinical.report import stable_uid
@@ -107,7 +107,7 @@ def test_an_instance_of_a_class_it_cannot_analyse_is_refused_or_kept_per_setting
     tmp_path: Path, mr_files: list[Path]
 ) -> None:
     ds = pydicom.dcmread(mr_files[0])
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.481.3")
     out = io.BytesIO()
     ds.save_as(out)
     refusing = make_edge(tmp_path / "a")
