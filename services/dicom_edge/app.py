@@ -23,6 +23,7 @@ from medops.service.middleware import ServiceMiddleware
 
 from .delivery import CStoreSender, Sender, StowSender
 from .edge import DicomEdge, EdgeMetrics
+from .polling import Poller
 from .settings import DicomEdgeSettings
 
 log = logging.getLogger("medops.dicom_edge")
@@ -65,6 +66,19 @@ def build_edge(
         else settings.deid_key.get_secret_value().encode(),
     )
     edge = DicomEdge(settings, plane, build_sender(settings), EdgeMetrics(registry))
+    if settings.poll_url:
+        from dicomweb_client.api import DICOMwebClient
+
+        client = DICOMwebClient(url=settings.poll_url.rstrip("/"))
+        client.set_http_retry_params(retry=False)  # the next poll is the retry
+        edge.poller = Poller(
+            client,
+            edge.spool,
+            modality=settings.poll_modality,
+            series_description=settings.poll_series_description,
+            days=settings.poll_days,
+            limit=settings.poll_limit,
+        )
     return edge, predictor
 
 

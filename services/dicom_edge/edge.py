@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import io
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from medops.errors import BackendTimeoutError, BackendUnavailableError, MedopsEr
 from medops.imaging.upload import TYPE2_PATIENT_STUDY
 
 from .delivery import DeliveryError, Sender, send_with_retries
+from .polling import Poller
 from .settings import DicomEdgeSettings
 from .store import Outbox, Spool, SpooledSeries, key_of
 
@@ -89,6 +89,16 @@ class EdgeMetrics:
             "Results in the outbox whose last delivery round failed.",
             registry=registry,
         )
+        self.polls = Counter(
+            "medops_dicom_polls_total",
+            "QIDO-RS rounds asked of the polled PACS.",
+            registry=registry,
+        )
+        self.poll_failures = Counter(
+            "medops_dicom_poll_failures_total",
+            "QIDO-RS/WADO-RS rounds that failed (the polled PACS unreachable or refusing).",
+            registry=registry,
+        )
         self.spooled = Gauge(
             "medops_dicom_spooled_instances",
             "Acknowledged instances waiting for their series to be analysed.",
@@ -112,6 +122,7 @@ class DicomEdge:
         sender: Sender,
         metrics: EdgeMetrics,
         *,
+        poller: Poller | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -122,8 +133,8 @@ class DicomEdge:
         self.spool = Spool(settings.spool_root)
         self.outbox = Outbox(settings.spool_root)
         self.outbox.clear_temporary()
-        self._lock = threading.Lock()
-        """Serialises spool writes (listener threads) with the analysis removing files."""
+        self.poller = poller
+        self._next_poll = 0.0
         self._retry_after: dict[str, float] = {}
         self._ae: AE | None = None
 
@@ -185,8 +196,7 @@ class DicomEdge:
             self.metrics.instances.labels("refused").inc()
             return Stored(REFUSED_SOP_CLASS, "storage class not analysed here")
         try:
-            with self._lock:
-                self.spool.put(series_uid, sop_uid, data, analyse=analyse)
+            self.spool.put(series_uid, sop_uid, data, analyse=analyse)
         except OSError as exc:
             self.metrics.instances.labels("failed").inc()
             log.error("instance not stored", extra={"reason": type(exc).__name__})
@@ -265,13 +275,11 @@ class DicomEdge:
         # results durable first, then the spool forgets: a crash in between analyses again,
         # and the same stable UIDs make the second result the same as the first
         self.outbox.put(entry_id, entry)
-        with self._lock:
-            self.spool.done(series)
+        self.spool.done(series)
         self.metrics.outbox_pending.set(len(self.outbox.entries()))
 
     def _refuse(self, series: SpooledSeries, reason: str) -> None:
-        with self._lock:
-            self.spool.refuse(series, reason)
+        self.spool.refuse(series, reason)
         self.metrics.series.labels("refused").inc()
         log.warning("series refused", extra={"series": series.key, "reason": reason})
 
@@ -314,6 +322,19 @@ class DicomEdge:
         self.metrics.outbox_undeliverable.set(sum(1 for e in entries if e.state.last_error))
         return sent
 
+    async def poll_if_due(self) -> None:
+        """Ask the polled PACS for new series every ``poll_interval_s``; an unreachable PACS
+        is tried again at the next interval."""
+        if self.poller is None or self.clock() < self._next_poll:
+            return
+        self._next_poll = self.clock() + self.settings.poll_interval_s
+        self.metrics.polls.inc()
+        try:
+            await asyncio.to_thread(self.poller.poll_once)
+        except Exception as exc:  # the PACS's failure, not the edge's: log it and go on
+            self.metrics.poll_failures.inc()
+            log.warning("polling failed", extra={"reason": type(exc).__name__})
+
     def outbox_listing(self) -> list[dict[str, Any]]:
         """The waiting results for an operator: ids are hashes, reasons name no one."""
         return [
@@ -333,6 +354,7 @@ class DicomEdge:
         """Analyse and deliver until ``stop`` is set; one round's failure never ends the loop."""
         while not stop.is_set():
             try:
+                await self.poll_if_due()
                 await self.analyse_complete()
                 await asyncio.to_thread(self.deliver_due)
             except Exception:

@@ -78,6 +78,20 @@ class DicomEdgeSettings(ApiKeySettings):
     """First wait between tries; doubles each time."""
     retry_max_s: float = 300.0
     """Longest wait between delivery rounds of a result that keeps failing."""
+    poll_url: str | None = None
+    """DICOMweb root of a PACS to poll (QIDO-RS, then WADO-RS for new series); None: no
+    polling, the edge only listens."""
+    poll_interval_s: float = 60.0
+    """Seconds between QIDO-RS queries."""
+    poll_modality: str = "MR"
+    """The polling rule: series of this modality ..."""
+    poll_series_description: str | None = None
+    """... whose description matches this pattern (``*`` and ``?``, any case; matched by the
+    edge on the QIDO-RS answer) ..."""
+    poll_days: int | None = None
+    """... of studies dated within the last this many days (None: any date)."""
+    poll_limit: int = 100
+    """Most series taken per query."""
     log_level: str = "INFO"
     """Level of the JSON log lines written to stderr."""
     max_request_bytes: int = 1024 * 1024

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -83,11 +84,14 @@ class Spool:
         for d in (self.incoming, self.refused, self.kept):
             ensure_dir(d)
         self._triggered: set[str] = set()
+        self._lock = threading.Lock()
+        """Serialises writers (listener threads, the poller) with the analysis removing files."""
 
     def put(self, series_uid: str, sop_uid: str, data: bytes, *, analyse: bool = True) -> Path:
         folder = self.incoming if analyse else self.kept
         path = folder / key_of(series_uid) / (key_of(sop_uid) + SUFFIX)
-        write_durably(path, data)
+        with self._lock:
+            write_durably(path, data)
         return path
 
     def series(self) -> list[SpooledSeries]:
@@ -115,8 +119,16 @@ class Spool:
         self._triggered.update(keys)
         return len(keys)
 
+    def trigger_series(self, series_uid: str) -> None:
+        """Mark one series complete now (it arrived whole, e.g. fetched by WADO-RS)."""
+        self._triggered.add(key_of(series_uid))
+
     def done(self, series: SpooledSeries) -> None:
         """Forget the files analysed; instances that arrived since stay for the next round."""
+        with self._lock:
+            self._done(series)
+
+    def _done(self, series: SpooledSeries) -> None:
         for f in series.files:
             f.unlink(missing_ok=True)
         fsync_dir(series.path)
@@ -127,6 +139,10 @@ class Spool:
 
     def refuse(self, series: SpooledSeries, reason: str) -> None:
         """Keep a series that cannot be analysed, with the reason, out of the analysis loop."""
+        with self._lock:
+            self._refuse(series, reason)
+
+    def _refuse(self, series: SpooledSeries, reason: str) -> None:
         target = self.refused / series.key
         if target.exists():
             _remove_tree(target)

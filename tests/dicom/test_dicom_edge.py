@@ -348,3 +348,66 @@ def test_kill_9_during_a_c_store_burst_loses_no_acknowledged_instance(
         f"{len(acknowledged)} of {len(files)} acknowledged before the kill, "
         f"{len(referenced)} analysed"
     )
+
+
+def test_polling_finds_a_new_series_by_its_rule_analyses_it_once_and_not_again_after_restart(
+    make_edge: Callable[..., EdgeProcess],
+    make_series: Callable[[Path], list[Path]],
+    patients: list[Path],
+    orthanc: Orthanc,
+) -> None:
+    import datetime as dt
+
+    wanted = make_series(patients[4])
+    other = make_series(patients[5])
+    today = f"{dt.date.today():%Y%m%d}"
+    for p in wanted:
+        ds = pydicom.dcmread(p)
+        ds.SeriesDescription, ds.StudyDate = "FLAIR axial", today
+        ds.save_as(p)
+    for p in other:  # off the rule: another description
+        ds = pydicom.dcmread(p)
+        ds.SeriesDescription, ds.StudyDate = "T1 sagittal", today
+        ds.save_as(p)
+    for files in (wanted, other):  # the modality sends to the PACS, not to the edge
+        r = subprocess.run(
+            ["storescu", "-aet", MODALITY_AE, "-aec", orthanc.ae_title, "127.0.0.1",
+             str(orthanc.dicom_port), *map(str, files)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+    polling = {
+        "MEDOPS_DICOM_POLL_URL": orthanc.dicomweb,
+        "MEDOPS_DICOM_POLL_INTERVAL_S": "0.5",
+        "MEDOPS_DICOM_POLL_SERIES_DESCRIPTION": "FLAIR*",
+        "MEDOPS_DICOM_POLL_DAYS": "7",
+        "MEDOPS_DICOM_QUIET_S": "600",  # fetched series are complete at once, not by quiet time
+    }
+    edge = make_edge(**polling)
+    study = str(pydicom.dcmread(wanted[0]).StudyInstanceUID)
+    seg, _ = results_in(orthanc, study)
+    assert (
+        seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+        == pydicom.dcmread(wanted[0]).SeriesInstanceUID
+    )
+    edge.stop()
+    assert edge.log().count("series analysed") == 1
+
+    again = make_edge(**polling)  # same spool: it remembers what it fetched
+    wait_for(
+        "a few polling rounds",
+        lambda: (
+            "medops_dicom_poll_failures_total 0.0"
+            in (m := httpx.get(f"{again.url}/metrics", timeout=10).text)
+            and 'medops_dicom_series_total{outcome="analysed"}' not in m
+            and again.log().count("HTTP") >= 0
+        ),
+        timeout_s=10,
+    )
+    import time
+
+    time.sleep(3)  # six polling intervals
+    assert "series analysed" not in again.log() and "series fetched" not in again.log()
+    assert len(series_in_study(orthanc, study, "SEG")) == 1
+    other_study = str(pydicom.dcmread(other[0]).StudyInstanceUID)
+    assert series_in_study(orthanc, other_study, "SEG") == []

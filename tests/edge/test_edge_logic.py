@@ -4,14 +4,17 @@ PACS and modality: ``tests/dicom``, ``make test-dicom``.)"""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from prometheus_client import CollectorRegistry
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 from medops.clinical import ClinicalPlane
@@ -26,7 +29,9 @@ from services.dicom_edge.edge import (
     SUCCESS,
     DicomEdge,
     EdgeMetrics,
+    _inconsistency,
 )
+from services.dicom_edge.polling import Poller
 from services.dicom_edge.settings import DicomEdgeSettings
 from services.dicom_edge.store import Outbox, Spool
 
@@ -186,3 +191,65 @@ def test_result_uids_are_stable_valid_and_distinct_per_input() -> None:
     assert a == stable_uid("seg", series, "m@1")
     assert a != stable_uid("seg", series, "m@2") != stable_uid("sr", series, "m@1")
     assert a.startswith("2.25.") and len(a) <= 64 and all(p.isdigit() for p in a.split("."))
+
+
+class FakeArchive:
+    """QIDO/WADO answers of a PACS, for the poller's own bookkeeping."""
+
+    def __init__(self, rows: list[dict[str, Any]], series: dict[str, list[Dataset]]) -> None:
+        self.rows, self.series = rows, series
+        self.queries: list[dict[str, Any]] = []
+        self.retrieved: list[str] = []
+
+    def search_for_series(self, **kwargs: Any) -> list[dict[str, Any]]:
+        self.queries.append(kwargs)
+        return self.rows
+
+    def retrieve_series(self, study_uid: str, series_uid: str) -> list[Dataset]:
+        self.retrieved.append(series_uid)
+        return self.series[series_uid]
+
+
+def _row(study: str, series: str, description: str) -> dict[str, Any]:
+    return {
+        "0020000D": {"vr": "UI", "Value": [study]},
+        "0020000E": {"vr": "UI", "Value": [series]},
+        "0008103E": {"vr": "LO", "Value": [description]},
+    }
+
+
+def test_the_poller_fetches_what_its_rule_finds_once_and_remembers_it_across_restarts(
+    tmp_path: Path, mr_files: list[Path]
+) -> None:
+    ds = pydicom.dcmread(mr_files[0])
+    study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+    archive = FakeArchive(
+        [_row(study, series, "FLAIR axial"), _row(study, "1.2.3.4", "T1 sagittal")],
+        {series: [ds]},
+    )
+    spool = Spool(tmp_path)
+    poller = Poller(
+        archive, spool, modality="MR", series_description="flair*", days=7,
+        today=dt.date(2026, 3, 10),
+    )  # fmt: skip
+    assert poller.poll_once() == 1
+    assert archive.queries[0]["search_filters"] == {
+        "Modality": "MR",
+        "StudyDate": "20260303-20260310",
+    }
+    assert archive.retrieved == [series]  # the T1 series is off the rule
+    assert spool.complete(3600.0) == spool.series()  # fetched whole: complete at once
+    restarted = Poller(archive, Spool(tmp_path), modality="MR", series_description="FLAIR*")
+    assert restarted.poll_once() == 0 and archive.retrieved == [series]
+
+
+def test_a_series_mixing_sizes_or_orientations_is_refused_with_the_reason(
+    mr_files: list[Path],
+) -> None:
+    a, b = pydicom.dcmread(mr_files[0]), pydicom.dcmread(mr_files[0])
+    assert _inconsistency([a, b]) is None
+    b.Rows = 16
+    assert "mixes image sizes" in (_inconsistency([a, b]) or "")
+    b.Rows = a.Rows
+    b.ImageOrientationPatient = [0, 1, 0, 0, 0, 1]
+    assert "orientations" in (_inconsistency([a, b]) or "")
