@@ -18,7 +18,7 @@ def _env(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_edge_is_off_by_default_and_renders_whole_when_enabled() -> None:
     assert find(render_profile("default"), "Deployment", "medops-dicom-edge") == []
-    docs = render_profile("kind-cpu")
+    docs = render_profile("dicom-edge")
     (deployment,) = find(docs, "Deployment", "medops-dicom-edge")
     for doc in (deployment, *find(docs, "PersistentVolumeClaim"), *find(docs, "Service")):
         validate(doc)
@@ -41,7 +41,7 @@ def test_the_edge_is_off_by_default_and_renders_whole_when_enabled() -> None:
 
 
 def test_only_the_configured_peers_reach_the_dimse_port() -> None:
-    (policy,) = find(render_profile("kind-cpu"), "NetworkPolicy", "medops-dicom-edge")
+    (policy,) = find(render_profile("dicom-edge"), "NetworkPolicy", "medops-dicom-edge")
     dimse, http = policy["spec"]["ingress"]
     assert dimse["ports"] == [{"port": 11112, "protocol": "TCP"}]
     assert dimse["from"] == [
@@ -50,7 +50,7 @@ def test_only_the_configured_peers_reach_the_dimse_port() -> None:
     ]
     assert http["ports"] == [{"port": 8070, "protocol": "TCP"}] and http["from"]
     # no peers: no DIMSE rule at all (an empty `from` would admit everyone)
-    values = copy.deepcopy(profile_values("kind-cpu"))
+    values = copy.deepcopy(profile_values("dicom-edge"))
     values["dicomEdge"]["peers"] = []
     (closed,) = find(render(values), "NetworkPolicy", "medops-dicom-edge")
     assert [r["ports"][0]["port"] for r in closed["spec"]["ingress"]] == [8070]
@@ -61,7 +61,7 @@ def test_the_edges_own_settings_accept_the_rendered_environment(
 ) -> None:
     from services.dicom_edge.settings import DicomEdgeSettings
 
-    (deployment,) = find(render_profile("kind-cpu"), "Deployment", "medops-dicom-edge")
+    (deployment,) = find(render_profile("dicom-edge"), "Deployment", "medops-dicom-edge")
     for name, value in _env(deployment).items():
         if isinstance(value, str):
             monkeypatch.setenv(name, value)
@@ -85,7 +85,7 @@ def test_the_edges_own_settings_accept_the_rendered_environment(
     ],
 )
 def test_the_schema_refuses_an_edge_that_could_not_work(change: dict[str, Any], why: str) -> None:
-    values = copy.deepcopy(profile_values("kind-cpu"))
+    values = copy.deepcopy(profile_values("dicom-edge"))
     values["dicomEdge"].update(change)
     with pytest.raises(helm_python.HelmError):
         helm_python.Chart.load(CHART).validate_schema(values)

@@ -13,10 +13,16 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
 from medops.settings import MedopsSettings
+from services.dicom_edge.settings import DicomEdgeSettings
 from services.gateway.settings import GatewaySettings
 from services.monitor.settings import MonitorSettings
 
-SETTINGS: tuple[type[BaseSettings], ...] = (MedopsSettings, GatewaySettings, MonitorSettings)
+SETTINGS: tuple[type[BaseSettings], ...] = (
+    MedopsSettings,
+    GatewaySettings,
+    MonitorSettings,
+    DicomEdgeSettings,
+)
 
 READ_ELSEWHERE = {
     "MEDOPS_PREDICTION_LOG_PASSWORD": "Kubernetes expands it into the $(...) of the rendered "
