@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export MEDOPS_HOME ?= $(CURDIR)/.medops
 export MEDOPS_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: demo test test-slow test-dicom lint bench bench-quality bench-quality-full install system-deps triton clean
+.PHONY: demo test test-slow test-dicom lint bench bench-dicom bench-quality bench-quality-full install system-deps triton clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ lint: $(STAMP)
 ## on 2 cores), bench-quality-full trains the full preset once on the held-out split (hours).
 bench: $(STAMP) system-deps triton
 	$(BIN)/python -m bench ingest routing gateway analyze drift predlog
+
+## The DICOM edge's ingest (files/s vs pynetdicom's storage SCP) and its end-to-end overhead;
+## as root (Orthanc runs in a network namespace of its own).
+bench-dicom: $(STAMP) system-deps
+	$(BIN)/python -m bench.dicom_edge
 
 bench-quality: $(STAMP)
 	$(BIN)/python -m bench quality
