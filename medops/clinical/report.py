@@ -25,9 +25,6 @@ SR_SERIES_NUMBER = 901
 
 MILLILITER = Code("mL", "UCUM", "milliliter")
 SQUARE_MILLIMETER = Code("mm2", "UCUM", "square millimeter")
-# LOINC procedure codes (CID 100 lists both)
-MR_BRAIN = Code("24590-2", "LN", "MR Brain")
-CT_HEAD = Code("24725-4", "LN", "CT Head")
 
 
 def stable_uid(*parts: str) -> str:
@@ -160,7 +157,12 @@ def _measurement_report(
         )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=MR_BRAIN if _modality(sources) == "MR" else CT_HEAD,
+        # CID 100 (quantitative imaging procedures) has no brain MRI; its unspecified region
+        procedure_reported=(
+            codes.cid100.CTUnspecifiedBodyRegion
+            if _modality(sources) == "CT"
+            else codes.cid100.MRIUnspecifiedBodyRegion
+        ),
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(

@@ -27,7 +27,7 @@ PATIENT_NAME = "Roe^Richard"
 @pytest.fixture(scope="session", autouse=True)
 def private_network() -> None:
     """Everything of this session runs on a loopback of its own (Orthanc binds 0.0.0.0)."""
-    require_tools("storescu", "echoscu", "dciodvfy")
+    require_tools("storescu", "echoscu", "dciodvfy", "DicomSRValidator")
     enter_private_network()
 
 
