@@ -444,3 +444,22 @@ def test_polling_finds_a_new_series_by_its_rule_analyses_it_once_and_not_again_a
     assert len(series_in_study(orthanc, study, "SEG")) == 1
     other_study = str(pydicom.dcmread(other[0]).StudyInstanceUID)
     assert series_in_study(orthanc, other_study, "SEG") == []
+
+
+def test_results_can_go_back_by_c_store_instead_of_stow(
+    make_edge: Callable[..., EdgeProcess],
+    make_series: Callable[[Path], list[Path]],
+    patients: list[Path],
+    orthanc: Orthanc,
+) -> None:
+    files = make_series(patients[6])
+    edge = make_edge(
+        MEDOPS_DICOM_DESTINATION="dimse",
+        MEDOPS_DICOM_DEST_HOST="127.0.0.1",
+        MEDOPS_DICOM_DEST_PORT=str(orthanc.dicom_port),
+        MEDOPS_DICOM_DEST_AE_TITLE=orthanc.ae_title,
+        MEDOPS_DICOM_STOW_URL="",
+    )
+    storescu(edge, files)
+    seg, sr = results_in(orthanc, str(pydicom.dcmread(files[0]).StudyInstanceUID))
+    assert seg.Modality == "SEG" and sr.Modality == "SR"
