@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export MEDOPS_HOME ?= $(CURDIR)/.medops
 export MEDOPS_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: demo test test-slow test-dicom lint bench bench-dicom bench-quality bench-quality-full install system-deps triton clean
+.PHONY: demo test test-slow test-dicom test-ohif ohif lint bench bench-dicom bench-quality bench-quality-full install system-deps triton clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) ohif
 
 ## The main job on embedded defaults: no cluster, no GPU.
 demo: $(STAMP)
@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 ## Everything the tests need (Python, Debian packages, the Triton venv), then the tests.
 test: $(STAMP) system-deps triton lint
-	$(BIN)/pytest -m "not slow and not dicom" -q
+	$(BIN)/pytest -m "not slow and not dicom and not ohif" -q
 
 test-slow: $(STAMP) system-deps triton
 	$(BIN)/pytest -m slow -q
@@ -32,6 +32,14 @@ test-slow: $(STAMP) system-deps triton
 ## the session moves into a network namespace of its own, since Orthanc binds every interface.
 test-dicom: $(STAMP) system-deps
 	$(BIN)/pytest -m dicom tests/dicom -q
+
+## The OHIF viewer (prebuilt, from npm) shows the DICOM SEG on the right pixels, in headless
+## Chromium (Debian's) against a real Orthanc; as root, like test-dicom.
+test-ohif: $(STAMP) system-deps ohif
+	$(BIN)/pytest -m ohif tests/dicom -q
+
+ohif:
+	bash infra/ohif/install.sh
 
 system-deps:
 	bash infra/install-system-deps.sh

@@ -190,6 +190,8 @@ def to_dicom_seg(
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name=name, family=codes.DCM.ArtificialIntelligence, version=version
         ),
+        # viewers pick a colour of their own (and warn, as OHIF does) without one
+        display_color=hd.color.CIELabColor.from_string("orangered"),
     )
     seg = hd.seg.Segmentation(
         source_images=sources,
