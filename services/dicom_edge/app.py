@@ -127,6 +127,11 @@ def create_app(
         entries = await asyncio.to_thread(edge.outbox_listing)
         return {"pending": len(entries), "entries": entries}
 
+    @app.get("/v1/series/refused")
+    async def refused() -> dict[str, Any]:
+        """Series that were not analysed (mixed sizes, undecodable, ...), with the reason."""
+        return {"series": await asyncio.to_thread(edge.spool.refusals)}
+
     @app.post("/v1/series/complete")
     async def complete() -> dict[str, Any]:
         """Treat every spooled series as complete now (no waiting for the quiet time)."""

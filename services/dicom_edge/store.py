@@ -152,6 +152,19 @@ class Spool:
         write_durably(target / "reason.json", json.dumps({"reason": reason}).encode())
         self._triggered.discard(series.key)
 
+    def refusals(self) -> list[dict[str, Any]]:
+        """The series kept out of the analysis, with why (hashed keys, no identifier)."""
+        found = []
+        for d in sorted(self.refused.iterdir()):
+            try:
+                reason = json.loads((d / "reason.json").read_text())["reason"]
+            except (OSError, ValueError, KeyError):
+                reason = "unknown"
+            found.append(
+                {"series": d.name, "instances": len(list(d.glob("*" + SUFFIX))), "reason": reason}
+            )
+        return found
+
     def pending_instances(self) -> int:
         return sum(len(s.files) for s in self.series())
 

@@ -463,3 +463,32 @@ def test_results_can_go_back_by_c_store_instead_of_stow(
     storescu(edge, files)
     seg, sr = results_in(orthanc, str(pydicom.dcmread(files[0]).StudyInstanceUID))
     assert seg.Modality == "SEG" and sr.Modality == "SR"
+
+
+def test_a_series_of_mixed_image_sizes_is_refused_with_its_reason_and_listed(
+    make_edge: Callable[..., EdgeProcess],
+    make_series: Callable[[Path], list[Path]],
+    patients: list[Path],
+    orthanc: Orthanc,
+) -> None:
+    files = make_series(patients[7])
+    odd = pydicom.dcmread(files[-1])
+    pixels = odd.pixel_array[::2, ::2].copy()  # half the size
+    odd.Rows, odd.Columns = pixels.shape[:2]
+    odd.PixelData = pixels.tobytes()
+    odd.save_as(files[-1])
+    edge = make_edge()
+    admin = {"authorization": f"Bearer {edge_keys(edge)['admin']}"}
+    storescu(edge, files)
+
+    def refused() -> list[dict[str, Any]]:
+        listing = httpx.get(f"{edge.url}/v1/series/refused", headers=admin, timeout=10).json()
+        found: list[dict[str, Any]] = listing["series"]
+        return found
+
+    [entry] = wait_for("the series refused", refused)
+    assert entry["instances"] == len(files)
+    assert "mixes image sizes" in entry["reason"]
+    assert series_in_study(orthanc, str(odd.StudyInstanceUID), "SEG") == []
+    metrics = httpx.get(f"{edge.url}/metrics", timeout=10).text
+    assert 'medops_dicom_series_total{outcome="refused"} 1.0' in metrics

@@ -243,6 +243,21 @@ def test_the_poller_fetches_what_its_rule_finds_once_and_remembers_it_across_res
     assert restarted.poll_once() == 0 and archive.retrieved == [series]
 
 
+def test_a_refused_series_is_kept_aside_with_its_reason_for_the_listing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.put("1.2.3", "1.2.3.1", b"x")
+    [series] = spool.series()
+    spool.refuse(series, "the series mixes image sizes [(8, 8), (16, 8)]")
+    assert spool.series() == []
+    assert spool.refusals() == [
+        {
+            "series": series.key,
+            "instances": 1,
+            "reason": "the series mixes image sizes [(8, 8), (16, 8)]",
+        }
+    ]
+
+
 def test_a_series_mixing_sizes_or_orientations_is_refused_with_the_reason(
     mr_files: list[Path],
 ) -> None:
