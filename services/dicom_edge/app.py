@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from medops.clinical import Chain, ClinicalPlane
 from medops.clinical.v2 import V2Predictor
+from medops.monitoring import PredictionFeatures
+from medops.monitoring.store import PredictionStore
 from medops.service.auth import Authenticator
 from medops.service.errors import install_error_handlers
 from medops.service.health import METRICS_PATH, OPEN_PATHS, add_health_routes
@@ -57,13 +59,14 @@ def build_edge(
         timeout_s=settings.endpoint_timeout_s,
     )
     chain = Chain(classifier=settings.classifier, segmenter=settings.segmenter)
+    key = settings.deid_key
     plane = ClinicalPlane(
         predictor,
         {settings.chain: chain},
         default_chain=settings.chain,
-        deid_key=None
-        if settings.deid_key is None
-        else settings.deid_key.get_secret_value().encode(),
+        deid_key=None if key is None else key.get_secret_value().encode(),
+        store=None if settings.store_url is None else PredictionStore(settings.store_url),
+        features=PredictionFeatures(settings.home),
     )
     edge = DicomEdge(settings, plane, build_sender(settings), EdgeMetrics(registry))
     if settings.poll_url:

@@ -232,6 +232,8 @@ class DicomEdge:
                     segment=self.settings.segment,
                     media_type=DICOM,
                     chain=self.settings.chain,
+                    # the prediction log's id: the series' hashed key, never a UID
+                    request_id=f"dicom-{series.key}",
                 )
             )
             assert analysis.image.sources is not None

@@ -59,6 +59,10 @@ class DicomEdgeSettings(ApiKeySettings):
     """The chain's segmenter, whose mask becomes the SEG."""
     segment: Literal["auto", "always"] = "auto"
     """``auto``: segment the slices the classifier flags; ``always``: every slice."""
+    store_url: str | None = None
+    """Prediction log the analyses are written to (``sqlite:///PATH`` or ``postgresql://...``,
+    the gateway's, so the monitor sees DIMSE traffic too); None: not logged. It holds
+    de-identified statistics and masks only."""
     deid_key: SecretStr | None = None
     """Key of the de-identification UID map the models and the prediction log see; random per
     process when unset (the map back to original UIDs never leaves the process)."""

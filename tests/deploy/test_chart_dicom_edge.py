@@ -56,6 +56,20 @@ def test_only_the_configured_peers_reach_the_dimse_port() -> None:
     assert [r["ports"][0]["port"] for r in closed["spec"]["ingress"]] == [8070]
 
 
+def test_the_edge_writes_the_prediction_log_the_monitor_reads_and_may_reach_its_database() -> None:
+    docs = render_profile("dicom-edge")
+    (deployment,) = find(docs, "Deployment", "medops-dicom-edge")
+    (monitor,) = find(docs, "Deployment", "medops-monitor")
+    edge_url = _env(deployment)["MEDOPS_DICOM_STORE_URL"]
+    assert edge_url == _env(monitor)["MEDOPS_MONITOR_STORE_URL"]
+    (policy,) = find(docs, "NetworkPolicy", "medops-postgresql")
+    clients = {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for peer in policy["spec"]["ingress"][0]["from"]
+    }
+    assert "dicom-edge" in clients
+
+
 def test_the_edges_own_settings_accept_the_rendered_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -71,6 +85,7 @@ def test_the_edges_own_settings_accept_the_rendered_environment(
     assert s.endpoint_url == "http://medops-gateway:8080"
     assert s.stow_url == "http://pacs.hospital.svc.cluster.local:8042/dicom-web"
     assert s.local_mode is False and str(s.keys_path) == "/etc/medops/api-keys/api-keys.json"
+    assert s.store_url is not None and s.store_url.startswith("postgresql://")
 
 
 @pytest.mark.parametrize(

@@ -284,10 +284,12 @@ def test_results_wait_in_the_outbox_while_the_pacs_is_down_and_are_delivered_whe
     make_series: Callable[[Path], list[Path]],
     patients: list[Path],
     orthanc: Orthanc,
+    tmp_path: Path,
 ) -> None:
     files = make_series(patients[2])
     originals = by_position(files)
-    edge = make_edge()
+    predictions = tmp_path / "predictions.db"
+    edge = make_edge(MEDOPS_DICOM_STORE_URL=f"sqlite:///{predictions}")
     admin = {"authorization": f"Bearer {edge_keys(edge)['admin']}"}
     orthanc.stop()
     try:
@@ -305,7 +307,7 @@ def test_results_wait_in_the_outbox_while_the_pacs_is_down_and_are_delivered_whe
         assert httpx.get(f"{edge.url}/v1/outbox", timeout=10).status_code == 401
         client = {"authorization": f"Bearer {edge_keys(edge)['client']}"}
         assert httpx.get(f"{edge.url}/v1/outbox", headers=client, timeout=10).status_code == 403
-        sweep_for_phi(edge, admin, files)
+        sweep_for_phi(edge, admin, files, predictions)
     finally:
         orthanc.start()
     seg, _ = results_in(orthanc, str(originals[0].StudyInstanceUID))
@@ -318,8 +320,13 @@ def test_results_wait_in_the_outbox_while_the_pacs_is_down_and_are_delivered_whe
     )
 
 
-def sweep_for_phi(edge: EdgeProcess, admin: dict[str, str], files: list[Path]) -> None:
-    """No patient identifier, and no original UID, in the edge's logs, metrics or listing."""
+def sweep_for_phi(
+    edge: EdgeProcess, admin: dict[str, str], files: list[Path], predictions: Path
+) -> None:
+    """No patient identifier, and no original UID, in the edge's logs, metrics, outbox listing
+    or prediction log."""
+    import sqlite3
+
     planted = {PATIENT_ID, PATIENT_NAME, "Roe", "19650412"}
     for ds in map(pydicom.dcmread, files):
         planted |= {str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)}
@@ -328,6 +335,11 @@ def sweep_for_phi(edge: EdgeProcess, admin: dict[str, str], files: list[Path]) -
         "metrics": httpx.get(f"{edge.url}/metrics", timeout=10).text,
         "outbox": httpx.get(f"{edge.url}/v1/outbox", headers=admin, timeout=10).text,
     }
+    with sqlite3.connect(predictions) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = [repr(row) for t in tables for row in db.execute(f'SELECT * FROM "{t}"')]
+    assert any("dicom-" in row for row in rows), "the analysis was not logged"
+    surfaces["prediction log"] = "\n".join(rows)
     assert "series analysed" in surfaces["log"]
     for name, text in surfaces.items():
         leaked = sorted(p for p in planted if p in text)
