@@ -42,6 +42,9 @@ VERIFICATION = "1.2.840.10008.1.1"
 ANALYSABLE = (str(MRImageStorage), str(CTImageStorage), str(SecondaryCaptureImageStorage))
 """Storage classes of single-frame images the clinical plane can analyse."""
 
+CHECKPOINT_EVERY_S = 30.0
+"""Longest time an acknowledged instance lives in a journal only."""
+
 SUCCESS = 0x0000
 CANNOT_UNDERSTAND = 0xC210
 REFUSED_SOP_CLASS = 0x0122
@@ -135,6 +138,7 @@ class DicomEdge:
         self.outbox.clear_temporary()
         self.poller = poller
         self._next_poll = 0.0
+        self._last_checkpoint = clock()
         self._retry_after: dict[str, float] = {}
         self._ae: AE | None = None
 
@@ -210,6 +214,11 @@ class DicomEdge:
         """Analyse every complete series; returns how many got results."""
         now = self.clock()
         ready = self.spool.complete(0.0 if force else self.settings.quiet_s, now=now)
+        if ready or now - self._last_checkpoint >= CHECKPOINT_EVERY_S:
+            # what is analysed (and then forgotten) must be on disk in its own file first;
+            # and the journals are kept short even when nothing completes
+            await asyncio.to_thread(self.spool.checkpoint)
+            self._last_checkpoint = now
         done = 0
         for series in ready:
             if self._retry_after.get(series.key, 0.0) > now:

@@ -1,9 +1,13 @@
 """Durable files: the spool of received instances and the outbox of results to send.
 
-A file is written to a temporary name, flushed and fsynced, renamed into place, and its
+A result file is written to a temporary name, flushed and fsynced, renamed into place, and its
 directory fsynced, so once a write returns the file survives a crash or a kill -9 and a
-reader never sees half of one. Names are hashes of UIDs: nothing on disk names a patient
-outside the DICOM files themselves (which hold patient data, as on any PACS).
+reader never sees half of one. A received instance costs one sync instead of two: it is
+appended to its listener thread's journal and fdatasynced (then it is acknowledged), and
+written to its own file without a sync; a checkpoint (before each analysis round) syncs those
+files and empties the journals, and a restart replays whatever a journal still holds. Names
+are hashes of UIDs: nothing on disk names a patient outside the DICOM files themselves (which
+hold patient data, as on any PACS).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import threading
 import time
 import uuid
@@ -58,6 +63,57 @@ def write_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def _write_unsynced(path: Path, data: bytes) -> None:
+    """Whole or absent for readers (a rename), durable only once synced (or replayed)."""
+    ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+_RECORD = struct.Struct(">II")
+"""A journal record's head: the length of its relative path, then of its data."""
+
+
+class _Journal:
+    """One listener thread's append-only record of the instances it acknowledged."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fsync_dir(path.parent)
+        self.owner = threading.current_thread()
+        self.lock = threading.Lock()
+        self.unsynced: list[Path] = []
+
+    def append(self, relative: str, data: bytes) -> None:
+        name = relative.encode()
+        record = _RECORD.pack(len(name), len(data)) + name + data
+        view = memoryview(record)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        os.fdatasync(self.fd)
+
+
+def _replay(journal: Path, root: Path) -> int:
+    """Write every whole record of a journal durably into place; a torn last record was
+    never acknowledged and is dropped."""
+    data = journal.read_bytes()
+    pos = count = 0
+    while pos + _RECORD.size <= len(data):
+        name_len, size = _RECORD.unpack_from(data, pos)
+        start = pos + _RECORD.size
+        if start + name_len + size > len(data):
+            break
+        relative = data[start : start + name_len].decode()
+        target = (root / relative).resolve()
+        if root.resolve() not in target.parents:
+            break  # not a record this spool wrote
+        write_durably(target, data[start + name_len : start + name_len + size])
+        pos, count = start + name_len + size, count + 1
+    return count
+
+
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     if path.parent.exists():
@@ -81,18 +137,74 @@ class Spool:
         self.incoming = root / "incoming"
         self.refused = root / "refused"
         self.kept = root / "kept"
-        for d in (self.incoming, self.refused, self.kept):
+        self.journals = root / "journal"
+        for d in (self.incoming, self.refused, self.kept, self.journals):
             ensure_dir(d)
+        self.replayed = 0
+        """Instances a previous process acknowledged and this one put back from its journals."""
+        for journal in sorted(self.journals.glob("*.wal")):
+            self.replayed += _replay(journal, root)
+            journal.unlink()
+            fsync_dir(self.journals)
         self._triggered: set[str] = set()
         self._lock = threading.Lock()
         """Serialises writers (listener threads, the poller) with the analysis removing files."""
+        self._local = threading.local()
+        self._open: list[_Journal] = []
+        self._open_lock = threading.Lock()
+
+    def _journal(self) -> _Journal:
+        journal: _Journal | None = getattr(self._local, "journal", None)
+        if journal is None:
+            journal = _Journal(self.journals / f"{uuid.uuid4().hex}.wal")
+            self._local.journal = journal
+            with self._open_lock:
+                self._open.append(journal)
+        return journal
 
     def put(self, series_uid: str, sop_uid: str, data: bytes, *, analyse: bool = True) -> Path:
+        """Store one instance durably (journal, one sync) before returning."""
         folder = self.incoming if analyse else self.kept
         path = folder / key_of(series_uid) / (key_of(sop_uid) + SUFFIX)
-        with self._lock:
-            write_durably(path, data)
+        journal = self._journal()
+        with journal.lock:
+            journal.append(str(path.relative_to(self.root)), data)
+            with self._lock:
+                _write_unsynced(path, data)
+            journal.unsynced.append(path)
         return path
+
+    def checkpoint(self) -> int:
+        """Sync the files the journals hold and empty them; returns how many were synced."""
+        with self._open_lock:
+            journals = list(self._open)
+        synced = 0
+        for journal in journals:
+            with journal.lock:
+                folders = set()
+                for path in journal.unsynced:
+                    try:
+                        fd = os.open(path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        continue  # analysed and forgotten since
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    folders.add(path.parent)
+                    synced += 1
+                for folder in folders:
+                    if folder.exists():
+                        fsync_dir(folder)
+                os.ftruncate(journal.fd, 0)
+                os.fsync(journal.fd)
+                journal.unsynced.clear()
+                if not journal.owner.is_alive():  # its association ended: drop the file
+                    os.close(journal.fd)
+                    journal.path.unlink(missing_ok=True)
+                    with self._open_lock:
+                        self._open.remove(journal)
+        return synced
 
     def series(self) -> list[SpooledSeries]:
         found = []

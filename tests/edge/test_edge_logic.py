@@ -268,3 +268,35 @@ def test_a_series_mixing_sizes_or_orientations_is_refused_with_the_reason(
     b.Rows = a.Rows
     b.ImageOrientationPatient = [0, 1, 0, 0, 0, 1]
     assert "orientations" in (_inconsistency([a, b]) or "")
+
+
+def test_an_acknowledged_instance_survives_in_the_journal_until_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path)
+    path = spool.put("1.2.3", "1.2.3.1", b"first")
+    spool.put("1.2.3", "1.2.3.2", b"second")
+    # a crash before any checkpoint: the instance files may be lost, the journal is not
+    path.unlink()
+    restarted = Spool(tmp_path)
+    assert restarted.replayed == 2 and path.read_bytes() == b"first"
+    assert list(restarted.journals.iterdir()) == []
+
+
+def test_a_torn_journal_record_was_never_acknowledged_and_is_dropped(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.put("1.2.3", "1.2.3.1", b"whole")
+    [journal] = spool.journals.glob("*.wal")
+    with open(journal, "ab") as f:
+        f.write(b"\x00\x00\x00\x30\x00\x00\x10\x00incoming/half")  # the tail of a crash
+    assert Spool(tmp_path).replayed == 1
+
+
+def test_a_checkpoint_syncs_the_files_and_empties_the_journals(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    path = spool.put("1.2.3", "1.2.3.1", b"data")
+    [journal] = spool.journals.glob("*.wal")
+    assert journal.stat().st_size > 0
+    assert spool.checkpoint() == 1
+    assert journal.stat().st_size == 0 and path.read_bytes() == b"data"
+    assert Spool(tmp_path).replayed == 0
