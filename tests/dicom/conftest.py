@@ -24,11 +24,21 @@ PATIENT_ID = "MRN-987654"
 PATIENT_NAME = "Roe^Richard"
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move into the private network before any test of the session runs, so every server
+    the session starts (here or in other folders) lives on the same loopback."""
+    if any(
+        item.get_closest_marker("dicom") or item.get_closest_marker("ohif")
+        for item in session.items
+    ):
+        enter_private_network()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_network() -> None:
     """Everything of this session runs on a loopback of its own (Orthanc binds 0.0.0.0)."""
     require_tools("storescu", "echoscu", "dciodvfy", "DicomSRValidator")
-    enter_private_network()
+    enter_private_network()  # already done at collection; a no-op then
 
 
 @pytest.fixture(scope="session")
