@@ -182,6 +182,19 @@ class DicomEdge:
         result = self.store(event.encoded_dataset(include_meta=True))
         return result.status
 
+    def store_with_uids(self, data: bytes) -> tuple[str | None, str | None, int]:
+        """:meth:`store`, with the SOP class and instance UIDs of what was sent (for STOW-RS)."""
+        status = self.store(data).status
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            return (
+                str(ds.get("SOPClassUID", "")) or None,
+                str(ds.get("SOPInstanceUID", "")) or None,
+                status,
+            )
+        except Exception:  # an undecodable part names nothing
+            return None, None, status
+
     def store(self, data: bytes) -> Stored:
         """Check one instance and write it durably; its status is what the SCU is told."""
         try:

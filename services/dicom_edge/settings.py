@@ -98,8 +98,8 @@ class DicomEdgeSettings(ApiKeySettings):
     """Most series taken per query."""
     log_level: str = "INFO"
     """Level of the JSON log lines written to stderr."""
-    max_request_bytes: int = 1024 * 1024
-    """Largest accepted HTTP request body."""
+    max_request_bytes: int = 1024 * 1024 * 1024
+    """Largest accepted HTTP request body (a STOW-RS request carries whole series)."""
 
     @property
     def medops_home(self) -> Path:

@@ -48,7 +48,8 @@ def test_only_the_configured_peers_reach_the_dimse_port() -> None:
         {"ipBlock": {"cidr": "10.0.0.20/32"}},
         {"ipBlock": {"cidr": "10.0.0.21/32"}},
     ]
-    assert http["ports"] == [{"port": 8070, "protocol": "TCP"}] and http["from"]
+    assert http["ports"] == [{"port": 8070, "protocol": "TCP"}]
+    assert {"ipBlock": {"cidr": "10.0.0.20/32"}} in http["from"]  # STOW-RS from the PACS
     # no peers: no DIMSE rule at all (an empty `from` would admit everyone)
     values = copy.deepcopy(profile_values("dicom-edge"))
     values["dicomEdge"]["peers"] = []

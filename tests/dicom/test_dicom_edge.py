@@ -504,3 +504,56 @@ def test_a_series_of_mixed_image_sizes_is_refused_with_its_reason_and_listed(
     assert series_in_study(orthanc, str(odd.StudyInstanceUID), "SEG") == []
     metrics = httpx.get(f"{edge.url}/metrics", timeout=10).text
     assert 'medops_dicom_series_total{outcome="refused"} 1.0' in metrics
+
+
+def test_a_series_sent_by_stow_rs_to_the_edge_is_analysed_and_a_garbled_part_is_named_failed(
+    make_edge: Callable[..., EdgeProcess],
+    make_series: Callable[[Path], list[Path]],
+    patients: list[Path],
+    orthanc: Orthanc,
+) -> None:
+    from requests import HTTPError
+
+    files = make_series(patients[8])
+    edge = make_edge()
+    keys = edge_keys(edge)
+    datasets = [pydicom.dcmread(p) for p in files]
+    sender = DICOMwebClient(
+        url=f"{edge.url}/dicom-web", headers={"authorization": f"Bearer {keys['client']}"}
+    )
+    answer = sender.store_instances(datasets)
+    stored = {str(i.ReferencedSOPInstanceUID) for i in answer.ReferencedSOPSequence}
+    assert stored == {str(d.SOPInstanceUID) for d in datasets}
+    seg, _ = results_in(orthanc, str(datasets[0].StudyInstanceUID))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == datasets[0].SeriesInstanceUID
+
+    # a part that is no DICOM: 409 with the failure named, nothing stored
+    boundary = "medops-test"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + b"DICM not really"
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    r = httpx.post(
+        f"{edge.url}/dicom-web/studies",
+        content=body,
+        headers={
+            "authorization": f"Bearer {keys['client']}",
+            "content-type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        },
+        timeout=30,
+    )
+    assert r.status_code == 409
+    assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC210]
+    # STOW-RS needs a client (or admin) key, and a DICOM multipart body
+    unauthenticated = DICOMwebClient(url=f"{edge.url}/dicom-web")
+    with pytest.raises(HTTPError) as refused:
+        unauthenticated.store_instances(datasets[:1])
+    assert refused.value.response.status_code == 401
+    r = httpx.post(
+        f"{edge.url}/dicom-web/studies",
+        content=b"{}",
+        headers={"authorization": f"Bearer {keys['client']}", "content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 415 and "multipart/related" in r.json()["error"]
