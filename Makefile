@@ -28,7 +28,7 @@ test: $(STAMP) system-deps triton lint
 test-slow: $(STAMP) system-deps triton
 	$(BIN)/pytest -m slow -q
 
-## The DICOM edge against a real Orthanc, DCMTK and dciodvfy (about a minute). Runs as root:
+## The DICOM edge against a real Orthanc, DCMTK, dciodvfy and PixelMed (about two minutes); as root:
 ## the session moves into a network namespace of its own, since Orthanc binds every interface.
 test-dicom: $(STAMP) system-deps
 	$(BIN)/pytest -m dicom tests/dicom -q
