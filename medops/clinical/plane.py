@@ -103,7 +103,10 @@ class ClinicalPlane:
             # a fresh map per request (nothing accumulates), keyed with the plane's secret
             uid_map = UIDMap(self.deid_key)
             read = await asyncio.to_thread(
-                read_upload, request.upload, uid_map, sources=request.media_type == DICOM
+                read_upload,
+                request.upload,
+                uid_map,
+                sources=request.media_type == DICOM or request.keep_sources,
             )
             clock.lap("decode")
             if chain is None:

@@ -26,7 +26,6 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
 from medops.clinical import AnalyzeRequest, ClinicalPlane, Upload
 from medops.clinical.report import build_results
-from medops.clinical.types import DICOM
 from medops.deid import UIDMap
 from medops.errors import BackendTimeoutError, BackendUnavailableError, MedopsError
 from medops.imaging.upload import TYPE2_PATIENT_STUDY
@@ -252,8 +251,9 @@ class DicomEdge:
                 AnalyzeRequest(
                     Upload(tuple(files)),
                     segment=self.settings.segment,
-                    media_type=DICOM,
                     chain=self.settings.chain,
+                    # the results are built here, over the originals: no SEG of the plane's
+                    keep_sources=True,
                     # the prediction log's id: the series' hashed key, never a UID
                     request_id=f"dicom-{series.key}",
                 )
