@@ -252,3 +252,69 @@ def compile_(
     cluster = ClusterSettings(data_pvc=data_pvc, mlflow_secret=mlflow_secret, gpus=gpus)
     path = compile_pipeline(output, image=image or DEFAULT_IMAGE, cluster=cluster, tasks=tasks)
     click.echo(f"wrote {path}")
+
+
+@click.command("import")
+@click.argument("name")
+@click.option(
+    "--onnx",
+    "onnx_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="The model, meeting the serving contract (input image, output probabilities).",
+)
+@click.option(
+    "--task",
+    "task_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The task file NAME belongs to (tasks/*.yaml): its data, split, rule and gate.",
+)
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="fast", show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option("--seed", type=int, default=0, show_default=True, help="The pipeline's split seed.")
+@click.pass_context
+def import_model_command(
+    ctx: click.Context,
+    name: str,
+    onnx_path: Path,
+    task_path: Path,
+    preset: str,
+    data_dir: Path | None,
+    seed: int,
+) -> None:
+    """Register an ONNX model trained elsewhere as a new version of NAME: the contract is
+    checked, the model judged on the task's test split like a trained one, its card written,
+    and the gate applied (champion only if there is none; otherwise it waits as challenger)."""
+    from pipelines.importing import import_model
+
+    settings = _settings(ctx)
+    settings.ensure_home()
+    result = import_model(
+        name,
+        onnx_path,
+        task_path,
+        data_dir=data_dir or settings.data_dir,
+        home=settings.home,
+        tracking_uri=settings.mlflow_uri,
+        preset=preset,
+        seed=seed,
+    )
+    shown = "  ".join(
+        f"{k}={v:.3f}"
+        for k, v in result.headline.items()
+        if k in ("dice_patient_mean", "dice_slice_mean", "iou_slice_mean")
+    )
+    click.echo(f"{result.name} v{result.version} registered (imported): {shown}")
+    if result.champion is not None:
+        theirs = result.champion["headline"]
+        other = "  ".join(
+            f"{k}={theirs[k]:.3f}" for k in ("dice_patient_mean", "dice_slice_mean") if k in theirs
+        )
+        click.echo(f"  champion v{result.champion['version']} on the same samples: {other}")
+    verdict = (
+        "champion"
+        if result.promoted
+        else "challenger (gate verdict recorded; a canary or `medops models promote` decides)"
+    )
+    click.echo(f"  now: {verdict}")

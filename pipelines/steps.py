@@ -740,11 +740,13 @@ def gate(
     evaluation_path: str,
     *,
     floors: Mapping[str, Mapping[str, float]] | None = None,
+    promote: bool | None = None,
 ) -> bool:
     """Apply the promotion gate to a new version and record the decision (and promotion).
 
     ``floors``: this run's floors per task (``--floor``), over the preset's ``minimums``; the
-    recorded evidence holds the floors used (``minimums``) and which were overridden."""
+    recorded evidence holds the floors used (``minimums``) and which were overridden.
+    ``promote``: whether a pass moves ``champion`` (None: as the preset says)."""
     from medops.registry import Registry, promotion_gate
 
     chosen = get_preset(preset)
@@ -771,7 +773,7 @@ def gate(
     decision.evidence["challenger_version"] = str(version)
     decision.evidence["same_test_patients"] = True
     # a preset may leave promotion to a live canary, unless there is no champion to serve
-    move = chosen.promote or champion is None
+    move = (chosen.promote if promote is None else promote) or champion is None
     decision.evidence["promoted_by"] = "gate" if move else "live canary"
     return Registry(tracking_uri).record_gate(
         found.model, str(version), decision, move_champion=move
