@@ -118,7 +118,8 @@ class ClinicalPlane:
             else:
                 analysis = await self._segment_all(read, request, first, clock)
             analysis.chain = chain_name
-            await self._log_predictions(analysis)
+            if request.log:
+                await self._log_predictions(analysis)
             analysis.answer = await asyncio.to_thread(encode, analysis, request.media_type)
             clock.lap("postprocess")
         except MedopsError as exc:

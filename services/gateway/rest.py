@@ -23,6 +23,7 @@ from medops.clinical import (
     Upload,
     choose_media_type,
 )
+from medops.clinical.explain import TARGETS, Explainer, ExplainRequest, Target, parse_slices
 from medops.errors import InvalidInputError, NotFoundError
 from medops.service.auth import Authenticator
 from medops.service.errors import install_error_handlers
@@ -174,24 +175,26 @@ def create_app(
 
     # ------------------------------------------------------------------ clinical API
 
-    @app.post("/v1/analyze")
-    async def analyze(request: Request) -> Response:
+    async def analyze_request(request: Request) -> AnalyzeRequest:
+        """What ``/v1/analyze`` and ``/v1/explain`` share: upload, segment mode, routing."""
         media_type = choose_media_type(request.headers.get("accept"))
         query = request.query_params
         segment = query.get("segment", "auto").lower()
         if segment not in SEGMENT_MODES:
             raise InvalidInputError(f"segment must be one of {SEGMENT_MODES}, got {segment!r}")
-        analysis = await clinical.analyze(
-            AnalyzeRequest(
-                upload=await _upload(request),
-                segment=cast(SegmentMode, segment),
-                media_type=media_type,
-                routing=request.headers,
-                request_id=REQUEST_ID.get(),
-                model=query.get("model"),
-                chain=query.get("chain"),
-            )
+        return AnalyzeRequest(
+            upload=await _upload(request),
+            segment=cast(SegmentMode, segment),
+            media_type=media_type,
+            routing=request.headers,
+            request_id=REQUEST_ID.get(),
+            model=query.get("model"),
+            chain=query.get("chain"),
         )
+
+    @app.post("/v1/analyze")
+    async def analyze(request: Request) -> Response:
+        analysis = await clinical.analyze(await analyze_request(request))
         answer = analysis.answer
         assert answer is not None
         headers = {
@@ -200,6 +203,27 @@ def create_app(
         }
         if answer.filename:
             headers["content-disposition"] = f'attachment; filename="{answer.filename}"'
+        return Response(answer.body, media_type=answer.media_type, headers=headers)
+
+    explainer = Explainer(clinical)
+
+    @app.post("/v1/explain")
+    async def explain(request: Request) -> Response:
+        """Occlusion saliency per slice (``slices=K[,K...]``; all by default) of the classifier's
+        decision and the segmenter's mask: JSON arrays, or one slice's PNG heat map
+        (``Accept: image/png``; ``target=classifier|segmenter``). Upload forms as analyze."""
+        query = request.query_params
+        target = query.get("target", "auto").lower()
+        if target not in TARGETS:
+            raise InvalidInputError(f"target must be one of {TARGETS}, got {target!r}")
+        slices = parse_slices(query.get("slices"))
+        explanation = await explainer.explain(
+            ExplainRequest(await analyze_request(request), slices, cast(Target, target))
+        )
+        answer = explanation.answer
+        assert answer is not None
+        first = explanation.analysis.first.route
+        headers = {"x-medops-variant": first.variant, "x-medops-model-version": first.version}
         return Response(answer.body, media_type=answer.media_type, headers=headers)
 
     # ------------------------------------------------------------------ routing

@@ -1,0 +1,202 @@
+"""``/v1/explain``: MONAI's occlusion sensitivity through the gateway's predictor equals MONAI's
+on the torch model itself; a PNG heat map; the same 4xx messages as analyze."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import tifffile
+import torch
+from gateway_harness import GatewayThread
+from gateway_support import SIZE, make_settings
+from monai.visualize import OcclusionSensitivity
+from PIL import Image as PILImage
+from torch import nn
+
+from medops.clinical.explain import OcclusionSettings
+from medops.modelspec import (
+    CLASSIFIER,
+    INPUT_NAME,
+    META_CLASSES,
+    META_DATASET_VERSION,
+    META_INPUT_SIZE,
+    META_TASK,
+    META_THRESHOLD,
+    OUTPUT_NAME,
+    SEGMENTER,
+)
+from medops.transforms import preprocess_slice
+
+
+class BrightSpotClassifier(nn.Module):
+    """P(tumour) rises with bright FLAIR pixels, so occluding them lowers it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 2, 5, padding=2)
+        self.head = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.conv.weight.normal_(0.0, 0.05)
+            self.conv.weight[0, 1] += 1.0 / 25.0
+            self.head.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+            self.head.bias.copy_(torch.tensor([0.3, -0.3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return torch.softmax(self.head(h) * 4.0, dim=1)
+
+
+def export(net: nn.Module, path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, SIZE, SIZE),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    model = onnx.load(str(path))
+    for key, value in {
+        META_TASK: "classification",
+        META_INPUT_SIZE: str(SIZE),
+        META_CLASSES: json.dumps(["no_tumour", "tumour"]),
+        META_THRESHOLD: "0.5",
+        META_DATASET_VERSION: "test",
+    }.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_classifier() -> nn.Module:
+    return BrightSpotClassifier().eval()
+
+
+@pytest.fixture(scope="module")
+def explain_gateway(
+    torch_classifier: nn.Module,
+    tiny_models: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[GatewayThread, dict[str, str]]]:
+    folder = tmp_path_factory.mktemp("explain")
+    files = {
+        CLASSIFIER: export(torch_classifier, folder / "classifier.onnx"),
+        SEGMENTER: tiny_models[SEGMENTER],
+    }
+    home = folder / "home"
+    with GatewayThread(make_settings(home, files)) as gw:
+        keys = json.loads((home / "credentials.json").read_text())
+        yield gw, {"authorization": f"Bearer {keys['client']}"}
+
+
+@pytest.fixture(scope="module")
+def tumour_slice(lgg_patient: Path) -> Path:
+    for mask in sorted(lgg_patient.glob("*_mask.tif")):
+        if tifffile.imread(mask).any():
+            return Path(str(mask).replace("_mask.tif", ".tif"))
+    raise AssertionError(f"no tumour slice in {lgg_patient.name}")
+
+
+def explain(
+    gw: GatewayThread, headers: dict[str, str], body: bytes, query: str = "", **extra: str
+) -> httpx.Response:
+    return httpx.post(
+        f"http://{gw.url}/v1/explain{query}",
+        content=body,
+        headers={**headers, "content-type": "image/tiff", **extra},
+        timeout=120,
+    )
+
+
+def test_occlusion_through_the_gateway_equals_monai_on_the_torch_model(
+    explain_gateway: tuple[GatewayThread, dict[str, str]],
+    torch_classifier: nn.Module,
+    tumour_slice: Path,
+) -> None:
+    gw, headers = explain_gateway
+    r = explain(gw, headers, tumour_slice.read_bytes(), "?segment=always")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    (entry,) = doc["slices"]
+    served = np.asarray(entry["classifier"]["saliency"])
+    assert served.shape == (SIZE, SIZE)
+
+    # MONAI directly on the torch module, the same settings, the same preprocessing
+    settings = OcclusionSettings()
+    x = torch.from_numpy(
+        preprocess_slice(tifffile.imread(tumour_slice).transpose(2, 0, 1), SIZE)[None]
+    )
+    with torch.no_grad():
+        probs = torch_classifier(x)[0]
+        chosen = 1 if entry["class"] == "tumour" else 0
+        occ, _ = OcclusionSensitivity(
+            torch_classifier,
+            mask_size=round(SIZE * settings.mask_fraction),
+            n_batch=settings.n_batch,
+            verbose=False,
+            overlap=settings.overlap,
+            activate=False,
+        )(x)
+    expected = float(probs[chosen]) - occ[0, chosen].numpy()
+    assert float(np.abs(expected).max()) > 1e-3, "the map must show something to compare"
+    np.testing.assert_allclose(served, expected, atol=2e-4)
+    # the segmenter's mask got its own map, and both are named by version
+    assert entry["segmenter"] is not None and entry["segmenter"]["size"] == [SIZE, SIZE]
+    assert doc["models"]["classifier"]["name"] == CLASSIFIER
+    assert doc["method"] == "occlusion"
+
+
+def test_a_png_heat_map_of_one_slice_at_the_image_size(
+    explain_gateway: tuple[GatewayThread, dict[str, str]], tumour_slice: Path
+) -> None:
+    gw, headers = explain_gateway
+    body = tumour_slice.read_bytes()
+    r = explain(gw, headers, body, "?segment=always&target=classifier", accept="image/png")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    heat = np.asarray(PILImage.open(io.BytesIO(r.content)))
+    assert heat.shape == (256, 256, 4)
+    alpha = heat[..., 3]
+    assert alpha.max() == 255 and (alpha == 0).any(), "transparent where nothing mattered"
+
+
+def test_explain_refuses_what_analyze_refuses_with_the_same_message(
+    explain_gateway: tuple[GatewayThread, dict[str, str]], tumour_slice: Path
+) -> None:
+    gw, headers = explain_gateway
+    junk = b"just some text, not an image"
+    analyze = httpx.post(
+        f"http://{gw.url}/v1/analyze",
+        content=junk,
+        headers={**headers, "content-type": "text/plain"},
+    )
+    r = explain(gw, headers, junk, **{"content-type": "text/plain"})
+    assert r.status_code == analyze.status_code == 415
+    assert r.json()["error"] == analyze.json()["error"]
+
+    body = tumour_slice.read_bytes()
+    r = explain(gw, headers, body, "?slices=4")
+    assert r.status_code == 400 and "out of range" in r.json()["error"]
+    r = explain(gw, headers, body, "?slices=one")
+    assert r.status_code == 400 and "slices" in r.json()["error"]
+    r = explain(gw, headers, body, "?target=everything")
+    assert r.status_code == 400 and "target" in r.json()["error"]
+    r = explain(gw, headers, body, accept="application/dicom")
+    assert r.status_code == 406
+    r = httpx.post(f"http://{gw.url}/v1/explain", content=body)
+    assert r.status_code == 401
