@@ -190,9 +190,12 @@ class Explainer:
             result.classifier = base - occ
         if a.segmenter is not None and k in a.segment_max:
             seg = a.segmenter
-            x = a.segment_inputs.get(k)
-            if x is None:
-                x = preprocess_slice(a.image.image.slice(k), seg.info.input_size)
+            ready = a.segment_inputs.get(k)
+            x = (
+                ready
+                if ready is not None
+                else preprocess_slice(a.image.image.slice(k), seg.info.input_size)
+            )
             call = self._call(seg, loop)
             probs = call(x[None])[0, 0]
             region = probs >= seg.info.threshold
