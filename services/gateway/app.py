@@ -22,6 +22,7 @@ from medops.registry.audit import default_audit_path
 from medops.service.auth import Authenticator
 
 from .backends import Backend, make_backend
+from .catalog import registry_catalog
 from .dataplane import DataPlane
 from .grpc import create_grpc_server
 from .models import FileSource, ModelManager, ModelSource, RegistrySource
@@ -244,7 +245,9 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         metrics=metrics,
         features=PredictionFeatures(settings.home),
     )
-    app = create_app(settings, dataplane, auth, clinical)
+    app = create_app(
+        settings, dataplane, auth, clinical, store=store, catalog=registry_catalog(source, served)
+    )
     gateway = Gateway(
         settings=settings,
         backend=backend,

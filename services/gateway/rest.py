@@ -7,8 +7,10 @@ shared :class:`~medops.service.middleware.ServiceMiddleware` with the gateway's 
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
+from collections.abc import Callable
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -24,8 +26,11 @@ from medops.clinical import (
     choose_media_type,
 )
 from medops.clinical.explain import TARGETS, Explainer, ExplainRequest, Target, parse_slices
-from medops.errors import InvalidInputError, NotFoundError
-from medops.service.auth import Authenticator
+from medops.clinical.preview import preview
+from medops.deid import UIDMap
+from medops.errors import InvalidInputError, MedopsError, NotFoundError
+from medops.monitoring.store import REVIEWER_ROLES, PredictionStore
+from medops.service.auth import ROLES, Authenticator
 from medops.service.errors import install_error_handlers
 from medops.service.health import OPEN_PATHS, add_health_routes
 from medops.service.logs import REQUEST_ID
@@ -35,14 +40,23 @@ from .codec import HEADER_LENGTH, decode_request, encode_response
 from .dataplane import DataPlane
 from .settings import GatewaySettings
 from .types import RestWire
+from .ui import SecurityHeaders, add_ui_routes, is_page
 
 ADMIN_PATHS = frozenset({"/v1/routing/audit"})
+FEEDBACK_PATH = "/v1/feedback"
+SESSION_PATH = "/v1/session"
 
 
-def needed_role(method: str, path: str) -> str | None:
-    """``None`` for health and metrics, ``admin`` for changing routing, ``client`` otherwise."""
-    if path in OPEN_PATHS:
+def needed_role(method: str, path: str) -> str | tuple[str, ...] | None:
+    """``None`` for health, metrics and the page files (``/ui/``: no data; the calls they make
+    send a key), ``admin`` for changing routing, a reviewer or client key for feedback, any
+    key to ask which role it has, ``client`` otherwise."""
+    if path in OPEN_PATHS or is_page(path):
         return None
+    if path == FEEDBACK_PATH and method == "POST":
+        return ("reviewer", "client")
+    if path == SESSION_PATH:
+        return ROLES
     if path in ADMIN_PATHS or (path == "/v1/routing" and method != "GET"):
         return "admin"
     return "client"
@@ -88,9 +102,16 @@ def _json(doc: Any, status: int = 200) -> JSONResponse:
 
 
 def create_app(
-    settings: GatewaySettings, dataplane: DataPlane, auth: Authenticator, clinical: ClinicalPlane
+    settings: GatewaySettings,
+    dataplane: DataPlane,
+    auth: Authenticator,
+    clinical: ClinicalPlane,
+    *,
+    store: PredictionStore | None = None,
+    catalog: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> FastAPI:
-    """The REST application; the composition root builds its parts."""
+    """The REST application; the composition root builds its parts (``store``: the prediction
+    log feedback is written to; ``catalog``: the registry's view of the served models)."""
     app = FastAPI(
         title="medops gateway",
         description="Open Inference Protocol (KServe V2) and the clinical analyze API.",
@@ -226,6 +247,73 @@ def create_app(
         headers = {"x-medops-variant": first.variant, "x-medops-model-version": first.version}
         return Response(answer.body, media_type=answer.media_type, headers=headers)
 
+    # ------------------------------------------------------------------ review and console
+
+    @app.get(SESSION_PATH)
+    async def session(request: Request) -> Response:
+        """The role of the caller's key (what the pages show depends on it)."""
+        return _json({"role": request.state.role})
+
+    @app.post(FEEDBACK_PATH)
+    async def feedback(request: Request) -> Response:
+        """A reviewer's confirmation or correction of one logged prediction (a slice's
+        ``prediction_id``): ``label`` and/or ``mask_rle`` (COCO RLE at the image's size), into
+        the prediction log the monitor reads. Unknown ids are 404; a malformed body or a mask
+        of the wrong size is 400, naming the field."""
+        if store is None:
+            raise NotFoundError("feedback needs the prediction log (MEDOPS_GATEWAY_PREDICTION_LOG)")
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise InvalidInputError(f"feedback is not valid JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise InvalidInputError("feedback must be a JSON object")
+        unknown = sorted(set(body) - {"request_id", "label", "mask_rle", "reviewer_role"})
+        if unknown:
+            raise InvalidInputError(f"feedback: unknown field(s) {', '.join(unknown)}")
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidInputError("request_id: expected a slice's prediction_id")
+        label = body.get("label")
+        if label is not None and not isinstance(label, str):
+            raise InvalidInputError("label: expected a class name")
+        role = body.get("reviewer_role", "radiologist")
+        if role not in REVIEWER_ROLES:
+            raise InvalidInputError(f"reviewer_role: expected one of {', '.join(REVIEWER_ROLES)}")
+        await asyncio.to_thread(
+            store.record_feedback, request_id, label, body.get("mask_rle"), reviewer_role=role
+        )
+        return _json({"request_id": request_id, "stored": True})
+
+    @app.post("/v1/preview")
+    async def preview_upload(request: Request) -> Response:
+        """The upload's slices as the review page shows them (de-identified, scaled to 8 bits,
+        PNG data URLs at the image's size); ``slices=K[,K...]`` for some. Upload forms as
+        analyze."""
+        slices = parse_slices(request.query_params.get("slices"))
+        upload = await _upload(request)
+        doc = await asyncio.to_thread(preview, upload, UIDMap(clinical.deid_key), slices)
+        return _json(doc)
+
+    @app.get("/v1/models/registry")
+    async def model_registry() -> Response:
+        """Each served model's versions with aliases, gate verdicts and evaluation figures."""
+        if catalog is None:
+            return _json({"models": []})
+        return _json({"models": await asyncio.to_thread(catalog)})
+
+    @app.get("/v1/monitor/history")
+    async def monitor_history(request: Request, model: str) -> Response:
+        """The monitor's recent evaluations of ``model`` (drift share, quality from feedback),
+        asked with the caller's own key, for the console's drift chart."""
+        if not settings.monitor_url:
+            raise NotFoundError("no monitor configured (MEDOPS_GATEWAY_MONITOR_URL)")
+        return await _monitor_get(
+            settings.monitor_url, "/v1/drift/history", {"model": model}, request
+        )
+
+    add_ui_routes(app)
+
     # ------------------------------------------------------------------ routing
 
     @app.get("/v1/routing")
@@ -274,7 +362,31 @@ def create_app(
         max_request_bytes=settings.max_request_bytes,
         service="gateway",
     )
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+async def _monitor_get(base: str, path: str, params: dict[str, str], request: Request) -> Response:
+    """GET from the monitor with the caller's Authorization; its 4xx pass through as they are,
+    an unreachable monitor is 503."""
+    import httpx
+
+    url = (base if "://" in base else f"http://{base}").rstrip("/") + path
+    headers = {"authorization": request.headers.get("authorization", "")}
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            answer = await client.get(url, params=params, headers=headers)
+    except httpx.HTTPError as exc:
+        raise MedopsError(
+            f"the monitor is unreachable ({type(exc).__name__})", status_code=503
+        ) from None
+    if answer.status_code >= 500:
+        raise MedopsError(f"the monitor answered {answer.status_code}", status_code=502)
+    return Response(
+        answer.content,
+        status_code=answer.status_code,
+        media_type=answer.headers.get("content-type", "application/json"),
+    )
 
 
 def _with_etag(response: Response, document: dict[str, Any]) -> Response:
