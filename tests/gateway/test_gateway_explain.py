@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
 import pytest
 import tifffile
 import torch
 from gateway_harness import GatewayThread
 from gateway_support import SIZE, make_settings
+from known_models import BrightSpotClassifier, export_contract_model
 from monai.visualize import OcclusionSensitivity
 from PIL import Image as PILImage
 from torch import nn
@@ -24,62 +23,9 @@ from torch import nn
 from medops.clinical.explain import OcclusionSettings
 from medops.modelspec import (
     CLASSIFIER,
-    INPUT_NAME,
-    META_CLASSES,
-    META_DATASET_VERSION,
-    META_INPUT_SIZE,
-    META_TASK,
-    META_THRESHOLD,
-    OUTPUT_NAME,
     SEGMENTER,
 )
 from medops.transforms import preprocess_slice
-
-
-class BrightSpotClassifier(nn.Module):
-    """P(tumour) rises with bright FLAIR pixels, so occluding them lowers it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.conv = nn.Conv2d(3, 2, 5, padding=2)
-        self.head = nn.Linear(2, 2)
-        with torch.no_grad():
-            self.conv.weight.normal_(0.0, 0.05)
-            self.conv.weight[0, 1] += 1.0 / 25.0
-            self.head.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
-            self.head.bias.copy_(torch.tensor([0.3, -0.3]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.conv(x)).mean(dim=(2, 3))
-        return torch.softmax(self.head(h) * 4.0, dim=1)
-
-
-def export(net: nn.Module, path: Path) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            net,
-            (torch.zeros(1, 3, SIZE, SIZE),),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    model = onnx.load(str(path))
-    for key, value in {
-        META_TASK: "classification",
-        META_INPUT_SIZE: str(SIZE),
-        META_CLASSES: json.dumps(["no_tumour", "tumour"]),
-        META_THRESHOLD: "0.5",
-        META_DATASET_VERSION: "test",
-    }.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +41,13 @@ def explain_gateway(
 ) -> Iterator[tuple[GatewayThread, dict[str, str]]]:
     folder = tmp_path_factory.mktemp("explain")
     files = {
-        CLASSIFIER: export(torch_classifier, folder / "classifier.onnx"),
+        CLASSIFIER: export_contract_model(
+            torch_classifier,
+            folder / "classifier.onnx",
+            size=SIZE,
+            task="classification",
+            classes=["no_tumour", "tumour"],
+        ),
         SEGMENTER: tiny_models[SEGMENTER],
     }
     home = folder / "home"

@@ -94,10 +94,15 @@ async function loadRouting() {
   $("routing").dataset.revision = String(doc.revision);
 }
 
-/** The field a validation message names: its leading "path.to.field:" part. */
-export function fieldOf(message) {
-  const match = /^([A-Za-z_][\w.\[\]-]*):/.exec(message);
-  return match ? match[1] : "—";
+/** The fields a validation message names: "invalid routing document: a.b[0].c: why; ...". */
+export function fieldsOf(message) {
+  const body = message.replace(/^.*?invalid routing document: /, "");
+  const fields = body
+    .split("; ")
+    .map((part) => /^([\w.\[\]-]+): /.exec(part))
+    .filter((m) => m !== null)
+    .map((m) => m[1]);
+  return fields.length ? fields.join(", ") : "—";
 }
 
 async function saveRouting() {
@@ -122,7 +127,7 @@ async function saveRouting() {
     await Promise.all([loadRouting(), loadSplit(), loadAudit()]);
   } catch (err) {
     showMessage(err.message);
-    $("routing-field").textContent = fieldOf(err.message);
+    $("routing-field").textContent = fieldsOf(err.message);
     $("routing-status").textContent = `Refused; the running document is still revision ${revision}.`;
   }
 }
