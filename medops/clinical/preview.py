@@ -34,10 +34,11 @@ def slice_png(read: ReadUpload, k: int) -> bytes:
 
 
 def preview(
-    upload: Upload, uid_map: UIDMap, slices: Sequence[int] | None = None
+    upload: Upload, deid_key: bytes, slices: Sequence[int] | None = None
 ) -> dict[str, object]:
-    """``{"shape": [z, h, w], "slices": [{"index": k, "png": "data:image/png;base64,..."}]}``."""
-    read = read_upload(upload, uid_map)
+    """``{"shape": [z, h, w], "slices": [{"index": k, "png": "data:image/png;base64,..."}]}``;
+    the upload is de-identified as an analysis would be (``deid_key``: the plane's)."""
+    read = read_upload(upload, UIDMap(deid_key))
     z, h, w = read.image.shape
     wanted = list(range(z)) if slices is None else list(dict.fromkeys(slices))
     bad = [k for k in wanted if not 0 <= k < z]

@@ -26,10 +26,9 @@ from medops.clinical import (
     choose_media_type,
 )
 from medops.clinical.explain import TARGETS, Explainer, ExplainRequest, Target, parse_slices
+from medops.clinical.feedback import FeedbackStore, record_feedback
 from medops.clinical.preview import preview
-from medops.deid import UIDMap
 from medops.errors import InvalidInputError, MedopsError, NotFoundError
-from medops.monitoring.store import REVIEWER_ROLES, PredictionStore
 from medops.service.auth import ROLES, Authenticator
 from medops.service.errors import install_error_handlers
 from medops.service.health import OPEN_PATHS, add_health_routes
@@ -107,7 +106,7 @@ def create_app(
     auth: Authenticator,
     clinical: ClinicalPlane,
     *,
-    store: PredictionStore | None = None,
+    store: FeedbackStore | None = None,
     catalog: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     """The REST application; the composition root builds its parts (``store``: the prediction
@@ -266,23 +265,7 @@ def create_app(
             body = await request.json()
         except ValueError as exc:
             raise InvalidInputError(f"feedback is not valid JSON ({exc})") from None
-        if not isinstance(body, dict):
-            raise InvalidInputError("feedback must be a JSON object")
-        unknown = sorted(set(body) - {"request_id", "label", "mask_rle", "reviewer_role"})
-        if unknown:
-            raise InvalidInputError(f"feedback: unknown field(s) {', '.join(unknown)}")
-        request_id = body.get("request_id")
-        if not isinstance(request_id, str) or not request_id:
-            raise InvalidInputError("request_id: expected a slice's prediction_id")
-        label = body.get("label")
-        if label is not None and not isinstance(label, str):
-            raise InvalidInputError("label: expected a class name")
-        role = body.get("reviewer_role", "radiologist")
-        if role not in REVIEWER_ROLES:
-            raise InvalidInputError(f"reviewer_role: expected one of {', '.join(REVIEWER_ROLES)}")
-        await asyncio.to_thread(
-            store.record_feedback, request_id, label, body.get("mask_rle"), reviewer_role=role
-        )
+        request_id = await asyncio.to_thread(record_feedback, store, body)
         return _json({"request_id": request_id, "stored": True})
 
     @app.post("/v1/preview")
@@ -292,7 +275,7 @@ def create_app(
         analyze."""
         slices = parse_slices(request.query_params.get("slices"))
         upload = await _upload(request)
-        doc = await asyncio.to_thread(preview, upload, UIDMap(clinical.deid_key), slices)
+        doc = await asyncio.to_thread(preview, upload, clinical.deid_key, slices)
         return _json(doc)
 
     @app.get("/v1/models/registry")
