@@ -44,7 +44,8 @@ class OcclusionSettings:
     overlap: float = 0.5
     """Overlap of neighbouring occluder positions (MONAI's sliding-window overlap)."""
     n_batch: int = 64
-    """Occluded variants per predictor call."""
+    """Occluded variants MONAI builds at once; they reach the predictor in chunks of the
+    plane's batch size."""
 
 
 @dataclass(frozen=True)
@@ -161,14 +162,20 @@ class Explainer:
     def _call(
         self, prediction: Prediction, loop: asyncio.AbstractEventLoop
     ) -> Callable[[np.ndarray], np.ndarray]:
-        """A blocking predictor call on the routed version (from MONAI's worker thread)."""
+        """A blocking predictor call on the routed version (from MONAI's worker thread), in
+        chunks of the plane's batch size (what a Triton model's ``max_batch_size`` allows)."""
         route = prediction.route
+        chunk = self.plane.batch_size
 
         def call(batch: np.ndarray) -> np.ndarray:
-            future = asyncio.run_coroutine_threadsafe(
-                self.predictor.predict(route.info.name, batch, route), loop
-            )
-            return np.asarray(future.result())
+            parts = []
+            for start in range(0, len(batch), chunk):
+                part = np.ascontiguousarray(batch[start : start + chunk], np.float32)
+                future = asyncio.run_coroutine_threadsafe(
+                    self.predictor.predict(route.info.name, part, route), loop
+                )
+                parts.append(np.asarray(future.result()))
+            return np.concatenate(parts)
 
         return call
 

@@ -152,3 +152,24 @@ def test_explain_refuses_what_analyze_refuses_with_the_same_message(
     assert r.status_code == 406
     r = httpx.post(f"http://{gw.url}/v1/explain", content=body)
     assert r.status_code == 401
+
+
+@pytest.mark.integration
+def test_explanations_through_triton_equal_those_of_the_in_process_backend(
+    onnx_gateway: GatewayThread,
+    triton_http_gateway: GatewayThread,
+    client_headers: dict[str, str],
+    tumour_slice: Path,
+) -> None:
+    """The occluded variants go through the backend's predictor, so Triton gives the same maps."""
+    body = tumour_slice.read_bytes()
+    answers = [
+        explain(gw, client_headers, body, "?segment=always")
+        for gw in (onnx_gateway, triton_http_gateway)
+    ]
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    docs = [r.json() for r in answers]
+    for role in ("classifier", "segmenter"):
+        local, triton = (np.asarray(d["slices"][0][role]["saliency"]) for d in docs)
+        assert local.shape == triton.shape == (SIZE, SIZE)
+        np.testing.assert_allclose(triton, local, atol=1e-4)
