@@ -3,6 +3,7 @@ the endpoints they call stay keyed; feedback with a corrected mask reaches the p
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 from html.parser import HTMLParser
@@ -93,6 +94,15 @@ def test_the_endpoints_the_pages_call_stay_keyed(onnx_gateway: GatewayThread) ->
         assert r.status_code == 401, (path, r.status_code)
         r = httpx.request(method, url + path, headers={"authorization": "Bearer wrong"})
         assert r.status_code == 403 and r.json()["error"] == "API key not recognised"
+    # the open page prefix opens nothing else, however the path is spelled
+    host, port = onnx_gateway.url.split(":")
+    for raw in ("/ui/../v1/session", "/ui/%2e%2e/v1/session", "/ui//v1/session"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", raw)
+        answer = conn.getresponse()
+        assert answer.status in (401, 404), (raw, answer.status)
+        assert b'"role"' not in answer.read()
+        conn.close()
 
 
 def test_session_names_the_role_and_the_registry_lists_the_served_files(
