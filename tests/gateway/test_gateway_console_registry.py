@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 from gateway_harness import GatewayThread, write_tiny_model
 from gateway_support import SIZE
 
@@ -16,6 +17,7 @@ from medops.registry.gate import GateDecision
 from services.gateway.settings import GatewaySettings
 
 
+@pytest.mark.integration
 def test_the_registry_view_names_aliases_gate_verdicts_and_figures(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     registry = Registry(uri, cache_dir=tmp_path / "cache")
