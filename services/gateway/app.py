@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from medops.clinical import Chain, ClinicalPlane
+from medops.clinical.review import ReviewCache
 from medops.errors import InvalidInputError, MedopsError
 from medops.monitoring import PredictionFeatures
 from medops.monitoring.metrics import GatewayMetrics
@@ -244,6 +245,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         store=store,
         metrics=metrics,
         features=PredictionFeatures(settings.home),
+        review=ReviewCache(settings.home / "review", settings.review_retention_s),
     )
     app = create_app(
         settings, dataplane, auth, clinical, store=store, catalog=registry_catalog(source, served)

@@ -26,8 +26,9 @@ from medops.clinical import (
     choose_media_type,
 )
 from medops.clinical.explain import TARGETS, Explainer, ExplainRequest, Target, parse_slices
-from medops.clinical.feedback import FeedbackStore, record_feedback
+from medops.clinical.feedback import record_feedback
 from medops.clinical.preview import preview
+from medops.clinical.review import PredictionLog, review_queue
 from medops.errors import InvalidInputError, MedopsError, NotFoundError
 from medops.service.auth import ROLES, Authenticator
 from medops.service.errors import install_error_handlers
@@ -106,7 +107,7 @@ def create_app(
     auth: Authenticator,
     clinical: ClinicalPlane,
     *,
-    store: FeedbackStore | None = None,
+    store: PredictionLog | None = None,
     catalog: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     """The REST application; the composition root builds its parts (``store``: the prediction
@@ -277,6 +278,23 @@ def create_app(
         upload = await _upload(request)
         doc = await asyncio.to_thread(preview, upload, clinical.deid_key, slices)
         return _json(doc)
+
+    @app.get("/v1/review/queue")
+    async def queue(model: str, limit: int = 20) -> Response:
+        """The unreviewed predictions of ``model``, least confident first, and whether each
+        study was kept (de-identified) for the review page."""
+        if store is None:
+            raise NotFoundError("the review queue needs the prediction log")
+        items = await asyncio.to_thread(review_queue, store, model, clinical.review, limit=limit)
+        enabled = clinical.review is not None and clinical.review.enabled
+        return _json({"model": model, "kept_for_review": enabled, "items": items})
+
+    @app.get("/v1/review/studies/{request_id}")
+    async def kept_study(request_id: str) -> Response:
+        """A study kept for review: its analysis (as analyze answered it) and slice previews."""
+        if clinical.review is None:
+            raise NotFoundError("keeping studies for review is off")
+        return _json(await asyncio.to_thread(clinical.review.get, request_id))
 
     @app.get("/v1/models/registry")
     async def model_registry() -> Response:

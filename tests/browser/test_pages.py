@@ -111,6 +111,7 @@ def stack(
         onnx_threads=1,
         deid_key="browser-test",
         monitor_url=f"http://127.0.0.1:{monitor_port}",
+        review_retention_s=600,
     )
     with GatewayThread(settings) as gw:
         keys = json.loads((home / "credentials.json").read_text())
@@ -350,6 +351,37 @@ def test_an_unsupported_upload_shows_the_gateways_message_and_the_page_stays_usa
     analyse(page, [tumour_slice[0]])
     page.wait_for_selector("#viewer:not([hidden])")
     assert message.is_hidden() and not page.locator("#analyse").is_disabled()
+
+
+def test_a_study_from_the_review_queue_opens_without_its_files(
+    page: Page, stack: dict[str, Any], tumour_slice: tuple[Path, np.ndarray]
+) -> None:
+    client = {"authorization": f"Bearer {stack['keys']['client']}"}
+    r = httpx.post(
+        f"{stack['gateway']}/v1/analyze?segment=always",
+        files={"files": ("s.tif", tumour_slice[0].read_bytes(), "image/tiff")},
+        headers={**client, "x-request-id": "queued-study-1"},
+        timeout=60,
+    )
+    assert r.status_code == 200
+    sign_in(page, stack["gateway"], stack["keys"]["client"])
+    page.wait_for_selector("text=Signed in as client")
+    row = page.locator("#queue tr[data-prediction='queued-study-1.0']")
+    row.wait_for()
+    row.locator("button", has_text="Open").click()
+    page.wait_for_selector("#viewer:not([hidden])")
+    page.wait_for_selector("text=queued-study-1")
+    alpha = layer_alpha(page, "mask-layer")
+    assert (alpha[tumour_slice[1]] > 0).all(), "the kept mask is drawn"
+    # its explanation needs the upload, and the page says so
+    page.check("#show-heat")
+    message = page.locator("#message")
+    message.wait_for(state="visible")
+    assert "upload it" in message.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "review-queue.png"), full_page=True)
+    # feedback on the kept study is accepted like any other
+    page.click("#agree")
+    page.wait_for_selector("text=Agreement stored")
 
 
 # ---------------------------------------------------------------------- the console

@@ -51,30 +51,36 @@ async function analyse(event) {
       headers: { Accept: "application/json" },
     });
     const preview = await callJson("/v1/preview", { method: "POST", body: uploadForm(files) });
-    const pictures = await Promise.all(preview.slices.map((s) => loadPicture(s.png)));
-    const [, h, w] = analysis.image.shape;
-    state.files = files;
-    state.analysis = analysis;
-    state.shape = analysis.image.shape;
-    state.pictures = pictures;
-    state.predicted = analysis.mask.slices.map((rle) => decode(rle));
-    state.masks = state.predicted.map((m) => m.slice());
-    state.heat = new Map();
-    state.slice = firstPositive(analysis);
-    for (const id of ["image-layer", "heat-layer", "mask-layer"]) {
-      $(id).width = w;
-      $(id).height = h;
-    }
-    fillLabels(analysis);
-    $("viewer").hidden = false;
-    $("review-status").textContent = "";
-    await render();
-    $("stack").focus();
+    await show(analysis, preview.slices.map((p) => p.png), files, firstPositive(analysis));
+    loadQueue();
   } catch (err) {
     showMessage(err.message);
   } finally {
     setBusy(false);
   }
+}
+
+/** Put one analysis in the viewer (``files``: the upload, or null for a kept study). */
+async function show(analysis, previews, files, slice) {
+  const pictures = await Promise.all(previews.map((src) => loadPicture(src)));
+  const [, h, w] = analysis.image.shape;
+  state.files = files;
+  state.analysis = analysis;
+  state.shape = analysis.image.shape;
+  state.pictures = pictures;
+  state.predicted = analysis.mask.slices.map((rle) => decode(rle));
+  state.masks = state.predicted.map((m) => m.slice());
+  state.heat = new Map();
+  state.slice = slice;
+  for (const id of ["image-layer", "heat-layer", "mask-layer"]) {
+    $(id).width = w;
+    $(id).height = h;
+  }
+  fillLabels(analysis);
+  $("viewer").hidden = false;
+  $("review-status").textContent = "";
+  await render();
+  $("stack").focus();
 }
 
 function firstPositive(analysis) {
@@ -139,6 +145,9 @@ function drawMaskLayer() {
 
 async function explanationOf(k) {
   if (!state.heat.has(k)) {
+    if (!state.files) {
+      throw new Error("Explanations need the study itself: upload it to see them.");
+    }
     const segment = $("segment").value;
     const doc = await callJson(`/v1/explain?slices=${k}&segment=${encodeURIComponent(segment)}`, {
       method: "POST",
@@ -320,6 +329,73 @@ function wireReview() {
   });
 }
 
+// ------------------------------------------------------------------ the review queue
+
+async function loadQueue() {
+  const model = $("queue-model").value;
+  if (!model) return;
+  const body = $("queue").querySelector("tbody");
+  try {
+    const doc = await callJson(`/v1/review/queue?model=${encodeURIComponent(model)}&limit=20`);
+    $("queue-status").textContent = doc.kept_for_review
+      ? `${doc.items.length} unreviewed, least confident first`
+      : `${doc.items.length} unreviewed; studies are not kept for review on this gateway`;
+    body.replaceChildren();
+    for (const item of doc.items) {
+      const row = document.createElement("tr");
+      row.dataset.prediction = item.prediction_id;
+      for (const text of [
+        item.prediction_id,
+        item.decision ?? "—",
+        item.confidence.toFixed(3),
+        `v${item.version} (${item.variant})`,
+      ]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        row.append(td);
+      }
+      const td = document.createElement("td");
+      if (item.kept) {
+        const open = document.createElement("button");
+        open.type = "button";
+        open.textContent = "Open";
+        open.addEventListener("click", () => openKept(item));
+        td.append(open);
+      } else {
+        td.textContent = "not kept";
+      }
+      row.append(td);
+      body.append(row);
+    }
+  } catch (err) {
+    showMessage(err.message);
+  }
+}
+
+async function openKept(item) {
+  try {
+    const doc = await callJson(`/v1/review/studies/${encodeURIComponent(item.request_id)}`);
+    await show(doc.analysis, doc.previews, null, item.slice ?? 0);
+    showMessage("");
+  } catch (err) {
+    showMessage(err.message);
+  }
+}
+
+function fillQueueModels() {
+  const select = $("queue-model");
+  select.replaceChildren();
+  for (const [name, classes] of state.classes) {
+    if (!classes || classes.length < 2) continue;
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name;
+    select.append(option);
+  }
+  $("queue-panel").hidden = select.options.length === 0;
+  loadQueue();
+}
+
 // ------------------------------------------------------------------ wiring
 
 function wireViewer() {
@@ -348,13 +424,15 @@ function wireViewer() {
 function onRole(role) {
   const mayAnalyse = role === "client" || role === "admin" || role === "anonymous";
   $("upload-panel").hidden = !mayAnalyse;
-  if (mayAnalyse) loadClasses();
+  if (mayAnalyse) loadClasses().then(fillQueueModels);
   else {
     showMessage(`A ${role} key may send feedback but not analyse: sign in with a client key.`, "info");
   }
 }
 
 $("upload").addEventListener("submit", analyse);
+$("queue-refresh").addEventListener("click", loadQueue);
+$("queue-model").addEventListener("change", loadQueue);
 wireViewer();
 wirePainting();
 wireReview();
