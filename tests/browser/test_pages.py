@@ -352,6 +352,24 @@ def test_an_unsupported_upload_shows_the_gateways_message_and_the_page_stays_usa
     page.wait_for_selector("#viewer:not([hidden])")
     assert message.is_hidden() and not page.locator("#analyse").is_disabled()
 
+    # a feedback the gateway refuses (here: a mask of another size, altered on the wire)
+    # shows the gateway's message, and the next one goes through
+    def wrong_size(route: Any) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        body["mask_rle"] = {"size": [128, 128], "counts": [128 * 128]}
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/v1/feedback", wrong_size)
+    page.click("#submit-correction")
+    message.wait_for(state="visible")
+    assert "mask_rle.size: [128, 128] differs from the predicted mask's [256, 256]" in (
+        message.inner_text()
+    )
+    page.unroute("**/v1/feedback")
+    page.click("#submit-correction")
+    page.wait_for_selector("text=Correction stored")
+    assert message.is_hidden()
+
 
 def test_a_study_from_the_review_queue_opens_without_its_files(
     page: Page, stack: dict[str, Any], tumour_slice: tuple[Path, np.ndarray]
