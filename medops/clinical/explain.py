@@ -29,12 +29,13 @@ from medops.errors import InvalidInputError, MedopsError
 
 from .encoders import NotAcceptableError
 from .plane import ClinicalPlane
-from .types import JSON, PNG, Analysis, AnalyzeRequest, Encoded, Prediction, Predictor
+from .types import DICOM, JSON, PNG, Analysis, AnalyzeRequest, Encoded, Prediction, Predictor
 
 Target = Literal["auto", "classifier", "segmenter"]
 TARGETS: tuple[Target, ...] = ("auto", "classifier", "segmenter")
-EXPLAIN_OFFERED = (JSON, PNG)
-"""JSON saliency arrays per slice, or one slice's heat map as a PNG."""
+EXPLAIN_OFFERED = (JSON, PNG, DICOM)
+"""JSON saliency arrays per slice, or one slice's heat map as a PNG or (for a DICOM upload) a
+DICOM secondary capture of the heat map over the de-identified slice."""
 
 
 @dataclass(frozen=True)
@@ -136,15 +137,17 @@ class Explainer:
             )
         if request.target not in TARGETS:
             raise InvalidInputError(f"target must be one of {TARGETS}, got {request.target!r}")
-        analysis = await self.plane.analyze(replace(request.analyze, media_type=JSON, log=False))
+        # a DICOM answer needs the de-identified source datasets, which a DICOM analysis reads
+        inner = DICOM if media_type == DICOM else JSON
+        analysis = await self.plane.analyze(replace(request.analyze, media_type=inner, log=False))
         z = analysis.image.image.num_slices
         wanted = list(range(z)) if request.slices is None else list(request.slices)
         bad = [k for k in wanted if not 0 <= k < z]
         if bad:
             raise InvalidInputError(f"slices: {bad} out of range; the image has {z} slice(s)")
-        if media_type == PNG and len(wanted) != 1:
+        if media_type in (PNG, DICOM) and len(wanted) != 1:
             raise NotAcceptableError(
-                f"image/png holds one slice's heat map; name one with slices=K (of {z})"
+                f"{media_type} holds one slice's heat map; name one with slices=K (of {z})"
             )
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -305,7 +308,72 @@ def encode_explanation(e: Explanation, media_type: str) -> Encoded:
         (only,) = e.slices
         _, h, w = e.analysis.image.image.shape
         return Encoded(heat_map_png(chosen_saliency(e, only), (h, w)), PNG)
+    if media_type == DICOM:
+        (only,) = e.slices
+        return Encoded(heat_map_dicom(e, only), DICOM, "heat-map-sc.dcm")
     raise MedopsError(f"no encoder for {media_type}")
+
+
+def heat_map_dicom(e: Explanation, s: SliceSaliency) -> bytes:
+    """A DICOM secondary capture (RGB) of the heat map blended over the de-identified slice, in
+    the source's study (a new series), for a PACS viewer."""
+    import highdicom as hd
+    from PIL import Image as PILImage
+
+    from .preview import slice_png
+
+    sources = e.analysis.image.sources
+    if sources is None:
+        raise NotAcceptableError("a DICOM heat map needs a DICOM upload (file, series or ZIP)")
+    _, h, w = e.analysis.image.image.shape
+    saliency = chosen_saliency(e, s)
+    heat = PILImage.open(io.BytesIO(heat_map_png(saliency, (h, w))))
+    picture = PILImage.open(io.BytesIO(slice_png(e.analysis.image, s.index))).convert("RGBA")
+    picture.alpha_composite(heat)
+    pixels = np.asarray(picture.convert("RGB"))
+    explained = e.analysis.segmenter if saliency is s.segmenter else e.analysis.classifier
+    assert explained is not None
+    name = explained.info.name
+    source = sources[s.index]
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=hd.UID(),
+        series_number=901,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medops",
+        patient_orientation=_patient_orientation(source),
+        # highdicom annotates the spacing as ints; DICOM's Pixel Spacing is decimal
+        pixel_spacing=_pixel_spacing(source),  # type: ignore[arg-type]
+        series_description=f"medops occlusion heat map ({name} v{explained.route.version})",
+    )
+    if "Laterality" not in sc:
+        # Type 2C in General Series (paired body parts): present and empty when unknown
+        sc.Laterality = source.get("Laterality", "")
+    out = io.BytesIO()
+    sc.save_as(out)
+    return out.getvalue()
+
+
+def _pixel_spacing(source: Any) -> tuple[float, float]:
+    rows, cols = (float(v) for v in source.get("PixelSpacing", (1.0, 1.0)))
+    return rows, cols
+
+
+def _patient_orientation(source: Any) -> tuple[str, str]:
+    """Patient Orientation (the directions of the rows and the columns, e.g. ``("L", "P")``)
+    from the source's Image Orientation (Patient): each direction's dominant axis."""
+    cosines = [float(v) for v in source.get("ImageOrientationPatient", (1, 0, 0, 0, 1, 0))]
+
+    def letter(v: list[float]) -> str:
+        axis = int(np.argmax(np.abs(v)))
+        return ("L", "P", "H")[axis] if v[axis] > 0 else ("R", "A", "F")[axis]
+
+    return letter(cosines[:3]), letter(cosines[3:])
 
 
 def parse_slices(text: str | None) -> list[int] | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 import tifffile
 import torch
@@ -21,6 +22,8 @@ from PIL import Image as PILImage
 from torch import nn
 
 from medops.clinical.explain import OcclusionSettings
+from medops.imaging.dicom import write_dicom_series
+from medops.imaging.lgg import lgg_patient_volume
 from medops.modelspec import (
     CLASSIFIER,
     SEGMENTER,
@@ -173,3 +176,49 @@ def test_explanations_through_triton_equal_those_of_the_in_process_backend(
         local, triton = (np.asarray(d["slices"][0][role]["saliency"]) for d in docs)
         assert local.shape == triton.shape == (SIZE, SIZE)
         np.testing.assert_allclose(triton, local, atol=1e-4)
+
+
+def test_a_dicom_series_gets_a_secondary_capture_heat_map_in_its_de_identified_study(
+    onnx_gateway: GatewayThread,
+    client_headers: dict[str, str],
+    lgg_patient: Path,
+    tmp_path: Path,
+) -> None:
+    volume = lgg_patient_volume(lgg_patient)
+    series = write_dicom_series(volume, tmp_path / "dicom", patient_id="MRN-123456")
+    for p in series:
+        ds = pydicom.dcmread(p)
+        ds.PatientName = "Doe^Jane"
+        ds.save_as(p)
+    files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in series]
+    url = f"http://{onnx_gateway.url}"
+    analysis = httpx.post(
+        f"{url}/v1/analyze?segment=always", files=files, headers=client_headers, timeout=120
+    ).json()
+    k = 10
+    r = httpx.post(
+        f"{url}/v1/explain?segment=always&slices={k}",
+        files=files,
+        headers={**client_headers, "accept": "application/dicom"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/dicom"
+    sc = pydicom.dcmread(io.BytesIO(r.content))
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+    assert sc.PhotometricInterpretation == "RGB" and (sc.Rows, sc.Columns) == (256, 256)
+    assert sc.StudyInstanceUID == analysis["image"]["study_instance_uid"]
+    assert sc.SeriesInstanceUID != analysis["image"]["series_instance_uid"]
+    assert "Doe" not in str(sc.PatientName) and sc.PatientID != "MRN-123456"
+    assert "occlusion heat map" in sc.SeriesDescription
+    # the heat shows in colour over the grey slice
+    rgb = sc.pixel_array.astype(int)
+    assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 30).any()
+    # one slice per secondary capture
+    r = httpx.post(
+        f"{url}/v1/explain",
+        files=files,
+        headers={**client_headers, "accept": "application/dicom"},
+        timeout=120,
+    )
+    assert r.status_code == 406 and "slices=K" in r.json()["error"]
