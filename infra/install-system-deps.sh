@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the tests and benchmarks need (nginx: the reverse-proxy baseline of
-# bench/gateway.py); installs only what is missing, so a second run is instant.
+# bench/gateway.py; chromium: the browser the page tests drive); installs only what is missing,
+# so a second run is instant.
 set -euo pipefail
-packages=(prometheus postgresql nginx)
+packages=(prometheus postgresql nginx chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
