@@ -30,7 +30,7 @@ test-slow: $(STAMP) system-deps ui-deps triton
 	$(BIN)/pytest -m slow -q
 
 ## The review page and operator console in Debian's chromium (Playwright); screenshots in
-## .artifacts/browser/. Also part of test-slow.
+## .artifacts/browser/. Also part of make test.
 test-browser: $(STAMP) system-deps ui-deps
 	$(BIN)/pytest -m browser -q
 

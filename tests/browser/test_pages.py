@@ -31,7 +31,7 @@ from services.gateway.settings import GatewaySettings
 from services.monitor import MonitorSettings
 from services.monitor.app import create_app as create_monitor_app
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / ".artifacts" / "browser"
