@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Literal
 
 from medops.errors import InvalidInputError
 from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
@@ -79,7 +79,3 @@ def floor_key(task: str) -> str:
     found = resolve(task)
     return found.spec.name if found.spec is not None else found.role
 
-
-def as_task(value: Any) -> str:
-    """A ``task`` parameter from a brain role or a :class:`TaskSpec`."""
-    return encode(value) if isinstance(value, TaskSpec) else str(value)
