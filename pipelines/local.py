@@ -229,9 +229,10 @@ def _run_kfp(
     )
 
 
-def read_tasks(paths: Sequence[Path], data_dir: Path) -> list[TaskSpec]:
-    """The tasks of ``paths`` with every rule across them and their data on disk checked;
-    one :class:`TaskFileError` listing every problem otherwise, before anything trains."""
+def read_tasks(paths: Sequence[Path], data_dir: Path, preset: str | None = None) -> list[TaskSpec]:
+    """The tasks of ``paths`` with every rule across them and their data on disk checked (and,
+    given ``preset``, that each declares the gate's floors or tolerance for it); one
+    :class:`TaskFileError` listing every problem otherwise, before anything trains."""
     from medops.tasks import TaskFileError, data_problems, load_catalog
 
     catalog, problems = load_catalog(paths)
@@ -250,6 +251,12 @@ def read_tasks(paths: Sequence[Path], data_dir: Path) -> list[TaskSpec]:
             problems.append(Problem(file=Path(path).name, field="data.layout", message=message))
             continue
         problems += data_problems(found.spec, Path(path).name, data_dir)
+        declared = found.spec.presets.get(preset) if preset else None  # type: ignore[call-overload]
+        if preset and not (declared and (declared.floors or declared.tolerance)):
+            message = f"no floors or tolerance for preset {preset}: the gate could judge nothing"
+            problems.append(
+                Problem(file=Path(path).name, field=f"presets.{preset}", message=message)
+            )
         chosen.append(found.spec)
     if problems:
         raise TaskFileError(problems)
@@ -275,7 +282,7 @@ def run_tasks_local(
     from pipelines.tasks import encode
 
     chosen = get_preset(preset)
-    tasks = read_tasks(task_paths, data_dir)
+    tasks = read_tasks(task_paths, data_dir, preset)
     gate_floors = check_floors(floors, tasks=[t.name for t in tasks])
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)

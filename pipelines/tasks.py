@@ -78,4 +78,3 @@ def floor_key(task: str) -> str:
     file's name."""
     found = resolve(task)
     return found.spec.name if found.spec is not None else found.role
-

@@ -77,9 +77,14 @@ def test_every_problem_of_the_task_files_and_their_data_comes_before_training(
     missing.write_text(KVASIR.read_text().replace("kvasir-polyp-segmenter", "missing", 2))
     missing.write_text(missing.read_text().replace("path: kvasir-seg", "path: nowhere"))
     with pytest.raises(TaskFileError) as raised:
-        read_tasks([typo, missing], tmp_path / "data")
+        read_tasks([typo, missing], tmp_path / "data", "refresh")
     found = {(p.file, p.field) for p in raised.value.problems}
-    assert found == {("typo.yaml", "modalty"), ("missing.yaml", "data.path")}
+    # and the refresh preset, which the Kvasir-SEG file leaves out, has nothing to gate on
+    assert found == {
+        ("typo.yaml", "modalty"),
+        ("missing.yaml", "data.path"),
+        ("missing.yaml", "presets.refresh"),
+    }
 
 
 def test_brain_only_options_are_refused_with_a_task() -> None:
