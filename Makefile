@@ -7,26 +7,32 @@ STAMP := $(VENV)/.installed
 export MEDOPS_HOME ?= $(CURDIR)/.medops
 export MEDOPS_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: demo test test-slow test-dicom test-ohif ohif lint bench bench-dicom bench-quality bench-quality-full install system-deps triton clean
+.PHONY: demo test test-slow test-browser test-dicom test-ohif ohif lint bench bench-dicom bench-quality bench-quality-full install system-deps ui-deps triton clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	bash infra/install-ui-deps.sh
 	touch $(STAMP)
 
-install: $(STAMP) ohif
+install: $(STAMP) ui-deps ohif
 
 ## The main job on embedded defaults: no cluster, no GPU.
 demo: $(STAMP)
 	$(BIN)/medops demo
 
 ## Everything the tests need (Python, Debian packages, the Triton venv), then the tests.
-test: $(STAMP) system-deps triton lint
+test: $(STAMP) system-deps ui-deps triton lint
 	$(BIN)/pytest -m "not slow and not dicom and not ohif" -q
 
-test-slow: $(STAMP) system-deps triton
+test-slow: $(STAMP) system-deps ui-deps triton
 	$(BIN)/pytest -m slow -q
+
+## The review page and operator console in Debian's chromium (Playwright); screenshots in
+## .artifacts/browser/. Also part of make test.
+test-browser: $(STAMP) system-deps ui-deps
+	$(BIN)/pytest -m browser -q
 
 ## The DICOM edge against a real Orthanc, DCMTK, dciodvfy and PixelMed (about two minutes); as root:
 ## the session moves into a network namespace of its own, since Orthanc binds every interface.
@@ -43,6 +49,10 @@ ohif:
 
 system-deps:
 	bash infra/install-system-deps.sh
+
+## Browser code the gateway's pages serve themselves (Plotly, from npm, into an ignored folder).
+ui-deps:
+	bash infra/install-ui-deps.sh
 
 triton:
 	bash infra/triton/setup.sh

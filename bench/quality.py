@@ -9,6 +9,11 @@ per-patient volume Dice with a bootstrap 95 % interval over patients, the segmen
 the plain gate (the classifier's threshold, no post-processing), slice AUC, sensitivity and
 specificity at the validation-chosen operating point, ECE before and after calibration and
 the per-fold spread, with ratios to the targets and to the published U-Net.
+
+``--task tasks/kvasir-polyp-segmenter.yaml`` judges a task file's model the same way: folds
+by its groups, mean Dice and IoU per group (an image, or images kept together) with
+bootstrap intervals, against the task's published reference where one is known
+(``--set task.epochs=40`` changes one of its training settings).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ TARGETS = {
 }
 PUBLISHED_UNET_DICE = 0.836
 """Buda et al. 2019: mean per-patient Dice of a U-Net on all 110 LGG patients (22-fold CV)."""
+PUBLISHED_TASK_DICE = {"kvasir-polyp-segmenter": (0.818, "U-Net", 0.898, "PraNet")}
+"""Kvasir-SEG: mean Dice per image of a U-Net (Jha et al. 2020) and of PraNet (Fan et al.
+2020), the published best this project compares with."""
 
 
 def _setting(text: str) -> tuple[str, str, Any]:
@@ -53,6 +61,7 @@ def _arguments() -> argparse.Namespace:
         default=Path(os.environ.get("MEDOPS_DATA_DIR", "../shared/data")),
     )
     parser.add_argument("--home", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--task", type=Path, default=None, help="a task file instead of LGG")
     return parser.parse_args()
 
 
@@ -64,8 +73,11 @@ def main() -> None:
     overrides: dict[str, dict[str, Any]] = {}
     for task, key, value in args.settings:
         overrides.setdefault(task, {})[key] = value
-    lgg = args.data_dir / "lgg-mri-segmentation"
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.task is not None:
+        _task_quality(args, home, overrides, seeds)
+        return
+    lgg = args.data_dir / "lgg-mri-segmentation"
     runs = []
     for seed in seeds:
         result = cross_validate(
@@ -88,6 +100,40 @@ def main() -> None:
             f"over seeds {seeds}: served Dice {', '.join(f'{d:.3f}' for d in dice)} "
             f"(spread {max(dice) - min(dice):.3f}); AUC {', '.join(f'{a:.3f}' for a in auc)}"
         )
+    if overrides:
+        print(f"settings changed from the preset: {json.dumps(overrides)}")
+    print(f"reports and weights under {home / 'bench-quality'}")
+
+
+def _task_quality(
+    args: argparse.Namespace, home: Path, overrides: dict[str, dict[str, Any]], seeds: list[int]
+) -> None:
+    from medops.tasks import read_task
+    from pipelines.crossval import cross_validate
+
+    spec = read_task(args.task)
+    for seed in seeds:
+        result = cross_validate(
+            args.preset,
+            args.data_dir / spec.data.path,
+            home,
+            folds=args.folds,
+            seed=seed,
+            work=home / "bench-quality" / f"{spec.name}-{args.preset}-k{args.folds}-seed{seed}",
+            overrides=overrides,
+            on_fold=lambda fold: print(f"  fold {fold.fold} done", flush=True),
+            task=spec,
+        )
+        print(result.to_text(), flush=True)
+        dice = result.summary().get("pooled_segmenter_dice")
+        published = PUBLISHED_TASK_DICE.get(spec.name)
+        if dice and published:
+            unet, unet_name, best, best_name = published
+            print(
+                f"  vs published: mean Dice {dice['mean']:.3f} = {dice['mean'] / unet:.2f}x "
+                f"{unet_name} ({unet}), {dice['mean'] / best:.2f}x {best_name} ({best})",
+                flush=True,
+            )
     if overrides:
         print(f"settings changed from the preset: {json.dumps(overrides)}")
     print(f"reports and weights under {home / 'bench-quality'}")

@@ -31,9 +31,14 @@ cli.add_command(tasks)
 
 
 def _register_plugins() -> None:
+    """Each entry point is a command; ``group.name`` adds it to that group of the library's
+    (``models.import``: ``medops models import``)."""
     for ep in entry_points(group="medops.commands"):
         command = ep.load()
-        cli.add_command(command, name=ep.name)
+        group, _, name = ep.name.rpartition(".")
+        parent = cli.commands.get(group) if group else cli
+        if isinstance(parent, click.Group):
+            parent.add_command(command, name=name)
 
 
 def main() -> None:

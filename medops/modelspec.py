@@ -17,6 +17,8 @@ SEGMENTER: Final = "brain-tumor-segmenter"
 TYPE_CLASSIFIER: Final = "brain-tumor-type-classifier"
 """Tumour type (4 classes). Output ``probabilities`` (N, K)."""
 MODEL_NAMES: Final = (CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER)
+NAME_PATTERN: Final = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+"""Registered model (and task) names: DNS labels, as routing variants and Istio subsets are."""
 
 INPUT_NAME: Final = "image"
 """float32 (N, 3, S, S), the output of ``medops.transforms.preprocess_slice``."""

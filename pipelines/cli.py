@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from medops.errors import InvalidInputError
 from medops.settings import MedopsSettings
 from pipelines.presets import PRESETS, TASKS, Floors, describe_floors, get_preset, parse_floors
+
+if TYPE_CHECKING:
+    from pipelines.local import LocalRun
 
 SHOWN = (
     "test_auc",
@@ -28,31 +31,45 @@ def _settings(ctx: click.Context) -> MedopsSettings:
     return ctx.find_object(MedopsSettings) or MedopsSettings()
 
 
-def _parse_floors(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]) -> Floors:
-    try:
-        return parse_floors(items)
-    except InvalidInputError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
-
-
-def floor_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def floor_option(
+    func: Callable[..., Any] | None = None, *, task_files: bool = False
+) -> Callable[..., Any]:
     """``--floor TASK.METRIC=VALUE`` (repeatable), parsed to :data:`Floors` before the command
-    runs, so a bad one stops it before anything trains."""
-    return click.option(
+    runs, so a bad one stops it before anything trains. ``task_files``: a command that also
+    takes ``--task`` FILEs, whose names a floor may name (checked once they are read)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]) -> Floors:
+        try:
+            return parse_floors(items, tasks=None if task_files else TASKS)
+        except InvalidInputError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+    names = f"{', '.join(TASKS)}" + (", or a --task file's name" if task_files else "")
+    option = click.option(
         "--floor",
         "floors",
         multiple=True,
         metavar="TASK.METRIC=VALUE",
-        callback=_parse_floors,
+        callback=parse,
         help="The promotion gate's floor (a ceiling for ece) for this run, over the preset's; "
-        f"repeatable. TASK: {', '.join(TASKS)}. E.g. segmenter.dice_patient_mean=0.99.",
-    )(func)
+        f"repeatable. TASK: {names}. E.g. segmenter.dice_patient_mean=0.99.",
+    )
+    return option if func is None else option(func)
 
 
 def echo_floors(preset: str, floors: Floors) -> None:
     """Say which gate floors this run overrides."""
     for line in describe_floors(get_preset(preset), floors):
         click.echo(f"gate floor for this run: {line}")
+
+
+TASK_OPTION = click.option(
+    "--task",
+    "task_paths",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A task file (tasks/*.yaml) to train instead of the brain models; repeatable.",
+)
 
 
 @click.group("pipeline")
@@ -104,7 +121,8 @@ def pipeline() -> None:
     help="First judge the recipe by K-fold patient-level cross-validation (K >= 3); the "
     "registered versions then carry its figures. 0: the held-out split only.",
 )
-@floor_option
+@TASK_OPTION
+@floor_option(task_files=True)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -115,13 +133,36 @@ def run(
     warm_start: str,
     seed: int,
     folds: int,
+    task_paths: tuple[Path, ...],
     floors: Floors,
 ) -> None:
-    """Run the pipeline here with kfp.local; registers and promotes into MEDOPS_TRACKING_URI."""
-    from pipelines.local import check_data, run_local
+    """Run the pipeline here with kfp.local; registers and promotes into MEDOPS_TRACKING_URI.
+
+    Without --task: the brain MRI models; with --task FILE (repeatable): the tasks those files
+    declare (data under the data dir, as each file's data.path says)."""
+    from pipelines.local import check_data, run_local, run_tasks_local
     from pipelines.steps import check_registry
 
     settings = _settings(ctx)
+    if task_paths:
+        brain_only = {"--hpo": hpo_trials, "--type-classifier": type_classifier, "--folds": folds}
+        given = [name for name, value in brain_only.items() if value]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: for the brain pipeline, not with --task")
+        settings.ensure_home()
+        echo_floors(preset, floors)
+        result = run_tasks_local(
+            list(task_paths),
+            preset,
+            data_dir=data_dir or settings.data_dir,
+            home=settings.home,
+            tracking_uri=settings.mlflow_uri,
+            seed=seed,
+            warm_start=warm_start,
+            floors=floors,
+        )
+        _echo_run(result, settings.mlflow_uri)
+        return
     if folds and folds < 3:
         raise click.BadParameter(f"need at least 3 folds, got {folds}", param_hint="--folds")
     # the data the preset asks for is there before anything (cross-validation included) trains
@@ -157,8 +198,12 @@ def run(
         crossval=crossval,
         floors=floors,
     )
+    _echo_run(result, settings.mlflow_uri)
+
+
+def _echo_run(result: LocalRun, tracking_uri: str) -> None:
     click.echo(
-        f"pipeline {preset} finished in {result.seconds:.0f} s; registry {settings.mlflow_uri}"
+        f"pipeline {result.preset} finished in {result.seconds:.0f} s; registry {tracking_uri}"
     )
     for model in result.models:
         aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(model.aliases.items()))
@@ -181,11 +226,95 @@ def run(
 @click.option("--data-pvc", default="medops-data", show_default=True)
 @click.option("--mlflow-secret", default="medops-mlflow", show_default=True)
 @click.option("--gpus", type=click.IntRange(min=0), default=1, show_default=True)
-def compile_(output: Path, image: str | None, data_pvc: str, mlflow_secret: str, gpus: int) -> None:
-    """Compile the pipeline with its Kubernetes settings to a YAML file for a KFP cluster."""
+@TASK_OPTION
+def compile_(
+    output: Path,
+    image: str | None,
+    data_pvc: str,
+    mlflow_secret: str,
+    gpus: int,
+    task_paths: tuple[Path, ...],
+) -> None:
+    """Compile the pipeline with its Kubernetes settings to a YAML file for a KFP cluster
+    (with --task: the pipeline of those tasks, their documents inside the YAML)."""
+    from medops.tasks import TaskFileError, read_task
     from pipelines.components import DEFAULT_IMAGE
     from pipelines.pipeline import ClusterSettings, compile_pipeline
 
+    problems, tasks = [], []
+    for found in task_paths:
+        try:
+            tasks.append(read_task(found))
+        except TaskFileError as exc:
+            problems += exc.problems
+    if problems:
+        raise TaskFileError(problems)
     cluster = ClusterSettings(data_pvc=data_pvc, mlflow_secret=mlflow_secret, gpus=gpus)
-    path = compile_pipeline(output, image=image or DEFAULT_IMAGE, cluster=cluster)
+    path = compile_pipeline(output, image=image or DEFAULT_IMAGE, cluster=cluster, tasks=tasks)
     click.echo(f"wrote {path}")
+
+
+@click.command("import")
+@click.argument("name")
+@click.option(
+    "--onnx",
+    "onnx_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="The model, meeting the serving contract (input image, output probabilities).",
+)
+@click.option(
+    "--task",
+    "task_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The task file NAME belongs to (tasks/*.yaml): its data, split, rule and gate.",
+)
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="fast", show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option("--seed", type=int, default=0, show_default=True, help="The pipeline's split seed.")
+@click.pass_context
+def import_model_command(
+    ctx: click.Context,
+    name: str,
+    onnx_path: Path,
+    task_path: Path,
+    preset: str,
+    data_dir: Path | None,
+    seed: int,
+) -> None:
+    """Register an ONNX model trained elsewhere as a new version of NAME: the contract is
+    checked, the model judged on the task's test split like a trained one, its card written,
+    and the gate applied (champion only if there is none; otherwise it waits as challenger)."""
+    from pipelines.importing import import_model
+
+    settings = _settings(ctx)
+    settings.ensure_home()
+    result = import_model(
+        name,
+        onnx_path,
+        task_path,
+        data_dir=data_dir or settings.data_dir,
+        home=settings.home,
+        tracking_uri=settings.mlflow_uri,
+        preset=preset,
+        seed=seed,
+    )
+    shown = "  ".join(
+        f"{k}={v:.3f}"
+        for k, v in result.headline.items()
+        if k in ("dice_patient_mean", "dice_slice_mean", "iou_slice_mean")
+    )
+    click.echo(f"{result.name} v{result.version} registered (imported): {shown}")
+    if result.champion is not None:
+        theirs = result.champion["headline"]
+        other = "  ".join(
+            f"{k}={theirs[k]:.3f}" for k in ("dice_patient_mean", "dice_slice_mean") if k in theirs
+        )
+        click.echo(f"  champion v{result.champion['version']} on the same samples: {other}")
+    verdict = (
+        "champion"
+        if result.promoted
+        else "challenger (gate verdict recorded; a canary or `medops models promote` decides)"
+    )
+    click.echo(f"  now: {verdict}")

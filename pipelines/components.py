@@ -21,11 +21,12 @@ def check_registry(tracking_uri: str) -> str:
     return steps.check_registry(tracking_uri)
 
 
-def ingest(data_path: str, home: str) -> str:
-    """Ingest a dataset folder into a versioned manifest under ``home``; returns its path."""
+def ingest(data_path: str, home: str, task: str = "") -> str:
+    """Ingest a dataset folder into a versioned manifest under ``home`` (as ``task``, a task
+    document, declares it; "": by the folder's own layout); returns its path."""
     from pipelines import steps
 
-    return str(steps.ingest_data(data_path, home)["manifest"])
+    return str(steps.ingest_data(data_path, home, task)["manifest"])
 
 
 def split(manifest: str, seed: int, max_patients: dict, splits: Output[Artifact]) -> str:
@@ -40,11 +41,13 @@ def split(manifest: str, seed: int, max_patients: dict, splits: Output[Artifact]
     return json.dumps(counts)
 
 
-def validate(manifest: str, splits: Input[Artifact], report: Output[Artifact]) -> bool:
+def validate(
+    manifest: str, splits: Input[Artifact], report: Output[Artifact], task: str = ""
+) -> bool:
     """Validate the dataset and the split; fail the run with a readable report if bad."""
     from pipelines import steps
 
-    return bool(steps.validate_data(manifest, splits.path, report.path)["ok"])
+    return bool(steps.validate_data(manifest, splits.path, report.path, task)["ok"])
 
 
 def tune(
@@ -104,6 +107,7 @@ def train(
 
     from pipelines import steps
     from pipelines.progress import epoch_reporter
+    from pipelines.tasks import resolve
 
     summary = steps.train(
         task,
@@ -116,11 +120,13 @@ def train(
         warm_start=warm_start,
         pretrained=pretrained,
         tracking_uri=tracking_uri,
-        on_epoch=epoch_reporter(task, steps.train_config(task, preset, overrides).epochs),
+        on_epoch=epoch_reporter(
+            resolve(task).label, steps.train_config(task, preset, overrides).epochs
+        ),
     )
     with open(training.path, "w") as fh:
         json.dump(summary, fh)
-    model.metadata.update({"task": task, "best_epoch": summary["best_epoch"]})
+    model.metadata.update({"task": resolve(task).label, "best_epoch": summary["best_epoch"]})
     metrics.log_metric(summary["metric_name"], float(summary["best_metric"]))
     metrics.log_metric("train_seconds", float(summary["train_seconds"]))
     metrics.log_metric("best_epoch", float(summary["best_epoch"]))

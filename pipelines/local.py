@@ -6,12 +6,13 @@ import json
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medops.errors import DatasetError, MedopsError, TrainingError
+from medops.tasks import Problem, TaskSpec
 from pipelines import steps
 from pipelines.presets import check_floors, get_preset
 from pipelines.progress import plain, quiet_console
@@ -135,9 +136,6 @@ def run_local(
     print goes to ``log_path`` (default ``<home>/logs/pipeline.log``); the console shows one
     progress bar per training run (:mod:`pipelines.progress`).
     """
-    from kfp import local
-
-    from medops.registry import Registry
     from pipelines.pipeline import build_pipeline
 
     chosen = get_preset(preset)
@@ -156,6 +154,45 @@ def run_local(
         type_max_patients=chosen.type_max_patients,
     )
 
+    return _run_kfp(
+        build_pipeline(),
+        dict(
+            lgg_path=str(data.lgg),
+            fourclass_path=str(data.fourclass),
+            home=str(home),
+            tracking_uri=tracking_uri,
+            preset=preset,
+            seed=seed,
+            hpo_trials=hpo_trials,
+            warm_start=warm_start,
+            type_classifier=data.type_classifier,
+            max_patients=max_patients,
+            type_max_patients=chosen.type_max_patients or {},
+            crossval=str(crossval or ""),
+            floors=gate_floors,
+        ),
+        preset=preset,
+        home=home,
+        tracking_uri=tracking_uri,
+        log_path=log_path,
+    )
+
+
+def _run_kfp(
+    pipeline: Any,
+    arguments: Mapping[str, Any],
+    *,
+    preset: str,
+    home: Path,
+    tracking_uri: str,
+    log_path: Path | None,
+) -> LocalRun:
+    """Run ``pipeline`` through ``kfp.local.SubprocessRunner``; the steps' output goes to
+    ``log_path`` (default ``<home>/logs/pipeline.log``), the console shows progress bars."""
+    from kfp import local
+
+    from medops.registry import Registry
+
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(home / "pipeline-runs"),
@@ -169,21 +206,7 @@ def run_local(
         # display names and resources matter on a cluster only
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
         try:
-            task = build_pipeline()(
-                lgg_path=str(data.lgg),
-                fourclass_path=str(data.fourclass),
-                home=str(home),
-                tracking_uri=tracking_uri,
-                preset=preset,
-                seed=seed,
-                hpo_trials=hpo_trials,
-                warm_start=warm_start,
-                type_classifier=data.type_classifier,
-                max_patients=max_patients,
-                type_max_patients=chosen.type_max_patients or {},
-                crossval=str(crossval or ""),
-                floors=gate_floors,
-            )
+            task = pipeline(**arguments)
         except RuntimeError as exc:
             tail = "\n".join(f"  | {line}" for line in console.tail)
             raise TrainingError(
@@ -202,5 +225,90 @@ def run_local(
         published=published,
         models=models,
         triton_repo=home / "triton-repo",
+        log_path=log_path,
+    )
+
+
+def read_tasks(paths: Sequence[Path], data_dir: Path, preset: str | None = None) -> list[TaskSpec]:
+    """The tasks of ``paths`` with every rule across them and their data on disk checked (and,
+    given ``preset``, that each declares the gate's floors or tolerance for it); one
+    :class:`TaskFileError` listing every problem otherwise, before anything trains."""
+    from medops.tasks import TaskFileError, data_problems, load_catalog
+
+    catalog, problems = load_catalog(paths)
+    chosen = []
+    for path in paths:
+        found = next((f for f in catalog.files.values() if f.path == Path(path)), None)
+        if found is None:
+            continue
+        if not isinstance(found.spec, TaskSpec):
+            problems.append(
+                Problem(file=Path(path).name, field="chain", message="a chain, not a task")
+            )
+            continue
+        if not found.spec.trainable:
+            message = f"layout {found.spec.data.layout}: medops does not read it yet"
+            problems.append(Problem(file=Path(path).name, field="data.layout", message=message))
+            continue
+        problems += data_problems(found.spec, Path(path).name, data_dir)
+        declared = found.spec.presets.get(preset) if preset else None  # type: ignore[call-overload]
+        if preset and not (declared and (declared.floors or declared.tolerance)):
+            message = f"no floors or tolerance for preset {preset}: the gate could judge nothing"
+            problems.append(
+                Problem(file=Path(path).name, field=f"presets.{preset}", message=message)
+            )
+        chosen.append(found.spec)
+    if problems:
+        raise TaskFileError(problems)
+    return chosen
+
+
+def run_tasks_local(
+    task_paths: Sequence[Path],
+    preset: str,
+    *,
+    data_dir: Path,
+    home: Path,
+    tracking_uri: str,
+    seed: int = 0,
+    warm_start: str = "",
+    log_path: Path | None = None,
+    floors: Mapping[str, Mapping[str, float]] | None = None,
+) -> LocalRun:
+    """Run the pipeline of the tasks in ``task_paths`` (:func:`pipelines.pipeline.
+    build_task_pipeline`) here. The task files, their data, every split and the registry are
+    checked first; ``floors``: this run's gate floors per task name."""
+    from pipelines.pipeline import build_task_pipeline
+    from pipelines.tasks import encode
+
+    chosen = get_preset(preset)
+    tasks = read_tasks(task_paths, data_dir, preset)
+    gate_floors = check_floors(floors, tasks=[t.name for t in tasks])
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    steps.check_registry(tracking_uri)
+    max_patients = chosen.max_patients or {}
+    for spec in tasks:
+        task = encode(spec)
+        ingested = steps.ingest_data(str(Path(data_dir) / spec.data.path), str(home), task)
+        with tempfile.TemporaryDirectory(prefix="medops-preflight-") as tmp:
+            splits = str(Path(tmp) / "splits.json")
+            steps.split_data(ingested["manifest"], splits, seed=seed, max_patients=max_patients)
+            steps.validate_data(ingested["manifest"], splits, str(Path(tmp) / "report.txt"), task)
+    return _run_kfp(
+        build_task_pipeline(tasks),
+        dict(
+            data_root=str(Path(data_dir).resolve()),
+            home=str(home),
+            tracking_uri=tracking_uri,
+            preset=preset,
+            seed=seed,
+            warm_start=warm_start,
+            max_patients=max_patients,
+            floors=gate_floors,
+        ),
+        preset=preset,
+        home=home,
+        tracking_uri=tracking_uri,
         log_path=log_path,
     )

@@ -13,7 +13,9 @@ from typing import Any
 
 from kfp import compiler, dsl
 
+from medops.tasks import TaskSpec
 from pipelines.components import DEFAULT_IMAGE, Components, make_components
+from pipelines.tasks import encode
 
 PIPELINE_NAME = "medops-training"
 NO_CACHE = (
@@ -119,10 +121,12 @@ def _prepare_data(
     *,
     label: str,
     cluster: ClusterSettings | None,
+    task: str = "",
 ) -> tuple[Any, Any, Any]:
-    """ingest -> split -> validate for one dataset; returns (manifest, splits task, validate)."""
+    """ingest -> split -> validate for one dataset (as ``task``, a task document, declares
+    it); returns (manifest, splits task, validate)."""
     ingested = _finish(
-        c.ingest(data_path=data_path, home=home), "ingest", f"ingest{label}", cluster
+        c.ingest(data_path=data_path, home=home, task=task), "ingest", f"ingest{label}", cluster
     )
     manifest = ingested.output
     splits = _finish(
@@ -132,7 +136,7 @@ def _prepare_data(
         cluster,
     )
     validated = _finish(
-        c.validate(manifest=manifest, splits=splits.outputs["splits"]),
+        c.validate(manifest=manifest, splits=splits.outputs["splits"], task=task),
         "validate",
         f"validate{label}",
         cluster,
@@ -158,10 +162,13 @@ def _model_branch(
     after: list[Any],
     cluster: ClusterSettings | None,
     gated_by: dict[str, Any] | None = None,
+    label: str = "",
 ) -> Any:
     """train -> evaluate -> export -> register -> gate for one task; returns its tasks.
 
-    ``gated_by``: the classifier branch whose model gates this segmenter in serving."""
+    ``gated_by``: the classifier branch whose model gates this segmenter in serving;
+    ``label``: the task's name in step names (default ``task``)."""
+    label = label or task
     trained = _finish(
         c.train(
             task=task,
@@ -175,7 +182,7 @@ def _model_branch(
             tracking_uri=tracking_uri,
         ).after(*after),
         "train",
-        f"train {task}",
+        f"train {label}",
         cluster,
         gpu=True,
     )
@@ -190,7 +197,7 @@ def _model_branch(
     )
     if gated_by is None:
         evaluated = _finish(
-            c.evaluate(task=task, **inputs), "evaluate", f"evaluate {task}", cluster
+            c.evaluate(task=task, **inputs), "evaluate", f"evaluate {label}", cluster
         )
     else:
         # the segmenter is judged as it serves: gated by this run's classifier
@@ -202,7 +209,7 @@ def _model_branch(
                 classifier_training=gated_by["train"].outputs["training"],
             ),
             "evaluate_segmenter",
-            f"evaluate {task} (two-stage)",
+            f"evaluate {label} (two-stage)",
             cluster,
         )
     exported = _finish(
@@ -214,7 +221,7 @@ def _model_branch(
             overrides=overrides,
         ),
         "export",
-        f"export {task}",
+        f"export {label}",
         cluster,
     )
     registered = _finish(
@@ -232,7 +239,7 @@ def _model_branch(
             crossval=crossval,
         ),
         "register",
-        f"register {task}",
+        f"register {label}",
         cluster,
     )
     gated = _finish(
@@ -245,7 +252,7 @@ def _model_branch(
             floors=floors,
         ),
         "gate",
-        f"promotion gate {task}",
+        f"promotion gate {label}",
         cluster,
     )
     return {"train": trained, "evaluate": evaluated, "register": registered, "gate": gated}
@@ -365,12 +372,95 @@ def build_pipeline(*, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | Non
     return medops_training
 
 
+TASK_PIPELINE_NAME = "medops-task-training"
+
+
+def build_task_pipeline(
+    tasks: list[TaskSpec], *, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None = None
+) -> Any:
+    """The pipeline of tasks declared in task files: for each, ingest (its layout and groups)
+    -> split -> validate -> train -> evaluate -> export -> register -> gate; then one publish
+    of the Triton repository. Each task's document is a constant of the graph, so a compiled
+    pipeline carries its tasks. ``data_root`` holds every task's ``data.path``."""
+    if not tasks:
+        raise ValueError("a task pipeline needs at least one task")
+    c = make_components(image)
+    names = ", ".join(t.name for t in tasks)
+
+    @dsl.pipeline(name=TASK_PIPELINE_NAME, description=f"Train and gate the tasks {names}.")
+    def medops_task_training(
+        data_root: str,
+        home: str,
+        tracking_uri: str,
+        preset: str = "fast",
+        seed: int = 0,
+        warm_start: str = "",
+        max_patients: dict = {},  # noqa: B006 - kfp needs a literal default
+        floors: dict = {},  # noqa: B006 - per task name: metric -> gate floor
+    ) -> str:
+        registry_ok = _finish(
+            c.check_registry(tracking_uri=tracking_uri), "check_registry", "check registry", cluster
+        )
+        gates = []
+        for spec in tasks:
+            task = encode(spec)
+            manifest, splits, validated = _prepare_data(
+                c,
+                f"{data_root}/{spec.data.path}",
+                home,
+                seed,
+                max_patients,
+                label=f" {spec.name}",
+                cluster=cluster,
+                task=task,
+            )
+            branch = _model_branch(
+                c,
+                task,
+                preset=preset,
+                manifest=manifest,
+                home=home,
+                splits=splits.outputs["splits"],
+                overrides="{}",
+                warm_start=warm_start,
+                pretrained="",
+                tracking_uri=tracking_uri,
+                hpo_trials=0,
+                crossval="",
+                floors=floors,
+                after=[registry_ok, validated],
+                cluster=cluster,
+                label=spec.name,
+            )
+            gates.append(branch["gate"])
+        published = _finish(
+            c.publish(tracking_uri=tracking_uri, home=home, type_classifier_promoted=False).after(
+                *gates
+            ),
+            "publish",
+            "publish Triton repository",
+            cluster,
+        )
+        return published.output
+
+    return medops_task_training
+
+
 def compile_pipeline(
-    output: Path, *, image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None = None
+    output: Path,
+    *,
+    image: str = DEFAULT_IMAGE,
+    cluster: ClusterSettings | None = None,
+    tasks: list[TaskSpec] | None = None,
 ) -> Path:
-    """Compile the cluster pipeline (with Kubernetes settings) to a YAML file."""
+    """Compile the cluster pipeline (with Kubernetes settings) to a YAML file: the brain
+    pipeline, or the pipeline of ``tasks`` read from task files."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    pipeline = build_pipeline(image=image, cluster=cluster or ClusterSettings())
+    cluster = cluster or ClusterSettings()
+    if tasks:
+        pipeline = build_task_pipeline(tasks, image=image, cluster=cluster)
+    else:
+        pipeline = build_pipeline(image=image, cluster=cluster)
     compiler.Compiler().compile(pipeline, str(output))
     return output

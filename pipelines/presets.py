@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from medops.errors import InvalidInputError
+from medops.modelspec import NAME_PATTERN
 
 
 @dataclass(frozen=True)
@@ -137,15 +138,20 @@ def _floor_value(where: str, value: Any) -> float:
     return number
 
 
-def _floor_key(task: str, metric: str, where: str) -> None:
-    if task not in TASKS:
-        raise InvalidInputError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
+def _floor_key(task: str, metric: str, where: str, tasks: Collection[str] | None) -> None:
+    if tasks is None:
+        if not re.fullmatch(NAME_PATTERN, task):
+            raise InvalidInputError(f"{where}: {task!r} is not a task name")
+    elif task not in tasks:
+        raise InvalidInputError(f"{where}: task {task!r} is not one of {', '.join(tasks)}")
     if not re.fullmatch(r"[A-Za-z0-9_]+", metric):
         raise InvalidInputError(f"{where}: {metric!r} is not a metric name")
 
 
-def parse_floors(items: Iterable[str]) -> Floors:
+def parse_floors(items: Iterable[str], *, tasks: Collection[str] | None = TASKS) -> Floors:
     """``["segmenter.dice_patient_mean=0.99", ...]`` -> ``{"segmenter": {...: 0.99}}``.
+    ``tasks``: the names a floor may be for (None: any task name, checked once the run's
+    tasks are known).
 
     Raises :class:`InvalidInputError` naming the bad item (malformed, unknown task, not a
     finite number, or one metric given twice)."""
@@ -156,14 +162,14 @@ def parse_floors(items: Iterable[str]) -> Floors:
         if not eq or not dot:
             raise InvalidInputError(f"{item!r}: expected TASK.METRIC=VALUE")
         metric = metric.strip()
-        _floor_key(task, metric, repr(item))
+        _floor_key(task, metric, repr(item), tasks)
         if metric in floors.get(task, {}):
             raise InvalidInputError(f"{item!r}: {task}.{metric} is given twice")
         floors.setdefault(task, {})[metric] = _floor_value(repr(item), raw.strip())
     return floors
 
 
-def check_floors(floors: Mapping[str, Any] | None) -> Floors:
+def check_floors(floors: Mapping[str, Any] | None, *, tasks: Collection[str] = TASKS) -> Floors:
     """Validate floors as they arrive through the pipeline parameter; a clean copy."""
     checked: Floors = {}
     for task, metrics in (floors or {}).items():
@@ -171,7 +177,7 @@ def check_floors(floors: Mapping[str, Any] | None) -> Floors:
             raise InvalidInputError(f"floors.{task}: expected a mapping of metric to floor")
         for metric, value in metrics.items():
             where = f"floors.{task}.{metric}"
-            _floor_key(str(task), str(metric), where)
+            _floor_key(str(task), str(metric), where, tasks)
             checked.setdefault(str(task), {})[str(metric)] = _floor_value(where, value)
     return checked
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medops.errors import DatasetError, InvalidInputError
-from medops.modelspec import CHALLENGER, CHAMPION, INPUT_NAME, MODEL_NAMES
+from medops.modelspec import CHALLENGER, CHAMPION, INPUT_NAME
 from pipelines.presets import check_floors, gate_minimums, get_preset
+from pipelines.tasks import BRAIN, PipelineTask, floor_key, resolve
 
 if TYPE_CHECKING:
     from medops.data import ArraySet
@@ -26,11 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TASK_MODEL: dict[str, str] = {
-    "classifier": MODEL_NAMES[0],
-    "segmenter": MODEL_NAMES[1],
-    "type-classifier": MODEL_NAMES[2],
-}
+TASK_MODEL: dict[str, str] = BRAIN
 
 
 def _read_json(path: str | Path) -> Any:
@@ -42,10 +39,9 @@ def _write_json(path: str | Path, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=2, default=float))
 
 
-def _task(task: str) -> str:
-    if task not in TASK_MODEL:
-        raise InvalidInputError(f"task: {task!r} is not one of {', '.join(TASK_MODEL)}")
-    return task
+def _task(task: str) -> PipelineTask:
+    """The brain role or task document a step's ``task`` parameter names."""
+    return resolve(task)
 
 
 # --------------------------------------------------------------------------- registry
@@ -62,11 +58,17 @@ def check_registry(tracking_uri: str) -> str:
 # ------------------------------------------------------------------------------- data
 
 
-def ingest_data(data_path: str, home: str) -> dict[str, Any]:
-    """Ingest a dataset folder; return its manifest path, version and size."""
+def ingest_data(data_path: str, home: str, task: str = "") -> dict[str, Any]:
+    """Ingest a dataset folder (as ``task`` declares it: layout, folders, mask threshold,
+    samples kept together); return its manifest path, version and size."""
     from medops.data import ingest
 
-    manifest = ingest(Path(data_path), Path(home))
+    spec = _task(task).spec if task else None
+    if spec is None:
+        manifest = ingest(Path(data_path), Path(home))
+    else:
+        layout, options = spec.data.layout, spec.layout_options()
+        manifest = ingest(Path(data_path), Path(home), layout=layout, options=options)
     if not manifest.samples:
         raise DatasetError(f"{data_path}: the dataset holds no samples")
     return {
@@ -124,11 +126,14 @@ def split_data(
     return {name: len(getattr(splits, name)) for name in ("train", "val", "test")}
 
 
-def validate_data(manifest_path: str, splits_path: str, report_out: str) -> dict[str, Any]:
+def validate_data(
+    manifest_path: str, splits_path: str, report_out: str, task: str = ""
+) -> dict[str, Any]:
     """Validate the dataset and its split; raise :class:`DatasetError` with the report if bad.
 
     Beyond :func:`medops.data.validate` it refuses splits that cannot train or evaluate a
-    model: an empty split, or a split with a single class.
+    model: an empty split, or (unless ``task`` is a segmentation task file, whose every
+    sample may hold a finding) a split with a single class.
     """
     from medops.data import Splits, load_manifest, validate
 
@@ -138,12 +143,14 @@ def validate_data(manifest_path: str, splits_path: str, report_out: str) -> dict
     text = report.to_text()
     problems: list[str] = []
     labels = {s.sample_id: s.label for s in manifest.samples}
+    spec = _task(task).spec if task else None
+    needs_both = spec is None or not spec.is_segmentation
     for split in ("train", "val", "test"):
         ids = splits.sample_ids(manifest, split)
         present = {labels[i] for i in ids}
         if not ids:
             problems.append(f"the {split} split holds no samples")
-        elif len(present) < 2:
+        elif needs_both and len(present) < 2:
             only = manifest.classes[next(iter(present))] if manifest.classes else present
             problems.append(f"the {split} split is single-class (only {only!s})")
     if problems:
@@ -181,8 +188,14 @@ def train_config(task: str, preset: str, overrides: Mapping[str, Any] | str = ""
     from medops.training import TrainConfig
 
     chosen = get_preset(preset)
+    found = _task(task)
     extra = json.loads(overrides) if isinstance(overrides, str) and overrides else overrides
-    merged: dict[str, Any] = {**chosen.overrides.get(_task(task), {}), **dict(extra or {})}
+    declared = (
+        found.spec.train_overrides(preset)
+        if found.spec is not None
+        else chosen.overrides.get(found.role, {})
+    )
+    merged: dict[str, Any] = {**declared, **dict(extra or {})}
     types = {f.name: f.type for f in fields(TrainConfig)}
     unknown = sorted(set(merged) - set(types))
     if unknown:
@@ -193,7 +206,7 @@ def train_config(task: str, preset: str, overrides: Mapping[str, Any] | str = ""
             merged[key] = int(value)
         elif isinstance(value, list):
             merged[key] = tuple(value)
-    return TrainConfig.preset(task, chosen.train_preset, **merged)  # type: ignore[arg-type]
+    return TrainConfig.preset(found.role, chosen.train_preset, **merged)  # type: ignore[arg-type]
 
 
 def _registry(tracking_uri: str, home: str) -> Any:
@@ -209,7 +222,7 @@ def _warm_start_path(task: str, warm_start: str, tracking_uri: str, home: str) -
     if Path(warm_start).is_file():
         return warm_start
     # an alias (champion) or version number of this task's registered model
-    return str(_registry(tracking_uri, home).weights_path(TASK_MODEL[task], warm_start))
+    return str(_registry(tracking_uri, home).weights_path(_task(task).model, warm_start))
 
 
 def pretrain(preset: str, fourclass_path: str, home: str, *, on_epoch: Any = None) -> str:
@@ -309,11 +322,12 @@ def _evaluate_probs(task: str, probs: Any, test: ArraySet, info: Any) -> Any:
     from medops.evaluation import evaluate_classifier, segmentation_metrics
     from medops.transforms import drop_small_components
 
-    if task == "segmenter":
+    role = _task(task).role
+    if role == "segmenter":
         mask = drop_small_components(probs[:, 0] >= info.threshold, info.min_component_px)
         assert test.masks is not None
         return segmentation_metrics(mask, test.masks, test.patient_ids, threshold=info.threshold)
-    threshold = info.threshold if task == "classifier" else None
+    threshold = info.threshold if role == "classifier" else None
     return evaluate_classifier(probs, test, threshold=threshold)
 
 
@@ -345,7 +359,7 @@ def evaluate_champion(
     gate compares both models as they would serve, on the same held-out patients.
     """
     registry = _registry(tracking_uri, home)
-    name = TASK_MODEL[task]
+    name = _task(task).model
     if registry.get_alias(name, CHAMPION) is None:
         return None
     champion = registry.resolve(name, CHAMPION)
@@ -371,7 +385,7 @@ def serving_model(
     model = build_model(config)
     load_weights(model, weights_path)
     wrapper = ServingWrapper(
-        model, task, temperature=temperature, flip_average=config.test_time_flip
+        model, config.task, temperature=temperature, flip_average=config.test_time_flip
     )
     return wrapper.eval(), config
 
@@ -400,14 +414,16 @@ def _evaluate_classifier(
     temperature = fit_temperature(val_raw, val.labels)
     val_probs = apply_temperature(val_raw, temperature)
     test_probs = apply_temperature(test_raw, temperature)
-    if task == "classifier":
+    found = _task(task)
+    if found.role == "classifier":
         ev = evaluate_classifier(test_probs, test, val=val, val_probs=val_probs)
         uncalibrated = calibration(test_raw[:, 1], test.labels == 1)[0]
     else:
         ev = evaluate_classifier(test_probs, test)
         uncalibrated = calibration(test_raw.max(1), test_raw.argmax(1) == test.labels)[0]
     extra = {"ece_uncalibrated": uncalibrated, "temperature": temperature}
-    return ev, extra | classifier_intervals(ev, INTERVAL_METRICS[task]), temperature, test_raw
+    names = found.spec.intervals if found.spec is not None else INTERVAL_METRICS[found.role]
+    return ev, extra | classifier_intervals(ev, names), temperature, test_raw
 
 
 def _evaluate_segmenter(
@@ -502,11 +518,14 @@ def evaluate(
     """
     from medops.data import load_manifest
     from medops.evaluation import build_report, subgroup_metrics
+    from medops.evaluation.stats import segmenter_intervals
 
     manifest = load_manifest(manifest_path)
+    found = _task(task)
     model, config = serving_model(task, preset, weights_path, overrides=overrides)
     stored: dict[str, Any] = {}
-    if task == "segmenter":
+    title = f"{found.model} on dataset {manifest.name} {manifest.version} (test patients)"
+    if found.segmenter:
         classifier, classifier_size, classifier_threshold = None, 0, 0.5
         if classifier_weights:
             classifier_facts = _read_json(classifier_evaluation)
@@ -531,15 +550,21 @@ def evaluate(
             classifier_threshold,
         )
         ev: Any = two.segmenter_only
+        if found.spec is not None:
+            extra |= segmenter_intervals(ev, found.spec.intervals)
         threshold = 0.5
         stored = {
-            "gate_threshold": rule.gate_threshold,
+            # an ungated segmenter serves every slice: no gate threshold to store
+            "gate_threshold": rule.gate_threshold if classifier is not None else None,
             "min_component_px": rule.min_component_px,
             # per-patient values (no identifiers) for pooling over cross-validation folds
-            "patient_dice": {
-                "segmenter": [p["dice"] for p in two.segmenter_only.patients.values()],
-                "two_stage": [p["dice"] for p in two.gated.patients.values()],
-            },
+            "patient_dice": {"segmenter": [p["dice"] for p in ev.patients.values()]}
+            | (
+                {"two_stage": [p["dice"] for p in two.gated.patients.values()]}
+                if classifier is not None
+                else {}
+            ),
+            "patient_iou": {"segmenter": [p["iou"] for p in ev.patients.values()]},
         }
         subgroups = subgroup_metrics(two.gated if classifier is not None else ev, manifest.patients)
         html = build_report(
@@ -547,17 +572,16 @@ def evaluate(
             two_stage=two if classifier is not None else None,
             subgroups=subgroups,
             data=test,
-            title=f"{TASK_MODEL[task]} on dataset {manifest.name} {manifest.version} "
-            "(test patients)",
+            title=title,
         )
     else:
         size = config.image_size
         test = load_split(manifest_path, splits_path, "test", size=size, home=home)
         val = load_split(manifest_path, splits_path, "val", size=size, home=home)
         ev, extra, temperature, uncalibrated = _evaluate_classifier(task, model, test, val)
-        threshold = ev.threshold if task == "classifier" else 0.5
+        threshold = ev.threshold if found.role == "classifier" else 0.5
         stored = {"temperature": temperature}
-        if task == "classifier":
+        if found.role == "classifier":
             # per-slice scores (no identifiers) for pooling over cross-validation folds
             stored["slices"] = {
                 "tumour_prob": [float(p) for p in ev.scores],
@@ -568,8 +592,7 @@ def evaluate(
         html = build_report(
             classifier=ev,
             subgroups=subgroups,
-            title=f"{TASK_MODEL[task]} on dataset {manifest.name} {manifest.version} "
-            "(test patients)",
+            title=title,
         )
     Path(report_out).parent.mkdir(parents=True, exist_ok=True)
     Path(report_out).write_text(html)
@@ -620,11 +643,15 @@ def export(
         overrides=overrides,
         temperature=float(evaluation.get("temperature", 1.0)),
     )
-    classes = ["tumour"] if task == "segmenter" else list(evaluation["classes"])
+    found = _task(task)
+    if found.spec is not None:
+        classes = list(found.spec.label.classes)
+    else:
+        classes = ["tumour"] if found.segmenter else list(evaluation["classes"])
     result = export_onnx(
         model,
         onnx_out,
-        task="segmentation" if task == "segmenter" else "classification",
+        task="segmentation" if found.segmenter else "classification",
         input_size=config.image_size,
         classes=classes,
         threshold=float(evaluation["threshold"]),
@@ -657,7 +684,8 @@ def register(
     from medops.registry import Registry, render_model_card
     from medops.registry.card import intervals_from_metrics
 
-    name = TASK_MODEL[task]
+    found = _task(task)
+    name = found.model
     evaluation = _read_json(evaluation_path)
     training = _read_json(training_path)
     metrics = {f"test_{k}": v for k, v in evaluation["headline"].items()}
@@ -699,7 +727,7 @@ def register(
             "training/history.json": history,
         },
         tags={"pipeline_preset": preset, "evaluation": kind},
-        run_name=f"{task}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}",
+        run_name=f"{found.label}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}",
     )
     return registered.version
 
@@ -712,32 +740,43 @@ def gate(
     evaluation_path: str,
     *,
     floors: Mapping[str, Mapping[str, float]] | None = None,
+    promote: bool | None = None,
 ) -> bool:
     """Apply the promotion gate to a new version and record the decision (and promotion).
 
     ``floors``: this run's floors per task (``--floor``), over the preset's ``minimums``; the
-    recorded evidence holds the floors used (``minimums``) and which were overridden."""
+    recorded evidence holds the floors used (``minimums``) and which were overridden.
+    ``promote``: whether a pass moves ``champion`` (None: as the preset says)."""
     from medops.registry import Registry, promotion_gate
 
     chosen = get_preset(preset)
-    overridden = check_floors(floors).get(_task(task), {})
+    found, key = _task(task), floor_key(task)
+    mine = {key: floors[key]} if floors and key in floors else {}
+    overridden = check_floors(mine, tasks=(key,)).get(key, {})
+    if found.spec is None:
+        minimums = gate_minimums(chosen, found.role, floors)
+        tolerance = chosen.tolerance.get(found.role, 0.0)
+    else:
+        declared = found.spec.presets.get(preset)  # type: ignore[call-overload]
+        minimums = {**(declared.floors if declared else {}), **overridden}
+        tolerance = dict(declared.tolerance) if declared else {}
     evaluation = _read_json(evaluation_path)
     champion = evaluation.get("champion")
     decision = promotion_gate(
         evaluation["headline"],
         champion["headline"] if champion else None,
-        minimums=gate_minimums(chosen, task, floors),
-        tolerance=chosen.tolerance.get(task, 0.0),
+        minimums=minimums,
+        tolerance=tolerance,
     )
     decision.evidence["floor_overrides"] = overridden
     decision.evidence["champion_version"] = champion["version"] if champion else None
     decision.evidence["challenger_version"] = str(version)
     decision.evidence["same_test_patients"] = True
     # a preset may leave promotion to a live canary, unless there is no champion to serve
-    move = chosen.promote or champion is None
+    move = (chosen.promote if promote is None else promote) or champion is None
     decision.evidence["promoted_by"] = "gate" if move else "live canary"
     return Registry(tracking_uri).record_gate(
-        TASK_MODEL[task], str(version), decision, move_champion=move
+        found.model, str(version), decision, move_champion=move
     )
 
 
@@ -753,7 +792,8 @@ def publish(tracking_uri: str, out_dir: str) -> list[dict[str, Any]]:
     registry = _registry(tracking_uri, str(Path(out_dir).resolve().parent))
     models: list[TritonModel] = []
     published: list[dict[str, Any]] = []
-    for name in MODEL_NAMES:
+    names = registry.model_names()
+    for name in names:
         if registry.get_alias(name, CHAMPION) is None:
             continue
         champion = registry.resolve(name, CHAMPION)
@@ -780,7 +820,7 @@ def publish(tracking_uri: str, out_dir: str) -> list[dict[str, Any]]:
     # the gate refused, or one of another input size Triton does not get): each gets its
     # reference, whatever was published
     home = Path(out_dir).resolve().parent
-    for name in MODEL_NAMES:
+    for name in names:
         for version in dict.fromkeys(
             str(v) for alias in (CHAMPION, CHALLENGER) if (v := registry.get_alias(name, alias))
         ):
@@ -904,14 +944,20 @@ def _run_onnx(session: Any, images: Any) -> Any:
 def _segmenter_population(
     registry: Any, info: Any, manifest_path: Path, splits_path: str, home: Path
 ) -> Any:
-    """For a segmenter: ``(split, arrays) -> indices`` of the slices the champion classifier
-    flags under the segmenter's gate, as serving picks them; None without a champion."""
+    """For a segmenter chained behind the classifier (its version stores a gate threshold):
+    ``(split, arrays) -> indices`` of the slices the champion classifier flags under that
+    gate, as serving picks them; None for a segmenter served alone or without a champion."""
     import numpy as np
     import onnxruntime as ort
 
     from medops.modelspec import CLASSIFIER
 
-    if info.task != "segmentation" or registry.get_alias(CLASSIFIER, CHAMPION) is None:
+    chained = info.gate_threshold is not None
+    if (
+        info.task != "segmentation"
+        or not chained
+        or registry.get_alias(CLASSIFIER, CHAMPION) is None
+    ):
         return None
     classifier = registry.resolve(CLASSIFIER, CHAMPION)
     gate = classifier.info.threshold if info.gate_threshold is None else float(info.gate_threshold)

@@ -34,6 +34,7 @@ from medops.rle import rle_encode
 from medops.transforms import drop_small_components, preprocess_slice, restore_mask
 
 from .encoders import encode
+from .review import ReviewCache
 from .types import DICOM, Analysis, AnalyzeRequest, Chain, LogStore, Prediction, Predictor, Route
 
 log = logging.getLogger("medops.clinical")
@@ -63,6 +64,7 @@ class ClinicalPlane:
         store: LogStore | None = None,
         metrics: GatewayMetrics | None = None,
         features: PredictionFeatures | None = None,
+        review: ReviewCache | None = None,
     ) -> None:
         if default_chain is not None and default_chain not in chains:
             known = ", ".join(chains) or "none"
@@ -78,6 +80,8 @@ class ClinicalPlane:
         self.metrics = metrics
         self.features = features or PredictionFeatures(None)
         """Image statistics plus the embedding of each model version's drift reference."""
+        self.review = review
+        """Where de-identified studies are kept for the review page (None or off: nowhere)."""
 
     def _chain(self, request: AnalyzeRequest) -> tuple[str | None, Chain | None]:
         """The chain a request names (or the default); ``(None, None)`` for one model."""
@@ -121,7 +125,9 @@ class ClinicalPlane:
             else:
                 analysis = await self._segment_all(read, request, first, clock)
             analysis.chain = chain_name
-            await self._log_predictions(analysis)
+            if request.log:
+                await self._log_predictions(analysis)
+                await self._keep_for_review(analysis)
             analysis.answer = await asyncio.to_thread(encode, analysis, request.media_type)
             clock.lap("postprocess")
         except MedopsError as exc:
@@ -329,6 +335,16 @@ class ClinicalPlane:
             log.warning("prediction not logged", extra={"reason": exc.message})
             return
         a.prediction_ids = [f"{base_id}.{k}" for k in range(len(a.inputs))]
+
+    async def _keep_for_review(self, a: Analysis) -> None:
+        """Keep the de-identified study for the review page (when on and logged); a failure
+        here never fails the clinical answer."""
+        if self.review is None or not self.review.enabled or not a.prediction_ids:
+            return
+        try:
+            await asyncio.to_thread(self.review.keep, a)
+        except (OSError, MedopsError) as exc:
+            log.warning("study not kept for review", extra={"reason": type(exc).__name__})
 
     # ------------------------------------------------------------------ metrics
 

@@ -104,6 +104,8 @@ class AnalyzeRequest:
     every slice) instead of a chain."""
     chain: str | None = None
     """Run this declared chain; neither ``model`` nor ``chain``: the plane's default chain."""
+    log: bool = True
+    """Write the prediction log (off for an explanation: the same slices are analysed again)."""
     keep_sources: bool = False
     """Keep the de-identified source datasets in the analysis (``image.sources``) whatever the
     answer's encoding, for a caller that builds DICOM objects of its own."""

@@ -11,6 +11,7 @@ from medops.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from medops.evaluation.classifier import ClassifierEvaluation
+    from medops.evaluation.segmenter import SegmenterEvaluation
 
 
 def patient_bootstrap(
@@ -89,5 +90,33 @@ def classifier_intervals(ev: ClassifierEvaluation, names: Sequence[str]) -> dict
     out: dict[str, float] = {}
     for name in names:
         low, high = patient_bootstrap(ev.patient_ids, figure(name))
+        out |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
+    return out
+
+
+def _mean_of(values: np.ndarray) -> Callable[[np.ndarray], float]:
+    return lambda idx: float(values[idx].mean())
+
+
+SEGMENTER_INTERVALS = ("dice_patient_mean", "iou_patient_mean", "dice_slice_mean", "iou_slice_mean")
+"""Segmenter headline figures :func:`segmenter_intervals` can bound."""
+
+
+def segmenter_intervals(ev: SegmenterEvaluation, names: Sequence[str]) -> dict[str, float]:
+    """Patient-bootstrap intervals of a segmenter's per-patient means or of its per-slice
+    means over foreground slices (slices resampled with their patient or group)."""
+    out: dict[str, float] = {}
+    for name in names:
+        if name not in SEGMENTER_INTERVALS:
+            raise InvalidInputError(
+                f"interval of {name!r}: a segmenter bounds {', '.join(SEGMENTER_INTERVALS)}"
+            )
+        figure, _, unit = name.removesuffix("_mean").partition("_")
+        if unit == "patient":
+            low, high = mean_interval([p[figure] for p in ev.patients.values()])
+        else:
+            per_slice = (ev.slice_dice if figure == "dice" else ev.slice_iou)[ev.tumour_slices]
+            groups = [g for g, keep in zip(ev.patient_ids, ev.tumour_slices, strict=True) if keep]
+            low, high = patient_bootstrap(groups, _mean_of(per_slice))
         out |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
     return out

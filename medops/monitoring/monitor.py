@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medops.errors import MedopsError, NotFoundError
 from medops.monitoring.drift import DriftResult, Reference, compute_drift, load_reference
@@ -53,6 +55,7 @@ class Monitor:
         min_window: int = 100,
         drift_share_threshold: float = 0.1,
         negative_label: str = "no_tumour",
+        history_size: int = 1000,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -65,6 +68,8 @@ class Monitor:
         self.drift_share_threshold = drift_share_threshold
         self.negative_label = negative_label
         self._latest: dict[str, Evaluation] = {}
+        self._history: dict[str, deque[tuple[float, Evaluation]]] = {}
+        self.history_size = history_size
         self._references: dict[tuple[str, str | None], Reference] = {}
         self._lock = threading.Lock()
 
@@ -123,6 +128,8 @@ class Monitor:
         self._export(evaluation)
         with self._lock:
             self._latest[model] = evaluation
+            kept = self._history.setdefault(model, deque(maxlen=self.history_size))
+            kept.append((time.time(), evaluation))
         return evaluation
 
     def _act(self, event: TriggerEvent) -> bool:
@@ -168,6 +175,23 @@ class Monitor:
             except MedopsError as exc:
                 log.error("monitor: evaluation of %s failed: %s", model, exc)
         return out
+
+    def history(self, model: str) -> list[dict[str, Any]]:
+        """This process's recent evaluations of ``model``, oldest first (drift share, the
+        verdict and the quality figures from feedback), for charts over time."""
+        with self._lock:
+            kept = list(self._history.get(model, ()))
+        return [
+            {
+                "time": round(at, 3),
+                "window_size": ev.window_size,
+                "drift_share": None if ev.drift is None else ev.drift.drift_share,
+                "drift_detected": None if ev.drift is None else ev.drift.drift_detected,
+                "quality": ev.quality.to_dict(),
+                "note": ev.note,
+            }
+            for at, ev in kept
+        ]
 
     def latest(self, model: str | None = None) -> Evaluation:
         """The latest evaluation of ``model`` (None: the first configured or evaluated)."""

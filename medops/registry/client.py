@@ -11,6 +11,7 @@ import getpass
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -41,7 +42,7 @@ from medops.modelspec import (
     META_TASK,
     META_TEMPERATURE,
     META_THRESHOLD,
-    MODEL_NAMES,
+    NAME_PATTERN,
     OUTPUT_NAME,
     ModelInfo,
 )
@@ -424,8 +425,11 @@ class Registry:
         ``aliases``. All or nothing: if anything fails once the version exists, the version is
         deleted again (and a registered model this call created is removed).
         """
-        if name not in MODEL_NAMES:
-            raise InvalidInputError(f"model name {name!r} is not one of {', '.join(MODEL_NAMES)}")
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise InvalidInputError(
+                f"model name {name!r}: a registered name is a DNS label (lower-case letters, "
+                "digits and '-', at most 63), as task files declare them"
+            )
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise InvalidInputError(f"ONNX file {onnx_path} does not exist")
@@ -661,6 +665,11 @@ class Registry:
         dst.mkdir(parents=True, exist_ok=True)
         with self._errors(f"download {path} of {name} version {mv.version}"):
             return Path(self._client.download_artifacts(mv.run_id, path, str(dst)))
+
+    def model_names(self) -> list[str]:
+        """The registered models' names, sorted."""
+        with self._errors("list registered models"):
+            return sorted(m.name for m in self._client.search_registered_models())
 
     def list_models(self) -> list[ModelSummary]:
         """Each registered model with its aliases and versions (newest first) and metrics."""

@@ -13,9 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from medops.data.layouts import LAYOUTS, LayoutOptions
+from medops.modelspec import NAME_PATTERN
 
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-"""Task and model names: DNS labels, as registered model names and routing variants are."""
 _METRIC_PATTERN = r"^[a-z][a-z0-9_]*$"
 _SAMPLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 

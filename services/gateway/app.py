@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from medops.clinical import Chain, ClinicalPlane
+from medops.clinical.review import ReviewCache
 from medops.errors import InvalidInputError, MedopsError
 from medops.monitoring import PredictionFeatures
 from medops.monitoring.metrics import GatewayMetrics
@@ -22,6 +23,7 @@ from medops.registry.audit import default_audit_path
 from medops.service.auth import Authenticator
 
 from .backends import Backend, make_backend
+from .catalog import registry_catalog
 from .dataplane import DataPlane
 from .grpc import create_grpc_server
 from .models import FileSource, ModelManager, ModelSource, RegistrySource
@@ -243,8 +245,11 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         store=store,
         metrics=metrics,
         features=PredictionFeatures(settings.home),
+        review=ReviewCache(settings.home / "review", settings.review_retention_s),
     )
-    app = create_app(settings, dataplane, auth, clinical)
+    app = create_app(
+        settings, dataplane, auth, clinical, store=store, catalog=registry_catalog(source, served)
+    )
     gateway = Gateway(
         settings=settings,
         backend=backend,

@@ -7,8 +7,10 @@ shared :class:`~medops.service.middleware.ServiceMiddleware` with the gateway's 
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
+from collections.abc import Callable
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -23,8 +25,12 @@ from medops.clinical import (
     Upload,
     choose_media_type,
 )
-from medops.errors import InvalidInputError, NotFoundError
-from medops.service.auth import Authenticator
+from medops.clinical.explain import TARGETS, Explainer, ExplainRequest, Target, parse_slices
+from medops.clinical.feedback import record_feedback
+from medops.clinical.preview import preview
+from medops.clinical.review import PredictionLog, review_queue
+from medops.errors import InvalidInputError, MedopsError, NotFoundError
+from medops.service.auth import ROLES, Authenticator
 from medops.service.errors import install_error_handlers
 from medops.service.health import OPEN_PATHS, add_health_routes
 from medops.service.logs import REQUEST_ID
@@ -34,14 +40,23 @@ from .codec import HEADER_LENGTH, decode_request, encode_response
 from .dataplane import DataPlane
 from .settings import GatewaySettings
 from .types import RestWire
+from .ui import SecurityHeaders, add_ui_routes, is_page
 
 ADMIN_PATHS = frozenset({"/v1/routing/audit"})
+FEEDBACK_PATH = "/v1/feedback"
+SESSION_PATH = "/v1/session"
 
 
-def needed_role(method: str, path: str) -> str | None:
-    """``None`` for health and metrics, ``admin`` for changing routing, ``client`` otherwise."""
-    if path in OPEN_PATHS:
+def needed_role(method: str, path: str) -> str | tuple[str, ...] | None:
+    """``None`` for health, metrics and the page files (``/ui/``: no data; the calls they make
+    send a key), ``admin`` for changing routing, a reviewer or client key for feedback, any
+    key to ask which role it has, ``client`` otherwise."""
+    if path in OPEN_PATHS or is_page(path):
         return None
+    if path == FEEDBACK_PATH and method == "POST":
+        return ("reviewer", "client")
+    if path == SESSION_PATH:
+        return ROLES
     if path in ADMIN_PATHS or (path == "/v1/routing" and method != "GET"):
         return "admin"
     return "client"
@@ -87,9 +102,16 @@ def _json(doc: Any, status: int = 200) -> JSONResponse:
 
 
 def create_app(
-    settings: GatewaySettings, dataplane: DataPlane, auth: Authenticator, clinical: ClinicalPlane
+    settings: GatewaySettings,
+    dataplane: DataPlane,
+    auth: Authenticator,
+    clinical: ClinicalPlane,
+    *,
+    store: PredictionLog | None = None,
+    catalog: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> FastAPI:
-    """The REST application; the composition root builds its parts."""
+    """The REST application; the composition root builds its parts (``store``: the prediction
+    log feedback is written to; ``catalog``: the registry's view of the served models)."""
     app = FastAPI(
         title="medops gateway",
         description="Open Inference Protocol (KServe V2) and the clinical analyze API.",
@@ -174,24 +196,26 @@ def create_app(
 
     # ------------------------------------------------------------------ clinical API
 
-    @app.post("/v1/analyze")
-    async def analyze(request: Request) -> Response:
+    async def analyze_request(request: Request) -> AnalyzeRequest:
+        """What ``/v1/analyze`` and ``/v1/explain`` share: upload, segment mode, routing."""
         media_type = choose_media_type(request.headers.get("accept"))
         query = request.query_params
         segment = query.get("segment", "auto").lower()
         if segment not in SEGMENT_MODES:
             raise InvalidInputError(f"segment must be one of {SEGMENT_MODES}, got {segment!r}")
-        analysis = await clinical.analyze(
-            AnalyzeRequest(
-                upload=await _upload(request),
-                segment=cast(SegmentMode, segment),
-                media_type=media_type,
-                routing=request.headers,
-                request_id=REQUEST_ID.get(),
-                model=query.get("model"),
-                chain=query.get("chain"),
-            )
+        return AnalyzeRequest(
+            upload=await _upload(request),
+            segment=cast(SegmentMode, segment),
+            media_type=media_type,
+            routing=request.headers,
+            request_id=REQUEST_ID.get(),
+            model=query.get("model"),
+            chain=query.get("chain"),
         )
+
+    @app.post("/v1/analyze")
+    async def analyze(request: Request) -> Response:
+        analysis = await clinical.analyze(await analyze_request(request))
         answer = analysis.answer
         assert answer is not None
         headers = {
@@ -201,6 +225,95 @@ def create_app(
         if answer.filename:
             headers["content-disposition"] = f'attachment; filename="{answer.filename}"'
         return Response(answer.body, media_type=answer.media_type, headers=headers)
+
+    explainer = Explainer(clinical)
+
+    @app.post("/v1/explain")
+    async def explain(request: Request) -> Response:
+        """Occlusion saliency per slice (``slices=K[,K...]``; all by default) of the classifier's
+        decision and the segmenter's mask: JSON arrays, or one slice's PNG heat map
+        (``Accept: image/png``; ``target=classifier|segmenter``). Upload forms as analyze."""
+        query = request.query_params
+        target = query.get("target", "auto").lower()
+        if target not in TARGETS:
+            raise InvalidInputError(f"target must be one of {TARGETS}, got {target!r}")
+        slices = parse_slices(query.get("slices"))
+        explanation = await explainer.explain(
+            ExplainRequest(await analyze_request(request), slices, cast(Target, target))
+        )
+        answer = explanation.answer
+        assert answer is not None
+        first = explanation.analysis.first.route
+        headers = {"x-medops-variant": first.variant, "x-medops-model-version": first.version}
+        return Response(answer.body, media_type=answer.media_type, headers=headers)
+
+    # ------------------------------------------------------------------ review and console
+
+    @app.get(SESSION_PATH)
+    async def session(request: Request) -> Response:
+        """The role of the caller's key (what the pages show depends on it)."""
+        return _json({"role": request.state.role})
+
+    @app.post(FEEDBACK_PATH)
+    async def feedback(request: Request) -> Response:
+        """A reviewer's confirmation or correction of one logged prediction (a slice's
+        ``prediction_id``): ``label`` and/or ``mask_rle`` (COCO RLE at the image's size), into
+        the prediction log the monitor reads. Unknown ids are 404; a malformed body or a mask
+        of the wrong size is 400, naming the field."""
+        if store is None:
+            raise NotFoundError("feedback needs the prediction log (MEDOPS_GATEWAY_PREDICTION_LOG)")
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise InvalidInputError(f"feedback is not valid JSON ({exc})") from None
+        request_id = await asyncio.to_thread(record_feedback, store, body)
+        return _json({"request_id": request_id, "stored": True})
+
+    @app.post("/v1/preview")
+    async def preview_upload(request: Request) -> Response:
+        """The upload's slices as the review page shows them (de-identified, scaled to 8 bits,
+        PNG data URLs at the image's size); ``slices=K[,K...]`` for some. Upload forms as
+        analyze."""
+        slices = parse_slices(request.query_params.get("slices"))
+        upload = await _upload(request)
+        doc = await asyncio.to_thread(preview, upload, clinical.deid_key, slices)
+        return _json(doc)
+
+    @app.get("/v1/review/queue")
+    async def queue(model: str, limit: int = 20) -> Response:
+        """The unreviewed predictions of ``model``, least confident first, and whether each
+        study was kept (de-identified) for the review page."""
+        if store is None:
+            raise NotFoundError("the review queue needs the prediction log")
+        items = await asyncio.to_thread(review_queue, store, model, clinical.review, limit=limit)
+        enabled = clinical.review is not None and clinical.review.enabled
+        return _json({"model": model, "kept_for_review": enabled, "items": items})
+
+    @app.get("/v1/review/studies/{request_id}")
+    async def kept_study(request_id: str) -> Response:
+        """A study kept for review: its analysis (as analyze answered it) and slice previews."""
+        if clinical.review is None:
+            raise NotFoundError("keeping studies for review is off")
+        return _json(await asyncio.to_thread(clinical.review.get, request_id))
+
+    @app.get("/v1/models/registry")
+    async def model_registry() -> Response:
+        """Each served model's versions with aliases, gate verdicts and evaluation figures."""
+        if catalog is None:
+            return _json({"models": []})
+        return _json({"models": await asyncio.to_thread(catalog)})
+
+    @app.get("/v1/monitor/history")
+    async def monitor_history(request: Request, model: str) -> Response:
+        """The monitor's recent evaluations of ``model`` (drift share, quality from feedback),
+        asked with the caller's own key, for the console's drift chart."""
+        if not settings.monitor_url:
+            raise NotFoundError("no monitor configured (MEDOPS_GATEWAY_MONITOR_URL)")
+        return await _monitor_get(
+            settings.monitor_url, "/v1/drift/history", {"model": model}, request
+        )
+
+    add_ui_routes(app)
 
     # ------------------------------------------------------------------ routing
 
@@ -250,7 +363,31 @@ def create_app(
         max_request_bytes=settings.max_request_bytes,
         service="gateway",
     )
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+async def _monitor_get(base: str, path: str, params: dict[str, str], request: Request) -> Response:
+    """GET from the monitor with the caller's Authorization; its 4xx pass through as they are,
+    an unreachable monitor is 503."""
+    import httpx
+
+    url = (base if "://" in base else f"http://{base}").rstrip("/") + path
+    headers = {"authorization": request.headers.get("authorization", "")}
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            answer = await client.get(url, params=params, headers=headers)
+    except httpx.HTTPError as exc:
+        raise MedopsError(
+            f"the monitor is unreachable ({type(exc).__name__})", status_code=503
+        ) from None
+    if answer.status_code >= 500:
+        raise MedopsError(f"the monitor answered {answer.status_code}", status_code=502)
+    return Response(
+        answer.content,
+        status_code=answer.status_code,
+        media_type=answer.headers.get("content-type", "application/json"),
+    )
 
 
 def _with_etag(response: Response, document: dict[str, Any]) -> Response:

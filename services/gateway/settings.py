@@ -149,6 +149,16 @@ class GatewaySettings(ApiKeySettings):
     read as ``MEDOPS_GATEWAY_STORE_URL``, the name the chart shares with the monitor's
     ``MEDOPS_MONITOR_STORE_URL``."""
 
+    review_retention_s: float = 0.0
+    """Keep each logged analysis, de-identified (its JSON answer and slice previews, never the
+    uploaded files), under ``<home>/review`` for this many seconds, so the review page can
+    reopen the studies of its review queue. ``0`` (default): nothing is kept."""
+
+    monitor_url: str | None = None
+    """Base URL of the monitor service (``http://host:port``); the operator console's drift
+    chart reads its evaluations through ``GET /v1/monitor/history`` with the caller's key.
+    Unset: that endpoint answers 404 saying so."""
+
     uvloop: bool = False
     """Run on uvloop: cheaper REST requests, but grpc.aio then polls from a helper thread and
     gets slower; for REST-only replicas."""

@@ -187,6 +187,11 @@ def create_app(
             raise NotFoundError(f"drift: no result for {ev.model}: {ev.note}")
         return {**ev.drift.to_dict(), "quality": ev.quality.to_dict()}
 
+    @app.get("/v1/drift/history")
+    async def drift_history(model: str) -> dict[str, Any]:
+        """Recent evaluations of ``model`` (drift share and quality), oldest first."""
+        return {"model": model, "evaluations": mon.history(model)}
+
     @app.get("/v1/drift/report", response_class=HTMLResponse)
     async def report(model: str | None = None) -> HTMLResponse:
         ev = mon.latest(model)

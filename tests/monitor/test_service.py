@@ -194,3 +194,36 @@ def test_the_background_loop_evaluates_on_its_own(
         while client.get("/v1/drift").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert client.get("/v1/drift").json()["window"]["size"] == 100
+
+
+def test_the_drift_history_keeps_each_evaluation_for_the_consoles_chart(
+    lgg_reference: Reference, heldout_features: list[dict[str, float]], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    predicted = np.zeros((8, 8), bool)
+    predicted[2:6, 2:6] = True
+    # quality only (a window below min_window skips the drift test, which is tested above)
+    settings = _settings(lgg_reference, tmp_path, models=["brain-tumor-segmenter"], min_window=1000)
+    with PredictionStore(settings.store_url or "") as store:
+        for i, feats in enumerate(heldout_features[:40]):
+            store.record(
+                PredictionRecord(
+                    request_id=f"s{i}", model="brain-tumor-segmenter", version="1",
+                    variant="champion", probabilities={"max": 0.9}, features=feats,
+                    area=16.0, mask_rle=rle_encode(predicted),
+                )
+            )  # fmt: skip
+    with serve(create_app(settings), settings) as client:
+        empty = client.get("/v1/drift/history", params={"model": "brain-tumor-segmenter"})
+        assert empty.status_code == 200 and empty.json()["evaluations"] == []
+        client.post("/v1/evaluate")
+        body = {"request_id": "s0", "mask_rle": rle_encode(np.zeros((8, 8), bool))}
+        assert client.post("/v1/feedback", json=body).status_code == 200
+        client.post("/v1/evaluate")
+        history = client.get("/v1/drift/history", params={"model": "brain-tumor-segmenter"})
+    first, second = history.json()["evaluations"]
+    assert first["time"] <= second["time"] and first["window_size"] == 40
+    assert first["quality"]["masks"] == 0 and second["quality"]["masks"] == 1
+    assert second["quality"]["dice"] == 0.0
+    assert second["drift_share"] is None and "min_window" in second["note"]

@@ -110,3 +110,49 @@ def test_the_committed_pipeline_yaml_is_what_the_code_compiles_to(tmp_path: Path
         COMMITTED.relative_to(ROOT)
     )
     assert committed_platform == platform
+
+
+KVASIR = ROOT / "tasks" / "kvasir-polyp-segmenter.yaml"
+COMMITTED_KVASIR = ROOT / "k8s" / "pipelines" / "kvasir-polyp-segmenter.yaml"
+
+
+def test_a_task_pipeline_carries_its_task_and_runs_every_step_on_gpu_nodes(tmp_path: Path) -> None:
+    from medops.tasks import read_task
+    from pipelines.tasks import resolve
+
+    spec, platform = _compile(tmp_path, "--task", str(KVASIR))
+    assert spec["pipelineInfo"]["name"] == "medops-task-training"
+    tasks = spec["root"]["dag"]["tasks"]
+    documents = {
+        t["inputs"]["parameters"]["task"]["runtimeValue"]["constant"]
+        for t in tasks.values()
+        if "task" in t.get("inputs", {}).get("parameters", {})
+    }
+    # one document, the task file's own declarations: the pipeline needs no file on the cluster
+    assert len(documents) == 1
+    assert resolve(documents.pop()).spec == read_task(KVASIR)
+    names = {t["taskInfo"]["name"] for t in tasks.values()}
+    for step in ("ingest", "train", "evaluate", "export", "register", "promotion gate"):
+        assert any(n.startswith(step) and "kvasir-polyp-segmenter" in n for n in names), step
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    train = next(v for k, v in executors.items() if k.startswith("exec-train"))
+    assert train["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    committed_spec, committed_platform = list(yaml.safe_load_all(COMMITTED_KVASIR.read_text()))
+    assert committed_spec == spec, (
+        "recompile: medops pipeline compile --task "
+        + str(KVASIR.relative_to(ROOT))
+        + " --output "
+        + str(COMMITTED_KVASIR.relative_to(ROOT))
+    )
+    assert committed_platform == platform
+
+
+def test_compiling_a_broken_task_file_names_its_field(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(KVASIR.read_text().replace("name: kvasir-polyp-segmenter", "name: broken"))
+    broken.write_text(broken.read_text().replace("modality: ES", "modality: endoscopy"))
+    out = tmp_path / "pipeline.yaml"
+    result = CliRunner().invoke(pipeline, ["compile", "--output", str(out), "--task", str(broken)])
+    assert result.exit_code != 0
+    assert "broken.yaml: modality" in str(result.exception)
+    assert not out.exists()
