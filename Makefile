@@ -53,7 +53,7 @@ lint: $(STAMP)
 ## Benchmarks that take minutes; bench-quality cross-validates the fast preset (about 45 min
 ## on 2 cores), bench-quality-full trains the full preset once on the held-out split (hours).
 bench: $(STAMP) system-deps triton
-	$(BIN)/python -m bench ingest routing gateway analyze drift predlog
+	$(BIN)/python -m bench ingest routing gateway analyze int8 batching drift predlog
 
 bench-quality: $(STAMP)
 	$(BIN)/python -m bench quality

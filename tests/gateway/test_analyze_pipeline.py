@@ -16,7 +16,7 @@ import pytest
 
 import medops.clinical.plane as plane_module
 from medops.clinical import ClinicalPlane
-from medops.clinical.types import AnalyzeRequest, Chain, Route
+from medops.clinical.types import Analysis, AnalyzeRequest, Chain, Route
 from medops.errors import BackendUnavailableError
 from medops.imaging.formats import write_nifti
 from medops.imaging.image import Image
@@ -25,6 +25,7 @@ from medops.imaging.upload import Upload
 from medops.modelspec import ModelInfo
 from medops.monitoring import PredictionFeatures
 from medops.monitoring.store import PredictionRecord
+from medops.rle import rle_encode
 from medops.transforms import drop_small_components, preprocess_slice, restore_mask
 
 SIZE = 64
@@ -83,7 +84,7 @@ def volume(tmp_path_factory: pytest.TempPathFactory, lgg_dir: Path) -> tuple[byt
     return body, np.stack([image.slice(k) for k in range(image.num_slices)])
 
 
-def _analyze(plane: ClinicalPlane, body: bytes, segment: str = "always") -> object:
+def _analyze(plane: ClinicalPlane, body: bytes, segment: str = "always") -> Analysis:
     request = AnalyzeRequest(
         Upload((body,), None, "application/gzip"),
         segment=segment,  # type: ignore[arg-type]
@@ -123,8 +124,8 @@ def test_pipelined_batches_answers_and_log_equal_the_sequential_reference(
     seg_out = _outputs("seg", inputs)
     binary = drop_small_components(seg_out[:, 0] >= SEG.threshold, SEG.min_component_px)
     want_mask = restore_mask(binary.astype(np.uint8), slices.shape[-2:])
-    assert np.array_equal(a.mask, want_mask)  # type: ignore[attr-defined]
-    assert np.array_equal(a.probabilities, _outputs("cls", inputs)[:, 1].astype(float))  # type: ignore[attr-defined]
+    assert np.array_equal(a.mask, want_mask)
+    assert np.array_equal(a.probabilities, _outputs("cls", inputs)[:, 1].astype(float))
 
     # the log: the statistics and masks the slice-by-slice computation gives
     features = PredictionFeatures(None)
@@ -132,11 +133,9 @@ def test_pipelined_batches_answers_and_log_equal_the_sequential_reference(
     by_model = {(r.model, r.request_id): r for r in store.records}
     assert len(by_model) == 2 * len(slices)
     for k, x in enumerate(inputs):
-        want = features("cls", "1", x, original_shape=shape)
-        assert by_model[("cls", f"req.{k}")].features == want
-        assert by_model[("seg", f"req.{k}")].features == want
-        from medops.rle import rle_encode
-
+        expected = features("cls", "1", x, original_shape=shape)
+        assert by_model[("cls", f"req.{k}")].features == expected
+        assert by_model[("seg", f"req.{k}")].features == expected
         assert by_model[("seg", f"req.{k}")].mask_rle == rle_encode(want_mask[k])
 
 
@@ -157,9 +156,9 @@ def test_auto_segments_the_flagged_slices_in_batches_of_their_own(
     assert [len(b) for b in predictor.batches["seg"]] == [
         len(wanted[i : i + 3]) for i in range(0, len(wanted), 3)
     ]
-    assert np.array_equal(np.flatnonzero(a.segmented), wanted)  # type: ignore[attr-defined]
+    assert np.array_equal(np.flatnonzero(a.segmented), wanted)
     untouched = np.setdiff1d(np.arange(len(slices)), wanted)
-    assert not a.mask[untouched].any()  # type: ignore[attr-defined]
+    assert not a.mask[untouched].any()
 
 
 def test_a_failing_batch_fails_the_request_and_leaves_no_worker_behind(

@@ -183,7 +183,7 @@ def test_refused_versions_register_nothing(setup: Setup) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(setup.uri)
-    run = client.get_run(client.get_model_version(SEGMENTER, bare).run_id)
+    run = client.get_run(str(client.get_model_version(SEGMENTER, bare).run_id))
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     for onnx_file in artifacts.rglob("*.onnx"):
         onnx_file.unlink()
