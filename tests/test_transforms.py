@@ -10,6 +10,7 @@ import pytest
 from medops.errors import InvalidInputError
 from medops.imaging import Image
 from medops.transforms import (
+    limit_resize_threads,
     n4_bias_correction,
     normalise_intensity,
     preprocess_slice,
@@ -208,3 +209,31 @@ def test_the_batched_form_is_bit_identical_to_the_slice_by_slice_one(lgg_dir: Pa
     assert preprocess_slices([], 64).shape == (0, 3, 64, 64)
     with pytest.raises(InvalidInputError, match="size"):
         preprocess_slices(slices, 0)
+
+
+def test_a_server_can_run_the_resize_on_one_thread_with_the_same_output() -> None:
+    """``medops serve`` limits torch's threads for its own process: checked in a process of
+    its own (the limit is process-wide), against this process's default threads."""
+    import hashlib
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(11)
+    slices = rng.integers(0, 256, size=(6, 3, 240, 200), dtype=np.uint8)
+    here = hashlib.sha256(preprocess_slices(list(slices), 128).tobytes()).hexdigest()
+    script = (
+        "import sys, hashlib, numpy as np, torch\n"
+        "from medops.transforms import limit_resize_threads, preprocess_slices\n"
+        "s = np.random.default_rng(11).integers(0, 256, size=(6, 3, 240, 200), dtype=np.uint8)\n"
+        "limit_resize_threads(1)\n"
+        "out = preprocess_slices(list(s), 128)\n"
+        "print(torch.get_num_threads(), hashlib.sha256(out.tobytes()).hexdigest())\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", here]
+    with pytest.raises(InvalidInputError, match="positive"):
+        limit_resize_threads(0)
