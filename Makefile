@@ -66,7 +66,7 @@ lint: $(STAMP)
 ## Benchmarks that take minutes; bench-quality cross-validates the fast preset (about 45 min
 ## on 2 cores), bench-quality-full trains the full preset once on the held-out split (hours).
 bench: $(STAMP) system-deps triton
-	$(BIN)/python -m bench ingest routing gateway analyze drift predlog
+	$(BIN)/python -m bench ingest routing gateway analyze int8 batching drift predlog
 
 ## The DICOM edge's ingest (files/s vs pynetdicom's storage SCP) and its end-to-end overhead;
 ## as root (Orthanc runs in a network namespace of its own).

@@ -23,10 +23,10 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     flat = (m != 0).reshape(-1, order="F").astype(np.int8)
     change = np.flatnonzero(np.diff(flat)) + 1
     bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
+    counts: list[int] = np.diff(bounds).tolist()  # Python ints already
     if flat.size and flat[0] == 1:
         counts = [0, *counts]
-    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": [int(c) for c in counts]}
+    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": counts}
 
 
 def validate_rle(rle: Any, *, field: str = "mask_rle") -> dict[str, Any]:
@@ -40,16 +40,28 @@ def validate_rle(rle: Any, *, field: str = "mask_rle") -> dict[str, Any]:
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
     ):
         raise InvalidInputError(f"{field}.size: expected [rows, cols] of positive integers")
-    if not isinstance(counts, list | tuple) or not all(
-        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts
-    ):
+    if not isinstance(counts, list | tuple) or not _non_negative_ints(counts):
         raise InvalidInputError(f"{field}.counts: expected a list of non-negative integers")
     total = int(size[0]) * int(size[1])
     if sum(counts) != total:
         raise InvalidInputError(
             f"{field}.counts: runs cover {sum(counts)} pixels, size {size[0]}x{size[1]} has {total}"
         )
-    return {"size": [int(size[0]), int(size[1])], "counts": [int(c) for c in counts]}
+    # plain ints already (checked above); int subclasses become plain ints
+    clean = list(counts) if set(map(type, counts)) <= {int} else [int(c) for c in counts]
+    return {"size": [int(size[0]), int(size[1])], "counts": clean}
+
+
+def _non_negative_ints(counts: list[Any] | tuple[Any, ...]) -> bool:
+    """Every count a plain non-negative int (not a bool). A mask has thousands of runs: the
+    types are checked as a set and the sign with ``min``, at C speed, before any per-item
+    check on the rare mixed list (int subclasses other than bool)."""
+    if not counts:
+        return True
+    types = set(map(type, counts))
+    if types == {int}:
+        return min(counts) >= 0
+    return all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
 
 
 def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:

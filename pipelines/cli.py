@@ -318,3 +318,71 @@ def import_model_command(
         else "challenger (gate verdict recorded; a canary or `medops models promote` decides)"
     )
     click.echo(f"  now: {verdict}")
+
+
+@click.command("export")
+@click.argument("name")
+@click.argument("version")
+@click.option(
+    "--precision",
+    type=click.Choice(["int8"]),
+    required=True,
+    help="int8: ONNX Runtime static quantization (QDQ), calibrated on training slices.",
+)
+@click.option(
+    "--task",
+    "task_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The task file of NAME, for a task's model (the brain models need none).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default="fast",
+    show_default=True,
+    help="The preset VERSION was trained under: its split and floors.",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option("--seed", type=int, default=0, show_default=True, help="The pipeline's split seed.")
+@click.pass_context
+def export_command(
+    ctx: click.Context,
+    name: str,
+    version: str,
+    precision: str,
+    task_path: Path | None,
+    preset: str,
+    data_dir: Path | None,
+    seed: int,
+) -> None:
+    """Export VERSION of NAME (a number or an alias) at another precision as a new version:
+    quantized, judged on the same test split as VERSION and gated against it (AUC, Dice or
+    accuracy within 0.01), registered tagged precision=int8 as challenger, for a canary."""
+    from pipelines.quantizing import export_int8
+
+    settings = _settings(ctx)
+    settings.ensure_home()
+    result = export_int8(
+        name,
+        version,
+        data_dir=data_dir or settings.data_dir,
+        home=settings.home,
+        tracking_uri=settings.mlflow_uri,
+        task=str(task_path) if task_path else None,
+        preset=preset,
+        seed=seed,
+    )
+    shown = "  ".join(
+        f"{k} {result.headline[k]:.4f} (float32 {result.source_headline.get(k, math.nan):.4f})"
+        for k in ("auc", "dice_patient_mean", "accuracy")
+        if k in result.headline
+    )
+    click.echo(
+        f"{result.name} v{result.version} registered ({precision}, from v{result.source_version}, "
+        f"calibrated on {result.calibration_slices} training slices): {shown}"
+    )
+    for reason in result.reasons:
+        click.echo(f"  {reason}")
+    verdict = "passed" if result.passed else "failed"
+    click.echo(f"  gate {verdict}; now: challenger (a canary or `medops models promote` decides)")

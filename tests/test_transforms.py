@@ -10,9 +10,11 @@ import pytest
 from medops.errors import InvalidInputError
 from medops.imaging import Image
 from medops.transforms import (
+    limit_resize_threads,
     n4_bias_correction,
     normalise_intensity,
     preprocess_slice,
+    preprocess_slices,
     resize_mask,
     restore_mask,
     volume_to_slices,
@@ -181,3 +183,57 @@ def test_the_brain_models_input_is_pinned_bit_for_bit(lgg_dir: Path) -> None:
         hashlib.sha256(preprocess_slice(synthetic, 96).tobytes()).hexdigest()
         == "ff6d57e2c1b2b5dfe5c28ae765988bea7600433c4b0c362c023567001c9aa2e2"
     )
+
+
+def test_the_batched_form_is_bit_identical_to_the_slice_by_slice_one(lgg_dir: Path) -> None:
+    """One shared preprocessing: a batch gives each slice exactly what it gets alone, for a
+    real volume's slices (one shape) and for mixed shapes, channel counts and dtypes."""
+    from medops.imaging.lgg import lgg_patient_volume
+
+    folder = sorted(d for d in lgg_dir.iterdir() if d.is_dir())[0]
+    volume = lgg_patient_volume(folder).array
+    slices = [volume[:, k] for k in range(volume.shape[1])]
+    for size in (128, 256, 97):
+        batch = preprocess_slices(slices, size)
+        assert batch.dtype == np.float32 and batch.shape == (len(slices), 3, size, size)
+        assert np.array_equal(batch, np.stack([preprocess_slice(s, size) for s in slices]))
+    rng = np.random.default_rng(3)
+    mixed = [
+        slices[0],
+        slices[1][0],  # grey
+        rng.integers(0, 4096, (2, 256, 256)).astype(np.int16),  # two modalities
+        rng.normal(0, 1, (4, 180, 200)).astype(np.float32),  # four channels, another shape
+    ]
+    batch = preprocess_slices(mixed, 64)
+    assert np.array_equal(batch, np.stack([preprocess_slice(s, 64) for s in mixed]))
+    assert preprocess_slices([], 64).shape == (0, 3, 64, 64)
+    with pytest.raises(InvalidInputError, match="size"):
+        preprocess_slices(slices, 0)
+
+
+def test_a_server_can_run_the_resize_on_one_thread_with_the_same_output() -> None:
+    """``medops serve`` limits torch's threads for its own process: checked in a process of
+    its own (the limit is process-wide), against this process's default threads."""
+    import hashlib
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(11)
+    slices = rng.integers(0, 256, size=(6, 3, 240, 200), dtype=np.uint8)
+    here = hashlib.sha256(preprocess_slices(list(slices), 128).tobytes()).hexdigest()
+    script = (
+        "import sys, hashlib, numpy as np, torch\n"
+        "from medops.transforms import limit_resize_threads, preprocess_slices\n"
+        "s = np.random.default_rng(11).integers(0, 256, size=(6, 3, 240, 200), dtype=np.uint8)\n"
+        "limit_resize_threads(1)\n"
+        "out = preprocess_slices(list(s), 128)\n"
+        "print(torch.get_num_threads(), hashlib.sha256(out.tobytes()).hexdigest())\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", here]
+    with pytest.raises(InvalidInputError, match="positive"):
+        limit_resize_threads(0)

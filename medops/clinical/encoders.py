@@ -140,7 +140,10 @@ def to_json(a: Analysis) -> dict[str, Any]:
         "tumour_volume_ml": volume_ml,
         "mask_area_mm2": area_mm2,
         "mask_volume_ml": volume_ml,
-        "mask": {"encoding": "coco-rle", "slices": rle_encode_volume(a.mask)},
+        "mask": {
+            "encoding": "coco-rle",
+            "slices": a.mask_rle if a.mask_rle is not None else rle_encode_volume(a.mask),
+        },
     }
 
 

@@ -20,18 +20,18 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from medops.deid import UIDMap
 from medops.errors import InvalidInputError, MedopsError, NotFoundError
 from medops.imaging.upload import ReadUpload, read_upload
-from medops.monitoring import PredictionFeatures
+from medops.monitoring import PredictionFeatures, image_features_batch
 from medops.monitoring.metrics import GatewayMetrics
 from medops.monitoring.store import PredictionRecord
-from medops.rle import rle_encode
-from medops.transforms import drop_small_components, preprocess_slice, restore_mask
+from medops.rle import rle_encode_volume
+from medops.transforms import drop_small_components, preprocess_slices, restore_mask
 
 from .encoders import encode
 from .review import ReviewCache
@@ -141,41 +141,94 @@ class ClinicalPlane:
 
     # ------------------------------------------------------------------ the flow
 
-    async def _predict(self, batch: list[np.ndarray], route: Route) -> Prediction:
-        """Every batch of one image goes to the version routing chose for it."""
-        parts = []
-        for start in range(0, len(batch), self.batch_size):
-            chunk = np.stack(batch[start : start + self.batch_size]).astype(np.float32, copy=False)
-            parts.append(await self.predictor.predict(route.info.name, chunk, route))
-        return Prediction(np.concatenate(parts), route)
+    async def _infer(
+        self,
+        read: ReadUpload,
+        route: Route,
+        index: np.ndarray,
+        clock: _Stages,
+        *,
+        ready: Sequence[np.ndarray] | None = None,
+        finish: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        stats: dict[tuple[int, int], dict[str, float]] | None = None,
+    ) -> tuple[Prediction, list[np.ndarray]]:
+        """Run ``route`` on the slices ``index`` in batches of ``batch_size``, pipelined: the
+        next batch is preprocessed (``ready``: inputs at hand, stacked only) in a worker thread
+        while this one is inferred, and ``finish(chunk, probabilities)`` of a batch runs in
+        one while the next is inferred. ``stats``, when given, gets the image statistics of
+        every input for the prediction log (computed in the same worker, from the batch at
+        hand). Batches are the same whatever the pipelining, so answers are too.
+
+        Stages: the first batch's preparation is ``preprocess``; the rest of the section,
+        inference with the later batches' preparation and finishing overlapped, ``infer``."""
+        image = read.image
+        size = route.info.input_size
+        shape = image.shape[1:]
+        starts = range(0, len(index), self.batch_size)
+
+        def prepare(start: int) -> np.ndarray:
+            chunk = index[start : start + self.batch_size]
+            batch = (
+                np.stack(ready[start : start + self.batch_size]).astype(np.float32, copy=False)
+                if ready is not None
+                else preprocess_slices([image.slice(int(k)) for k in chunk], size)
+            )
+            if stats is not None and ready is None:  # ready inputs have theirs already
+                rows = image_features_batch(batch, original_shape=shape)
+                for k, row in zip(chunk, rows, strict=True):
+                    stats[(size, int(k))] = row
+            return batch
+
+        inputs: list[np.ndarray] = []
+        outputs: list[np.ndarray] = []
+        finishing: list[asyncio.Task[None]] = []
+        upcoming: asyncio.Task[np.ndarray] | None = None
+        try:
+            batch = await asyncio.to_thread(prepare, 0)
+            clock.lap("preprocess")
+            for i, start in enumerate(starts):
+                chunk = index[start : start + self.batch_size]
+                if i + 1 < len(starts):
+                    upcoming = asyncio.create_task(asyncio.to_thread(prepare, starts[i + 1]))
+                probs = np.asarray(await self.predictor.predict(route.info.name, batch, route))
+                inputs.extend(batch)  # views of the batch: no copy per slice
+                outputs.append(probs)
+                if finish is not None:
+                    finishing.append(asyncio.create_task(asyncio.to_thread(finish, chunk, probs)))
+                if upcoming is not None:
+                    batch, upcoming = await upcoming, None
+            await asyncio.gather(*finishing)
+        finally:
+            # a failed batch leaves no worker running nor any exception unretrieved
+            left = [t for t in (upcoming, *finishing) if t is not None]
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+        clock.lap("infer")
+        return Prediction(np.concatenate(outputs), route), inputs
 
     async def _masks(
         self,
         read: ReadUpload,
         route: Route,
         index: np.ndarray,
-        ready: list[np.ndarray] | None,
+        ready: Sequence[np.ndarray] | None,
         mask: np.ndarray,
         clock: _Stages,
+        stats: dict[tuple[int, int], dict[str, float]] | None,
     ) -> tuple[Prediction, list[np.ndarray]]:
         """Segment the slices ``index`` (``ready``: their inputs, already at the segmenter's
         size) under the rule stored with the segmenter's version, into ``mask``."""
-        image = read.image
-        _, h, w = image.shape
+        _, h, w = read.image.shape
         rule = route.info
-        seg_in = ready
-        if seg_in is None:
-            seg_in = await asyncio.to_thread(
-                lambda: [preprocess_slice(image.slice(int(k)), rule.input_size) for k in index]
-            )
-            clock.lap("preprocess")
-        segmenter = await self._predict(seg_in, route)
-        clock.lap("infer")
-        binary = drop_small_components(
-            segmenter.probabilities[:, 0] >= rule.threshold, rule.min_component_px
-        ).astype(np.uint8)
-        mask[index] = restore_mask(binary, (h, w))
-        return segmenter, seg_in
+
+        def finish(chunk: np.ndarray, probabilities: np.ndarray) -> None:
+            binary = drop_small_components(
+                probabilities[:, 0] >= rule.threshold, rule.min_component_px
+            ).astype(np.uint8)
+            mask[chunk] = restore_mask(binary, (h, w))
+
+        return await self._infer(read, route, index, clock, ready=ready, finish=finish, stats=stats)
 
     async def _run(
         self,
@@ -188,12 +241,8 @@ class ClinicalPlane:
         image = read.image
         z, h, w = image.shape
         cls_size = cls_route.info.input_size
-        slices = await asyncio.to_thread(
-            lambda: [preprocess_slice(image.slice(k), cls_size) for k in range(z)]
-        )
-        clock.lap("preprocess")
-        classifier = await self._predict(slices, cls_route)
-        clock.lap("infer")
+        stats = self._stats(request)
+        classifier, slices = await self._infer(read, cls_route, np.arange(z), clock, stats=stats)
         probs = classifier.probabilities
         n_classes = len(cls_route.info.classes)
         if probs.ndim != 2 or probs.shape[1] < 2 or probs.shape[1] != n_classes:
@@ -225,6 +274,7 @@ class ClinicalPlane:
             inputs=slices,
             segment_max={},
             slice_classes=chosen,
+            input_features=stats or {},
         )
         if request.segment == "never" or chain.segmenter is None:
             return analysis
@@ -236,7 +286,7 @@ class ClinicalPlane:
         index = np.flatnonzero(wanted)
         if index.size:
             ready = [slices[k] for k in index] if rule.input_size == cls_size else None
-            segmenter, seg_in = await self._masks(read, seg_route, index, ready, mask, clock)
+            segmenter, seg_in = await self._masks(read, seg_route, index, ready, mask, clock, stats)
             peaks = segmenter.probabilities.reshape(len(index), -1).max(axis=1)
             analysis.segment_max = {int(k): float(p) for k, p in zip(index, peaks, strict=True)}
             analysis.segment_inputs = {int(k): x for k, x in zip(index, seg_in, strict=True)}
@@ -256,7 +306,8 @@ class ClinicalPlane:
         z, h, w = read.image.shape
         mask = np.zeros((z, h, w), np.uint8)
         index = np.arange(z)
-        segmenter, seg_in = await self._masks(read, seg_route, index, None, mask, clock)
+        stats = self._stats(request)
+        segmenter, seg_in = await self._masks(read, seg_route, index, None, mask, clock, stats)
         peaks = segmenter.probabilities.reshape(z, -1).max(axis=1).astype(float)
         positive = np.asarray(mask.reshape(z, -1).any(axis=1))
         return Analysis(
@@ -272,14 +323,30 @@ class ClinicalPlane:
             inputs=seg_in,
             segment_max={int(k): float(p) for k, p in zip(index, peaks, strict=True)},
             segment_inputs={int(k): x for k, x in zip(index, seg_in, strict=True)},
+            input_features=stats or {},
         )
 
     # ------------------------------------------------------------------ the prediction log
 
+    def _stats(self, request: AnalyzeRequest) -> dict[tuple[int, int], dict[str, float]] | None:
+        """Where the inputs' image statistics go while the models run (None: no log)."""
+        return {} if request.log and self.store is not None else None
+
     def _records(self, a: Analysis, base_id: str) -> list[PredictionRecord]:
         """One entry per slice for the classifier, one per segmented slice for the segmenter.
-        Image statistics and masks only; nothing identifies anyone."""
+        Image statistics and masks only; nothing identifies anyone. The statistics were
+        computed while the models ran (``a.input_features``); the mask's RLE is shared with
+        the JSON answer."""
         shape = a.image.image.shape[1:]
+
+        def features(route: Route, k: int, inputs: np.ndarray) -> dict[str, float]:
+            stats = a.input_features.get((route.info.input_size, k))
+            if stats is None:
+                return self.features(route.info.name, route.version, inputs, original_shape=shape)
+            return {**stats, **self.features.embedding(route.info.name, route.version, inputs)}
+
+        if a.mask_rle is None:
+            a.mask_rle = rle_encode_volume(a.mask)
         records = []
         for k, inputs in enumerate(a.inputs):
             if a.classifier is not None:
@@ -295,9 +362,7 @@ class ClinicalPlane:
                         version=cls.version,
                         variant=cls.variant,
                         probabilities={c: float(p) for c, p in zip(classes, row, strict=True)},
-                        features=self.features(
-                            cls.info.name, cls.version, inputs, original_shape=shape
-                        ),
+                        features=features(cls, k, inputs),
                         decision=classes[answered],
                         confidence=float(row[answered]),
                     )
@@ -311,14 +376,9 @@ class ClinicalPlane:
                         version=seg.version,
                         variant=seg.variant,
                         probabilities={"max": a.segment_max[k]},
-                        features=self.features(
-                            seg.info.name,
-                            seg.version,
-                            a.segment_inputs.get(k, inputs),
-                            original_shape=shape,
-                        ),
+                        features=features(seg, k, a.segment_inputs.get(k, inputs)),
                         area=float(a.mask[k].sum()) * a.image.image.pixel_area_mm2,
-                        mask_rle=rle_encode(a.mask[k]),
+                        mask_rle=a.mask_rle[k],
                     )
                 )
         return records

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -143,6 +143,12 @@ class Analysis:
     operating threshold; more: the most probable)."""
     chain: str | None = None
     """The declared chain that ran (None: one model)."""
+    input_features: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
+    """Image statistics of the model inputs by (input size, slice), computed while the models
+    ran, for the prediction log (empty when it is off)."""
+    mask_rle: list[dict[str, Any]] | None = None
+    """The mask's RLE per slice once computed (the prediction log and the JSON answer share
+    it)."""
 
     @property
     def first(self) -> Prediction:

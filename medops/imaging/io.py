@@ -169,6 +169,9 @@ def read_image_bytes(
                 f"{name}: a gzip file that does not hold NIfTI (supported: {_SUPPORTED})"
             )
         fmt = "nifti"
+        # read what was just expanded (and checked against the size limit): decompressing
+        # the upload a second time cost as much as the first
+        data = inner
     if fmt == "dicom":
         return read_dicom_file(
             data, deidentify=deidentify, uid_map=uid_map, burned_in=burned_in, name=name
@@ -185,8 +188,6 @@ def read_image_bytes(
         )
     if fmt in ("nifti", "minc", "nrrd"):
         suffix = {"nifti": ".nii", "minc": ".mnc", "nrrd": ".nrrd"}[fmt]
-        if fmt == "nifti" and data[:2] == b"\x1f\x8b":
-            suffix = ".nii.gz"
         with tempfile.TemporaryDirectory(prefix="medops-upload-") as tmp:
             path = Path(tmp) / f"upload{suffix}"
             path.write_bytes(data)

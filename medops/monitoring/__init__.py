@@ -16,7 +16,12 @@ from medops.monitoring.drift import (
     load_reference,
     reference_dir,
 )
-from medops.monitoring.features import FEATURE_NAMES, EmbeddingReducer, image_features
+from medops.monitoring.features import (
+    FEATURE_NAMES,
+    EmbeddingReducer,
+    image_features,
+    image_features_batch,
+)
 from medops.monitoring.metrics import STAGES, GatewayMetrics, MonitorMetrics
 from medops.monitoring.store import PredictionRecord, PredictionStore
 from medops.rle import dice, rle_decode, rle_encode
@@ -40,6 +45,7 @@ __all__ = [
     "compute_drift",
     "dice",
     "image_features",
+    "image_features_batch",
     "load_reference",
     "reference_dir",
     "rle_decode",

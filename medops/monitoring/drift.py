@@ -691,7 +691,11 @@ class PredictionFeatures:
         original_shape: tuple[int, ...] | None = None,
     ) -> dict[str, float]:
         out = image_features(image, original_shape=original_shape)
-        reducer = self._reducer(model, version)
-        if reducer is not None:
-            out.update(reducer.embed(image))
+        out.update(self.embedding(model, version, image))
         return out
+
+    def embedding(self, model: str, version: str, image: np.ndarray) -> dict[str, float]:
+        """The reference's embedding coordinates of one model input (none without one), for
+        a caller that has the image statistics already."""
+        reducer = self._reducer(model, version)
+        return {} if reducer is None else reducer.embed(image)

@@ -127,6 +127,11 @@ class PredictionRecord:
         return self
 
 
+def _clean_rle(rle: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored form of an RLE :func:`validate_rle` accepted (its other keys dropped)."""
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]}
+
+
 @dataclass
 class _Pending:
     """One caller's rows waiting for a group commit; ``done`` once the commit was tried."""
@@ -255,7 +260,8 @@ class PredictionStore:
             None if rec.area is None else float(rec.area),
             json.dumps({k: float(v) for k, v in rec.probabilities.items()}),
             json.dumps({k: float(v) for k, v in rec.features.items()}),
-            None if rec.mask_rle is None else json.dumps(validate_rle(rec.mask_rle)),
+            # checked by validated() above: the clean copy only (a mask has thousands of runs)
+            None if rec.mask_rle is None else json.dumps(_clean_rle(rec.mask_rle)),
         )
 
     def record(self, rec: PredictionRecord) -> None:

@@ -77,7 +77,9 @@ TAG_OVERRIDE = "override."
 """Prefix of the tags an operator override writes on the version it names: ``action``
 (promote|demote), ``alias``, ``from``, ``to`` (``""``: none), ``reason``, ``by``, ``at``."""
 _CI_SUFFIXES = (CI_LOW, CI_HIGH)
-_VERSION_TAGS = (TAG_DATASET, TAG_COMMIT, TAG_EVALUATION)
+TAG_PRECISION = "precision"
+"""``int8`` on a quantized edge variant (absent: the exported float32 model)."""
+_VERSION_TAGS = (TAG_DATASET, TAG_COMMIT, TAG_EVALUATION, TAG_PRECISION)
 """Run tags copied onto the version."""
 PARITY_TOLERANCE = 1e-4
 """Largest |ONNX Runtime - PyTorch| an override accepts (the export's own tolerance)."""

@@ -41,6 +41,7 @@ def serve(
 ) -> None:
     """Serve the models over the Open Inference Protocol (REST + gRPC) and /v1/analyze."""
     from medops.service.logs import configure_logging
+    from medops.transforms import limit_resize_threads
 
     from .app import build_gateway
 
@@ -64,6 +65,8 @@ def serve(
         overrides["auth_enabled"] = False
     settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level)
+    # process-wide (torch's threads): set here, where the process is the gateway's own
+    limit_resize_threads(settings.preprocess_threads)
     gateway = build_gateway(settings)
     with contextlib.suppress(KeyboardInterrupt):
         if settings.uvloop:

@@ -126,6 +126,11 @@ class GatewaySettings(ApiKeySettings):
     onnx_threads: int = 2
     """Intra-op threads of each in-process ONNX Runtime session."""
 
+    preprocess_threads: int = 1
+    """Torch threads of the shared preprocessing's resize (``/v1/analyze``), set by ``medops
+    serve`` for its process; the models have their own (``onnx_threads``), and one thread
+    keeps the resize from fighting them (same output bit for bit)."""
+
     analyze_batch_size: int = 16
     """Slices per backend call when analysing a volume."""
 

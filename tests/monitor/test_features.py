@@ -12,6 +12,7 @@ from medops.monitoring.features import (
     FEATURE_NAMES,
     EmbeddingReducer,
     image_features,
+    image_features_batch,
     pooled_vector,
 )
 from medops.rle import dice, rle_decode, rle_encode, validate_rle
@@ -119,3 +120,35 @@ def test_rle_in_column_major_order_like_coco() -> None:
 def test_malformed_rle_is_rejected_with_the_field_named(rle: object, fault: str) -> None:
     with pytest.raises(InvalidInputError, match=fault):
         validate_rle(rle)
+
+
+def test_batched_features_equal_the_per_image_ones_exactly(lgg_dir: Path) -> None:
+    """The log's statistics over a volume at once are the very numbers computed per slice."""
+    from medops.imaging.lgg import lgg_patient_volume
+    from medops.transforms import preprocess_slices
+
+    folder = sorted(d for d in lgg_dir.iterdir() if d.is_dir())[0]
+    volume = lgg_patient_volume(folder).array
+    batch = preprocess_slices([volume[:, k] for k in range(volume.shape[1])], 128)
+    batch[0] = 0.0  # a blank slice: zero contrast, no foreground
+    for images in (batch, batch[:, :1]):  # colour and grey
+        got = image_features_batch(images, original_shape=(256, 256))
+        assert got == [image_features(x, original_shape=(256, 256)) for x in images]
+    with pytest.raises(InvalidInputError, match="NaN"):
+        image_features_batch(np.full((2, 3, 8, 8), np.nan))
+    with pytest.raises(InvalidInputError, match="batch"):
+        image_features_batch(batch[0])
+
+
+def test_rle_counts_are_checked_as_fast_as_strictly() -> None:
+    """Thousands of runs checked at C speed, with the same refusals as before: bools,
+    negatives and floats among the counts are still named faults."""
+    mask = np.random.default_rng(0).random((256, 256)) > 0.5
+    rle = rle_encode(mask)
+    assert len(rle["counts"]) > 30_000
+    assert validate_rle(rle) == rle
+    assert np.array_equal(rle_decode(rle), mask)
+    size = rle["size"]
+    for bad in ([*rle["counts"][:-1], True], [-1, *rle["counts"]], [float(rle["counts"][0])]):
+        with pytest.raises(InvalidInputError, match="counts"):
+            validate_rle({"size": size, "counts": bad})
