@@ -11,7 +11,15 @@ import click
 
 from medops.errors import InvalidInputError
 from medops.settings import MedopsSettings
-from pipelines.presets import PRESETS, TASKS, Floors, describe_floors, get_preset, parse_floors
+from pipelines.presets import (
+    PRESETS,
+    TASKS,
+    Floors,
+    check_floors,
+    describe_floors,
+    get_preset,
+    parse_floors,
+)
 
 if TYPE_CHECKING:
     from pipelines.local import LocalRun
@@ -144,6 +152,11 @@ def run(
     from pipelines.steps import check_registry
 
     settings = _settings(ctx)
+    if not task_paths:
+        try:  # the brain pipeline's floors name its own models
+            check_floors(floors)
+        except InvalidInputError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--floor'") from None
     if task_paths:
         brain_only = {"--hpo": hpo_trials, "--type-classifier": type_classifier, "--folds": folds}
         given = [name for name, value in brain_only.items() if value]

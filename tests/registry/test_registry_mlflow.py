@@ -158,9 +158,10 @@ def test_a_failure_after_the_version_exists_rolls_the_registration_back(tmp_path
 
 def test_bad_registration_inputs_are_refused_before_anything_is_logged(tmp_path: Path) -> None:
     registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with pytest.raises(InvalidInputError, match="not one of"):
+    # any task file's model name registers; a name that is no DNS label is refused
+    with pytest.raises(InvalidInputError, match="a registered name is a DNS label"):
         registry.log_and_register(
-            "my-model", onnx_path=tmp_path / "x.onnx", dataset_version="v", params={}, metrics={}
+            "My_Model", onnx_path=tmp_path / "x.onnx", dataset_version="v", params={}, metrics={}
         )
     with pytest.raises(InvalidInputError, match=r"missing\.onnx"):
         registry.log_and_register(
