@@ -279,6 +279,9 @@ def import_model(
         str(evaluation_path),
         promote=champion is None,
     )
+    # served as a canary or as the champion, it is monitored like a trained version
+    registry = steps._registry(tracking_uri, str(home))
+    steps.build_drift_reference(registry, name, registered.version, Path(home))
     return Imported(
         name=name,
         version=registered.version,
