@@ -240,12 +240,19 @@ class TritonServer:
 class GatewayThread:
     """The real gateway (REST + gRPC) on free ports in a background thread of this process."""
 
+    BIND_ATTEMPTS = 3
+    """A free port can be taken by another process between choosing and binding it."""
+
     def __init__(self, settings: Any) -> None:
+        self._requested = settings
+        self._prepare()
+
+    def _prepare(self) -> None:
         import asyncio
 
         from services.gateway.app import build_gateway
 
-        self.settings = settings.model_copy(
+        self.settings = self._requested.model_copy(
             update={"port": free_port(), "grpc_port": free_port(), "host": "127.0.0.1"}
         )
         self.gateway = build_gateway(self.settings)
@@ -273,13 +280,25 @@ class GatewayThread:
             self.error = exc
 
     def start(self, timeout_s: float = 60.0) -> GatewayThread:
-        self._thread.start()
-        wait_until_ready(
-            f"http://{self.url}/v2/health/live",
-            timeout_s=timeout_s,
-            gone=lambda: None if self.error is None else f"failed ({self.error!r})",
-            interval_s=0.05,
-        )
+        from medops.service.readiness import NotReadyError
+
+        for attempt in range(1, self.BIND_ATTEMPTS + 1):
+            self._thread.start()
+            try:
+                wait_until_ready(
+                    f"http://{self.url}/v2/health/live",
+                    timeout_s=timeout_s,
+                    gone=lambda: None if self.error is None else f"failed ({self.error!r})",
+                    interval_s=0.05,
+                )
+                return self
+            except NotReadyError:
+                # uvicorn exits with SystemExit when its port was taken meanwhile: new ports
+                if not isinstance(self.error, SystemExit) or attempt == self.BIND_ATTEMPTS:
+                    raise
+                self._thread.join(timeout=30)
+                self._loop.close()
+                self._prepare()
         return self
 
     def stop(self) -> None:
