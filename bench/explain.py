@@ -54,15 +54,30 @@ def registry_champions(home: Path) -> tuple[dict[str, Path], str] | None:
     return files, "registry champions: " + ", ".join(versions)
 
 
+def _folders_by_patient(home: Path) -> dict[str, str]:
+    """Pseudonymised patient id -> the patient's folder, from the home's LGG manifests."""
+    from medops.data import load_manifest
+
+    out: dict[str, str] = {}
+    for path in sorted(home.glob("datasets/lgg-mri-segmentation/*/manifest.json")):
+        for sample in load_manifest(path).samples:
+            out.setdefault(sample.patient_id, Path(sample.image).parts[0])
+    return out
+
+
 def held_out(home: Path, patients: list[Path], count: int) -> tuple[list[Path], str]:
+    """Test patients of a split saved in ``home`` (splits name pseudonymised patient ids,
+    which the home's manifests map to folders); else the last patients by name."""
     from medops.data.splits import Splits
 
     by_name = {p.name: p for p in patients}
+    folders = _folders_by_patient(home) if home.is_dir() else {}
     for path in sorted(home.rglob("splits*.json")) if home.is_dir() else []:
         try:
-            test = [by_name[p] for p in Splits.load(path).patients("test") if p in by_name]
+            ids = Splits.load(path).patients("test")
         except Exception:  # a file of another shape: look further
             continue
+        test = [by_name[f] for f in (folders.get(i, i) for i in ids) if f in by_name]
         if test:
             return test[:count], f"the test split of {path.name}"
     return patients[-count:], "the last patients by name (no saved split found)"
