@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tifffile
 import uvicorn
-from gateway_harness import GatewayThread, free_port
-from known_models import BrightSpotClassifier, FixedMask, export_contract_model
+from gateway_harness import GatewayThread, export_contract_model, free_port
+from known_models import BrightSpotClassifier, FixedMask
 from playwright.sync_api import Browser, Page, sync_playwright
 from scipy.ndimage import binary_dilation
 

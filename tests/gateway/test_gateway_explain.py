@@ -14,9 +14,9 @@ import pydicom
 import pytest
 import tifffile
 import torch
-from gateway_harness import GatewayThread
+from gateway_harness import GatewayThread, export_contract_model
 from gateway_support import SIZE, make_settings
-from known_models import BrightSpotClassifier, export_contract_model
+from known_models import BrightSpotClassifier
 from monai.visualize import OcclusionSensitivity
 from PIL import Image as PILImage
 from torch import nn

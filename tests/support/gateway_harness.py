@@ -66,7 +66,6 @@ def write_tiny_model(
     """A small seeded conv net obeying the ONNX contract of ``medops.modelspec``;
     ``metadata`` adds keys (e.g. a segmenter's two-stage rule). A name outside
     :data:`TASKS` needs its ``task`` and ``classes``."""
-    import onnx
     import torch
     from torch import nn
 
@@ -119,6 +118,25 @@ def write_tiny_model(
             return torch.sigmoid(self.conv2(torch.relu(self.conv1(x))) * 30.0)
 
     net = Segmenter() if task == "segmentation" else Classifier()
+    return export_contract_model(
+        net, path, size=size, task=task, classes=classes, threshold=threshold, metadata=metadata
+    )
+
+
+def export_contract_model(
+    net: Any,
+    path: Path,
+    *,
+    size: int,
+    task: str,
+    classes: list[str],
+    threshold: float = 0.5,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """``net`` as an ONNX file under the serving contract, with the metadata serving reads."""
+    import onnx
+    import torch
+
     net.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():

@@ -4,24 +4,9 @@ responds smoothly to bright FLAIR pixels, so occluding them visibly lowers its s
 
 from __future__ import annotations
 
-import json
-import warnings
-from pathlib import Path
-
 import numpy as np
-import onnx
 import torch
 from torch import nn
-
-from medops.modelspec import (
-    INPUT_NAME,
-    META_CLASSES,
-    META_DATASET_VERSION,
-    META_INPUT_SIZE,
-    META_TASK,
-    META_THRESHOLD,
-    OUTPUT_NAME,
-)
 
 
 class BrightSpotClassifier(nn.Module):
@@ -55,34 +40,3 @@ class FixedMask(nn.Module):
         mask = self.mask
         assert isinstance(mask, torch.Tensor)
         return mask.expand(x.shape[0], 1, -1, -1) + 0.0 * x[:, :1]
-
-
-def export_contract_model(
-    net: nn.Module, path: Path, *, size: int, task: str, classes: list[str]
-) -> Path:
-    """``net`` as an ONNX file with the metadata serving reads (threshold 0.5)."""
-    net.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            net,
-            (torch.zeros(1, 3, size, size),),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    model = onnx.load(str(path))
-    for key, value in {
-        META_TASK: task,
-        META_INPUT_SIZE: str(size),
-        META_CLASSES: json.dumps(classes),
-        META_THRESHOLD: "0.5",
-        META_DATASET_VERSION: "test",
-    }.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(path))
-    return path
