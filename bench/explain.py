@@ -1,4 +1,4 @@
-"""How well occlusion explanations point at the tumour, and what they cost per slice.
+"""How well explanations point at the tumour, and what they cost per slice.
 
 Starts the gateway (in-process ONNX Runtime) on the champions of ``$MEDOPS_HOME``'s registry
 when it has both models; otherwise on the fast preset's architectures with random weights
@@ -10,6 +10,8 @@ and in the served answer), the share of positive saliency mass inside the true m
 the mask's share of the slice (energy-based pointing: a ratio above 1 means the map
 concentrates on the tumour), the pointing-game hit rate (the saliency peak inside the mask),
 and the cost per slice: the explanation's own compute and the whole request. Asserts nothing.
+``--method gradcam`` measures Grad-CAM instead of occlusion (it needs the champions' torch
+weights, so a home with a registry).
 """
 
 from __future__ import annotations
@@ -35,23 +37,25 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDOPS_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
-def registry_champions(home: Path) -> tuple[dict[str, Path], str] | None:
-    """The champions' ONNX files in the home's registry, or None when it lacks one."""
+def registry_champions(home: Path) -> tuple[str, str] | None:
+    """The home's registry URI and its champions' names, or None when it lacks one."""
     if not (home / "mlflow.db").is_file():
         return None
     from medops.errors import MedopsError
     from medops.registry import Registry
 
-    registry = Registry(f"sqlite:///{(home / 'mlflow.db').resolve()}")
-    files, versions = {}, []
+    uri = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+    registry = Registry(uri)
+    versions = []
     for name in (CLASSIFIER, SEGMENTER):
         try:
-            resolved = registry.resolve(name, "champion")
+            version = registry.get_alias(name, "champion")
         except MedopsError:
             return None
-        files[name] = resolved.onnx_path
-        versions.append(f"{name} v{resolved.info.version}")
-    return files, "registry champions: " + ", ".join(versions)
+        if version is None:
+            return None
+        versions.append(f"{name} v{version}")
+    return uri, "registry champions: " + ", ".join(versions)
 
 
 def _folders_by_patient(home: Path) -> dict[str, str]:
@@ -107,6 +111,12 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("MEDOPS_HOME", ".medops")))
     parser.add_argument("--patients", type=int, default=5)
     parser.add_argument("--slices-per-patient", type=int, default=3)
+    parser.add_argument(
+        "--method",
+        choices=("occlusion", "gradcam"),
+        default="occlusion",
+        help="gradcam needs the champions' torch weights (a home with a registry)",
+    )
     args = parser.parse_args()
 
     lgg = DATA / "lgg-mri-segmentation"
@@ -114,26 +124,30 @@ def main() -> None:
     chosen, where = held_out(args.home, patients, args.patients)
     with tempfile.TemporaryDirectory(prefix="medops-bench-explain-") as tmp:
         found = registry_champions(args.home)
+        served: dict[str, Any]
         if found is None:
+            if args.method == "gradcam":
+                parser.error(f"--method gradcam: no champions with torch weights in {args.home}")
             from bench.analyze import export_models
 
-            files = export_models(Path(tmp), "fast")
+            served = {"model_files": export_models(Path(tmp), "fast")}
             origin = (
                 f"no champions in {args.home}: fast-preset architectures with RANDOM weights "
                 "(the cost is real; the pointing figures say nothing about a trained model)"
             )
         else:
-            files, origin = found
-        print(f"models: {origin}")
+            uri, origin = found
+            served = {"tracking_uri": uri, "models": [CLASSIFIER, SEGMENTER]}
+        print(f"models: {origin}; method: {args.method}")
         print(f"patients: {len(chosen)} from {where}")
         from services.gateway.settings import GatewaySettings
 
         settings = GatewaySettings(
             home=Path(tmp) / "home",
-            model_files=files,
             poll_seconds=0,
             onnx_threads=2,
             prediction_log=False,
+            **served,
         )
         rows: dict[str, list[tuple[float, float, bool]]] = {"classifier": [], "segmenter": []}
         compute, wall, explained, skipped = [], [], 0, 0
@@ -144,7 +158,7 @@ def main() -> None:
                 for image, truth in tumour_slices(patient, args.slices_per_patient):
                     start = time.perf_counter()
                     r = httpx.post(
-                        f"http://{gw.url}/v1/explain?segment=auto",
+                        f"http://{gw.url}/v1/explain?segment=auto&method={args.method}",
                         content=image.read_bytes(),
                         headers=headers,
                         timeout=300,

@@ -12,6 +12,15 @@ Scores: the classifier's probability of the class it decided on that slice; the 
 mean probability over the mask it predicted on the unoccluded slice (over the whole slice
 when that mask is empty). Saliency is ``score(original) - score(occluded)`` at the model's
 input size: positive where the region supported the answer.
+
+``method="gradcam"``: MONAI's :class:`~monai.visualize.GradCAM` on the routed version's own
+torch network (its logged weights, from ``torch_models``; a version served from a bare ONNX
+file has none, and the request is refused with 409). One forward and backward pass per slice
+instead of one prediction per occluder position; the map is the class's (or the mask
+score's) gradient-weighted activation of a late encoder stage (classifier) or the last
+decoder stage before the output (segmenter), :data:`GRADCAM_LAYERS`, upsampled and scaled by
+its peak. It
+explains the network's unmirrored pass (a version served with test-time flips averages two).
 """
 
 from __future__ import annotations
@@ -19,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 
-from medops.errors import InvalidInputError, MedopsError
+from medops.errors import ConflictError, InvalidInputError, MedopsError
 
 from .encoders import NotAcceptableError
 from .plane import ClinicalPlane
@@ -33,6 +43,15 @@ from .types import DICOM, JSON, PNG, Analysis, AnalyzeRequest, Encoded, Predicti
 
 Target = Literal["auto", "classifier", "segmenter"]
 TARGETS: tuple[Target, ...] = ("auto", "classifier", "segmenter")
+Method = Literal["occlusion", "gradcam"]
+METHODS: tuple[Method, ...] = ("occlusion", "gradcam")
+TorchModels = Callable[[str, str], Any]
+"""(model, version) -> that version's serving torch network with its weights (blocking);
+raises :class:`ConflictError` when there are none."""
+GRADCAM_LAYERS = {"classification": "layer3", "segmentation": "net.model.1.submodule.2"}
+"""Grad-CAM's layer: the ResNet's third stage (a sixteenth of the input's side: its last, an
+eighth coarser still, pointed at the tumour less often in ``bench/explain.py``); the ResUNet's
+last up-sampling stage before the output block (half the input's side)."""
 EXPLAIN_OFFERED = (JSON, PNG, DICOM)
 """JSON saliency arrays per slice, or one slice's heat map as a PNG or (for a DICOM upload) a
 DICOM secondary capture of the heat map over the de-identified slice."""
@@ -57,6 +76,7 @@ class ExplainRequest:
     """The slices to explain (None: all)."""
     target: Target = "auto"
     """For a PNG heat map: whose saliency (``auto``: the segmenter's where it ran)."""
+    method: Method = "occlusion"
 
 
 @dataclass
@@ -76,6 +96,7 @@ class Explanation:
     target: Target = "auto"
     seconds: float = 0.0
     answer: Encoded | None = field(default=None)
+    method: Method = "occlusion"
 
 
 class _PortModule:
@@ -119,13 +140,87 @@ def occlusion_map(
     return np.asarray(occ[0].cpu().numpy(), dtype=np.float32)
 
 
-class Explainer:
-    """Occlusion explanations of the clinical plane's analyses, through its predictor."""
+class GradCam:
+    """MONAI's Grad-CAM on one version's network: its hooks are registered once, and one map
+    is computed at a time (the hooks hold the last pass's activations)."""
 
-    def __init__(self, plane: ClinicalPlane, settings: OcclusionSettings | None = None) -> None:
+    def __init__(self, serving: Any, task: str, threshold: float) -> None:
+        import torch
+        from monai.visualize import GradCAM
+        from torch import nn
+
+        net = serving.model  # the network without the serving wrapper's flips and scaling
+
+        class MaskScore(nn.Module):
+            """The segmenter's score as a class: its mean probability over the mask it
+            predicts (the whole slice when that is empty), ``(N, 1)``."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                p = torch.sigmoid(self.net(x))[:, 0]
+                region = (p >= threshold).float().detach()
+                empty = region.sum(dim=(1, 2), keepdim=True) == 0
+                region = torch.where(empty, torch.ones_like(region), region)
+                return ((p * region).sum(dim=(1, 2)) / region.sum(dim=(1, 2)))[:, None]
+
+        self.module = net if task == "classification" else MaskScore()
+        layer = GRADCAM_LAYERS.get(task, "")
+        if layer not in dict(self.module.named_modules()):
+            raise ConflictError(f"Grad-CAM: this {task} network has no layer {layer!r}")
+        self.layer = layer
+        # the raw rectified map: MONAI's default post-processing maps (min, max) to (1, 0)
+        self._cam = GradCAM(nn_module=self.module, target_layers=layer, postprocessing=lambda m: m)
+        self._lock = threading.Lock()
+
+    def __call__(self, image: np.ndarray, class_index: int) -> np.ndarray:
+        """The map of one ``(C, S, S)`` input for output ``class_index``, ``(S, S)``, scaled
+        so that its peak is 1 (0 where nothing supported the output)."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(image[None], np.float32))
+        with self._lock:
+            cam = self._cam(x, class_idx=class_index)
+        out = np.asarray(cam[0, 0].detach().cpu().numpy(), dtype=np.float32)
+        peak = float(out.max())
+        return out / peak if peak > 0 else out
+
+
+class Explainer:
+    """Occlusion (any backend) or Grad-CAM (where ``torch_models`` has the version's weights)
+    explanations of the clinical plane's analyses."""
+
+    CACHED = 8
+    """Grad-CAM networks kept (a version each; the oldest is dropped)."""
+
+    def __init__(
+        self,
+        plane: ClinicalPlane,
+        settings: OcclusionSettings | None = None,
+        torch_models: TorchModels | None = None,
+    ) -> None:
         self.plane = plane
         self.predictor: Predictor = plane.predictor
         self.settings = settings or OcclusionSettings()
+        self.torch_models = torch_models
+        self._cams: dict[tuple[str, str], GradCam] = {}
+        self._cams_lock = threading.Lock()
+
+    def _gradcam(self, prediction: Prediction) -> GradCam:
+        """The Grad-CAM of the routed version (built once, from its torch weights)."""
+        if self.torch_models is None:
+            raise ConflictError("method=gradcam needs the versions' torch weights; use occlusion")
+        info, version = prediction.info, prediction.route.version
+        key = (info.name, version)
+        with self._cams_lock:
+            if key not in self._cams:
+                serving = self.torch_models(info.name, version)
+                self._cams[key] = GradCam(serving, info.task, info.threshold)
+                while len(self._cams) > self.CACHED:
+                    self._cams.pop(next(iter(self._cams)))
+            return self._cams[key]
 
     async def explain(self, request: ExplainRequest) -> Explanation:
         import time
@@ -137,6 +232,10 @@ class Explainer:
             )
         if request.target not in TARGETS:
             raise InvalidInputError(f"target must be one of {TARGETS}, got {request.target!r}")
+        if request.method not in METHODS:
+            raise InvalidInputError(f"method must be one of {METHODS}, got {request.method!r}")
+        if request.method == "gradcam" and self.torch_models is None:
+            raise ConflictError("method=gradcam needs the versions' torch weights; use occlusion")
         # a DICOM answer needs the de-identified source datasets, which a DICOM analysis reads
         inner = DICOM if media_type == DICOM else JSON
         analysis = await self.plane.analyze(replace(request.analyze, media_type=inner, log=False))
@@ -152,10 +251,16 @@ class Explainer:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         out = []
+        explain_slice = self._slice if request.method == "occlusion" else self._gradcam_slice
         for k in dict.fromkeys(wanted):
-            out.append(await asyncio.to_thread(self._slice, analysis, k, loop))
+            out.append(await asyncio.to_thread(explain_slice, analysis, k, loop))
         explanation = Explanation(
-            analysis, out, self.settings, request.target, time.perf_counter() - start
+            analysis,
+            out,
+            self.settings,
+            request.target,
+            time.perf_counter() - start,
+            method=request.method,
         )
         explanation.answer = await asyncio.to_thread(encode_explanation, explanation, media_type)
         return explanation
@@ -183,8 +288,6 @@ class Explainer:
         return call
 
     def _slice(self, a: Analysis, k: int, loop: asyncio.AbstractEventLoop) -> SliceSaliency:
-        from medops.transforms import preprocess_slice
-
         result = SliceSaliency(index=k)
         if a.classifier is not None:
             assert a.slice_classes is not None
@@ -200,12 +303,7 @@ class Explainer:
             result.classifier = base - occ
         if a.segmenter is not None and k in a.segment_max:
             seg = a.segmenter
-            ready = a.segment_inputs.get(k)
-            x = (
-                ready
-                if ready is not None
-                else preprocess_slice(a.image.image.slice(k), seg.info.input_size)
-            )
+            x = _segmenter_input(a, k)
             call = self._call(seg, loop)
             probs = call(x[None])[0, 0]
             region = probs >= seg.info.threshold
@@ -221,6 +319,28 @@ class Explainer:
             occ = occlusion_map(_PortModule.make(mask_score), x, self.settings)[0]
             result.segmenter = base - occ
         return result
+
+    def _gradcam_slice(
+        self, a: Analysis, k: int, _loop: asyncio.AbstractEventLoop
+    ) -> SliceSaliency:
+        result = SliceSaliency(index=k)
+        if a.classifier is not None:
+            assert a.slice_classes is not None
+            result.classifier = self._gradcam(a.classifier)(a.inputs[k], int(a.slice_classes[k]))
+        if a.segmenter is not None and k in a.segment_max:
+            result.segmenter = self._gradcam(a.segmenter)(_segmenter_input(a, k), 0)
+        return result
+
+
+def _segmenter_input(a: Analysis, k: int) -> np.ndarray:
+    """Slice ``k`` as the segmenter saw it (at its own input size)."""
+    from medops.transforms import preprocess_slice
+
+    assert a.segmenter is not None
+    ready = a.segment_inputs.get(k)
+    if ready is not None:
+        return ready
+    return preprocess_slice(a.image.image.slice(k), a.segmenter.info.input_size)
 
 
 # ---------------------------------------------------------------------- answers
@@ -247,9 +367,12 @@ def explanation_json(e: Explanation) -> dict[str, Any]:
     }
     return {
         "request_id": a.request_id,
-        "method": "occlusion",
-        "mask_fraction": e.settings.mask_fraction,
-        "overlap": e.settings.overlap,
+        "method": e.method,
+        **(
+            {"mask_fraction": e.settings.mask_fraction, "overlap": e.settings.overlap}
+            if e.method == "occlusion"
+            else {}
+        ),
         "seconds": round(e.seconds, 4),
         "models": models,
         "shape": list(a.image.image.shape),
@@ -349,7 +472,7 @@ def heat_map_dicom(e: Explanation, s: SliceSaliency) -> bytes:
         patient_orientation=_patient_orientation(source),
         # highdicom annotates the spacing as ints; DICOM's Pixel Spacing is decimal
         pixel_spacing=_pixel_spacing(source),  # type: ignore[arg-type]
-        series_description=f"medops occlusion heat map ({name} v{explained.route.version})",
+        series_description=f"medops {e.method} heat map ({name} v{explained.route.version})",
     )
     if "Laterality" not in sc:
         # Type 2C in General Series (paired body parts): present and empty when unknown

@@ -661,6 +661,20 @@ class Registry:
                 os.replace(got, target)
         return target
 
+    def torch_model(self, name: str, alias_or_version: str) -> Any:
+        """The version's network as it serves, from its logged weights (architecture from the
+        run's parameters, temperature from its ONNX file), in eval mode: for what needs
+        gradients (Grad-CAM). NotFoundError when the version logged no weights."""
+        from medops.training import load_weights
+
+        resolved = self.resolve(name, alias_or_version)
+        weights = self.weights_path(name, resolved.info.version)
+        with self._errors(f"read run of {name} version {resolved.info.version}"):
+            params = dict(self._client.get_run(resolved.run_id).data.params)
+        model = _torch_model(resolved.info, params, _onnx_meta(resolved.onnx_path))
+        load_weights(model, weights)
+        return model.eval()
+
     def download_artifact(self, name: str, alias_or_version: str, path: str, dst: Path) -> Path:
         """Any artifact of the run behind a version (``report/report.html``, ``gate.json``)."""
         mv = self._version(name, alias_or_version)

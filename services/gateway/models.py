@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from medops.errors import BackendUnavailableError, MedopsError, NotFoundError
+from medops.errors import BackendUnavailableError, ConflictError, MedopsError, NotFoundError
 from medops.modelspec import CHAMPION, ModelInfo
 
 from .backends import Backend
@@ -47,6 +47,10 @@ class ModelSource(Protocol):
     def missing(self, name: str, ref: str) -> str:
         """Why ``ref`` of ``name`` has no version, for callers (``current`` gave None)."""
 
+    def torch_model(self, name: str, version: str) -> Any:
+        """The version's torch network with its weights (blocking); ConflictError when this
+        source has none."""
+
 
 class RegistrySource:
     """Versions and files from the MLflow registry."""
@@ -66,6 +70,12 @@ class RegistrySource:
 
     def missing(self, name: str, ref: str) -> str:
         return f"{name} has no {ref!r} version in the registry"
+
+    def torch_model(self, name: str, version: str) -> Any:
+        try:
+            return self.registry.torch_model(name, version)
+        except NotFoundError as exc:
+            raise ConflictError(exc.message) from None
 
 
 class FileSource:
@@ -89,6 +99,12 @@ class FileSource:
 
     def missing(self, name: str, ref: str) -> str:
         return f"{name} has no ONNX file configured (model_files)"
+
+    def torch_model(self, name: str, version: str) -> Any:
+        raise ConflictError(
+            f"{name} is served from an ONNX file, without torch weights (a registry version "
+            "has them)"
+        )
 
 
 @dataclass(frozen=True)

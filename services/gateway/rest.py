@@ -25,7 +25,15 @@ from medops.clinical import (
     Upload,
     choose_media_type,
 )
-from medops.clinical.explain import TARGETS, Explainer, ExplainRequest, Target, parse_slices
+from medops.clinical.explain import (
+    METHODS,
+    TARGETS,
+    Explainer,
+    ExplainRequest,
+    Method,
+    Target,
+    parse_slices,
+)
 from medops.clinical.feedback import record_feedback
 from medops.clinical.preview import preview
 from medops.clinical.review import PredictionLog, review_queue
@@ -226,20 +234,29 @@ def create_app(
             headers["content-disposition"] = f'attachment; filename="{answer.filename}"'
         return Response(answer.body, media_type=answer.media_type, headers=headers)
 
-    explainer = Explainer(clinical)
+    explainer = Explainer(clinical, torch_models=dataplane.models.source.torch_model)
 
     @app.post("/v1/explain")
     async def explain(request: Request) -> Response:
-        """Occlusion saliency per slice (``slices=K[,K...]``; all by default) of the classifier's
-        decision and the segmenter's mask: JSON arrays, or one slice's PNG heat map
+        """Saliency per slice (``slices=K[,K...]``; all by default) of the classifier's
+        decision and the segmenter's mask, by occlusion (default) or ``method=gradcam`` (409
+        for a version without torch weights): JSON arrays, or one slice's PNG heat map
         (``Accept: image/png``; ``target=classifier|segmenter``). Upload forms as analyze."""
         query = request.query_params
         target = query.get("target", "auto").lower()
         if target not in TARGETS:
             raise InvalidInputError(f"target must be one of {TARGETS}, got {target!r}")
+        method = query.get("method", "occlusion").lower()
+        if method not in METHODS:
+            raise InvalidInputError(f"method must be one of {METHODS}, got {method!r}")
         slices = parse_slices(query.get("slices"))
         explanation = await explainer.explain(
-            ExplainRequest(await analyze_request(request), slices, cast(Target, target))
+            ExplainRequest(
+                await analyze_request(request),
+                slices,
+                cast(Target, target),
+                cast(Method, method),
+            )
         )
         answer = explanation.answer
         assert answer is not None

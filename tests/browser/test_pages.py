@@ -244,6 +244,13 @@ def test_the_overlay_is_where_the_true_mask_is_and_the_heat_map_shows(
     heat = layer_alpha(page, "heat-layer")
     assert (heat > 0).sum() > 100, "the explanation is drawn"
     page.screenshot(path=str(ARTIFACTS / "review-overlay-heat.png"))
+    # Grad-CAM needs the version's torch weights, which bare ONNX files lack: the page says so
+    page.select_option("#heat-method", "gradcam")
+    message = page.locator("#message")
+    message.wait_for(state="visible")
+    assert "torch weights" in message.inner_text()
+    page.select_option("#heat-method", "occlusion")
+    page.wait_for_selector("#heat-layer[data-shown=classifier]", timeout=60_000)
 
     # the mask overlay toggles off and fades
     page.uncheck("#show-mask")

@@ -151,6 +151,11 @@ def test_explain_refuses_what_analyze_refuses_with_the_same_message(
     assert r.status_code == 400 and "slices" in r.json()["error"]
     r = explain(gw, headers, body, "?target=everything")
     assert r.status_code == 400 and "target" in r.json()["error"]
+    r = explain(gw, headers, body, "?method=lime")
+    assert r.status_code == 400 and "method" in r.json()["error"]
+    # ONNX files carry no torch weights: Grad-CAM is refused, saying why
+    r = explain(gw, headers, body, "?method=gradcam")
+    assert r.status_code == 409 and "torch weights" in r.json()["error"]
     r = explain(gw, headers, body, accept="application/dicom")
     assert r.status_code == 406
     r = httpx.post(f"http://{gw.url}/v1/explain", content=body)

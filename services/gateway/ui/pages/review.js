@@ -14,7 +14,7 @@ const state = {
   pictures: [], // HTMLImageElement per slice
   masks: [], // Uint8Array per slice (row-major), the reviewer's working copy
   predicted: [], // the model's masks, to undo edits
-  heat: new Map(), // `${slice}` -> explanation of that slice
+  heat: new Map(), // `${method}:${slice}` -> explanation of that slice
   slice: 0,
   painting: false,
   classes: new Map(), // model name -> its class names (from /v2/models)
@@ -143,20 +143,21 @@ function drawMaskLayer() {
   canvas.style.opacity = $("show-mask").checked ? String($("mask-opacity").value / 100) : "0";
 }
 
-async function explanationOf(k) {
-  if (!state.heat.has(k)) {
+async function explanationOf(k, method) {
+  const key = `${method}:${k}`;
+  if (!state.heat.has(key)) {
     if (!state.files) {
       throw new Error("Explanations need the study itself: upload it to see them.");
     }
-    const segment = $("segment").value;
-    const doc = await callJson(`/v1/explain?slices=${k}&segment=${encodeURIComponent(segment)}`, {
+    const query = new URLSearchParams({ slices: String(k), segment: $("segment").value, method });
+    const doc = await callJson(`/v1/explain?${query}`, {
       method: "POST",
       body: uploadForm(state.files),
       headers: { Accept: "application/json" },
     });
-    state.heat.set(k, doc.slices[0]);
+    state.heat.set(key, doc.slices[0]);
   }
-  return state.heat.get(k);
+  return state.heat.get(key);
 }
 
 async function drawHeatLayer() {
@@ -166,8 +167,9 @@ async function drawHeatLayer() {
   canvas.dataset.shown = "none";
   if (!$("show-heat").checked) return;
   const k = state.slice;
-  const entry = await explanationOf(k);
-  if (k !== state.slice || !$("show-heat").checked) return;
+  const method = $("heat-method").value;
+  const entry = await explanationOf(k, method);
+  if (k !== state.slice || method !== $("heat-method").value || !$("show-heat").checked) return;
   const wanted = $("heat-target").value;
   const other = wanted === "segmenter" ? "classifier" : "segmenter";
   const chosen = entry[wanted] ? wanted : other;
@@ -413,7 +415,7 @@ function wireViewer() {
     }
   });
   for (const id of ["show-mask", "mask-opacity"]) $(id).addEventListener("input", drawMaskLayer);
-  for (const id of ["show-heat", "heat-target"]) {
+  for (const id of ["show-heat", "heat-target", "heat-method"]) {
     $(id).addEventListener("input", () => drawHeatLayer().catch((err) => showMessage(err.message)));
   }
   $("heat-opacity").addEventListener("input", () => {
