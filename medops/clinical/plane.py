@@ -82,6 +82,7 @@ class ClinicalPlane:
         """Image statistics plus the embedding of each model version's drift reference."""
         self.review = review
         """Where de-identified studies are kept for the review page (None or off: nowhere)."""
+        self._shadows: set[asyncio.Task[None]] = set()
 
     def _chain(self, request: AnalyzeRequest) -> tuple[str | None, Chain | None]:
         """The chain a request names (or the default); ``(None, None)`` for one model."""
@@ -128,6 +129,7 @@ class ClinicalPlane:
             if request.log:
                 await self._log_predictions(analysis)
                 await self._keep_for_review(analysis)
+                self._spawn_shadows(analysis)
             analysis.answer = await asyncio.to_thread(encode, analysis, request.media_type)
             clock.lap("postprocess")
         except MedopsError as exc:
@@ -249,17 +251,14 @@ class ClinicalPlane:
             raise MedopsError(
                 f"{cls_route.info.name} answered shape {probs.shape}, expected (N, {n_classes})"
             )
-        chosen: np.ndarray
-        flagged: np.ndarray
+        chosen = _decide(probs, cls_route)
         if n_classes > 2:
-            # a multi-class classifier decides by its most probable class
-            chosen = probs.argmax(axis=1)
+            # a multi-class classifier: its most probable class's probability, no flags
             positive_p = probs[np.arange(z), chosen].astype(float)
             flagged = np.zeros(z, bool)
         else:
             positive_p = probs[:, -1].astype(float)
-            flagged = positive_p >= cls_route.info.threshold
-            chosen = flagged.astype(np.int64)
+            flagged = chosen.astype(bool)
         mask = np.zeros((z, h, w), np.uint8)
         analysis = Analysis(
             request_id=request.request_id,
@@ -396,6 +395,71 @@ class ClinicalPlane:
             return
         a.prediction_ids = [f"{base_id}.{k}" for k in range(len(a.inputs))]
 
+    # ------------------------------------------------------------------ shadow copies
+
+    def _spawn_shadows(self, a: Analysis) -> None:
+        """Ask each shadow variant of the classifier for the same slices, after the answer:
+        what it decided goes to the log's shadow table under the same prediction ids, where
+        the review queue compares it with the served decision. Only for a logged analysis."""
+        if a.classifier is None or not a.prediction_ids or self.store is None:
+            return
+        for route in a.classifier.route.shadows:
+            task = asyncio.create_task(self._shadow(a, route, a.prediction_ids))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(self, a: Analysis, route: Route, ids: Sequence[str]) -> None:
+        assert self.store is not None and a.classifier is not None
+        size = route.info.input_size
+        same_size = size == a.classifier.info.input_size
+        try:
+            outputs = []
+            for start in range(0, len(ids), self.batch_size):
+                stop = min(start + self.batch_size, len(ids))
+                batch = (
+                    np.stack(a.inputs[start:stop]).astype(np.float32, copy=False)
+                    if same_size
+                    else await asyncio.to_thread(
+                        preprocess_slices,
+                        [a.image.image.slice(k) for k in range(start, stop)],
+                        size,
+                    )
+                )
+                outputs.append(
+                    np.asarray(await self.predictor.predict(route.info.name, batch, route))
+                )
+            probs = np.concatenate(outputs)
+            if probs.ndim != 2 or probs.shape[1] != len(route.info.classes):
+                raise MedopsError(f"{route.info.name} answered shape {probs.shape}")
+            chosen = _decide(probs, route)
+            classes = route.info.classes
+            records = [
+                PredictionRecord(
+                    request_id=pid,
+                    model=route.info.name,
+                    version=route.version,
+                    variant=route.variant,
+                    probabilities={c: float(p) for c, p in zip(classes, probs[k], strict=True)},
+                    features={},
+                    decision=classes[int(chosen[k])],
+                    confidence=float(probs[k, int(chosen[k])]),
+                )
+                for k, pid in enumerate(ids)
+            ]
+            await asyncio.to_thread(self.store.record_shadow, records)
+        except MedopsError as exc:
+            log.warning(
+                "shadow copy not logged",
+                extra={"model": route.info.name, "variant": route.variant, "reason": exc.message},
+            )
+
+    async def close(self) -> None:
+        """Stop the shadow copies still running (their answers are never needed)."""
+        tasks = list(self._shadows)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _keep_for_review(self, a: Analysis) -> None:
         """Keep the de-identified study for the review page (when on and logged); a failure
         here never fails the clinical answer."""
@@ -447,6 +511,14 @@ def _single(route: Route) -> Chain:
         f"model {route.info.name} declares task {task!r}; /v1/analyze runs classification "
         "and segmentation models"
     )
+
+
+def _decide(probs: np.ndarray, route: Route) -> np.ndarray:
+    """The class index per row under the version's rule: two classes, the last at its
+    operating threshold; more, the most probable."""
+    if probs.shape[1] > 2:
+        return np.asarray(probs.argmax(axis=1), np.int64)
+    return np.asarray(probs[:, -1] >= route.info.threshold, np.int64)
 
 
 def _expect(route: Route, task: str) -> None:

@@ -5,8 +5,9 @@ studies kept so that they can.
 analysis: its JSON answer and each slice as shown (``medops.clinical.preview``), both made from
 the de-identified upload, never the uploaded files. Off by default (``retention_s = 0``); when
 on, an entry older than the retention is gone (purged whenever the cache is written or read).
-:func:`review_queue` ranks the logged predictions that no reviewer has seen yet, least
-confident first (the ones whose label teaches the monitor most).
+:func:`review_queue` ranks the logged predictions that no reviewer has seen yet: first those
+where a shadow variant (a challenger answering copies) decided otherwise than the served
+version, then the least confident (the ones whose label teaches the monitor most).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class WindowStore(Protocol):
         limit: int | None = None,
         variant: str | None = None,
     ) -> pd.DataFrame: ...
+
+    def shadows(self, model: str, *, since: float | None = None) -> pd.DataFrame: ...
 
 
 class PredictionLog(FeedbackStore, WindowStore, Protocol):
@@ -123,21 +126,41 @@ class ReviewCache:
 def review_queue(
     store: WindowStore, model: str, cache: ReviewCache | None, *, limit: int = 20
 ) -> list[dict[str, Any]]:
-    """The unreviewed predictions of ``model`` among its newest 1000, least confident first:
-    ``{prediction_id, request_id, slice, decision, confidence, version, variant, time,
-    kept}`` (``kept``: the study can be reopened from the review cache)."""
+    """The unreviewed predictions of ``model`` among its newest 1000: those a shadow variant
+    decided otherwise first, then least confident first: ``{prediction_id, request_id, slice,
+    decision, confidence, version, variant, time, kept, shadow, disagrees}`` (``kept``: the
+    study can be reopened from the review cache; ``shadow``: ``{variant, version, decision,
+    confidence}`` of a shadow's answer on the same slice, or None)."""
     if limit < 1 or limit > 500:
         raise InvalidInputError(f"limit: expected 1 to 500, got {limit}")
     window = store.window(model, limit=1000)
     if window.empty:
         return []
     pending = window[window["feedback_time"].isna() & window["confidence"].notna()]
-    pending = pending.sort_values(["confidence", "time"], ascending=[True, False]).head(limit)
+    shadows = store.shadows(model, since=_seconds(pending["time"].min())) if len(pending) else None
+    shadow_of: dict[str, Any] = {}
+    if shadows is not None and not shadows.empty:
+        # where several shadows answered, the one that disagrees (the newest if more do)
+        served = dict(zip(pending["request_id"], pending["decision"], strict=True))
+        for row in shadows.itertuples(index=False):
+            kept = shadow_of.get(row.request_id)
+            if kept is None or kept.decision == served.get(row.request_id):
+                shadow_of[row.request_id] = row
+    pending = pending.assign(
+        disagrees=[
+            pid in shadow_of and shadow_of[pid].decision != decision
+            for pid, decision in zip(pending["request_id"], pending["decision"], strict=True)
+        ]
+    )
+    pending = pending.sort_values(
+        ["disagrees", "confidence", "time"], ascending=[False, True, False]
+    ).head(limit)
     out = []
     for row in pending.itertuples(index=False):
         prediction_id = str(row.request_id)
         base, _, index = prediction_id.rpartition(".")
         request_id = base if index.isdigit() else prediction_id
+        shadow = shadow_of.get(prediction_id)
         out.append(
             {
                 "prediction_id": prediction_id,
@@ -149,6 +172,15 @@ def review_queue(
                 "variant": row.variant,
                 "time": round(_seconds(row.time), 3),
                 "kept": cache is not None and cache.has(request_id),
+                "shadow": None
+                if shadow is None
+                else {
+                    "variant": shadow.variant,
+                    "version": shadow.version,
+                    "decision": shadow.decision,
+                    "confidence": round(float(shadow.confidence), 6),
+                },
+                "disagrees": bool(row.disagrees),
             }
         )
     return out

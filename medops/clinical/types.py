@@ -43,6 +43,10 @@ class Route:
     variant: str
     handle: object = None
     """The predictor's own reference to the chosen version."""
+    shadows: tuple[Route, ...] = ()
+    """Shadow variants routing chose for this request: they answer a copy, never the caller."""
+    shadow: bool = False
+    """This route is a shadow copy (its answers are logged apart, never served)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ class Predictor(Protocol):
     """What the plane needs from whoever serves the models."""
 
     async def route(self, model: str, routing: Mapping[str, str]) -> Route:
-        """Choose the version for one request (A/B, canary, pinned by header)."""
+        """Choose the version for one request (A/B, canary, pinned by header), with the shadow
+        copies routing asks for (a predictor may offer none)."""
         ...
 
     async def predict(self, model: str, batch: np.ndarray, route: Route) -> np.ndarray:
@@ -69,6 +74,8 @@ class Predictor(Protocol):
 
 class LogStore(Protocol):
     def record_many(self, records: Sequence[PredictionRecord]) -> None: ...
+
+    def record_shadow(self, records: Sequence[PredictionRecord]) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,23 @@ _SCHEMA = (
         PRIMARY KEY (request_id, model, variant)
     )""",
     "CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model, ts)",
+    # what a shadow variant answered on a copy of a served prediction (never served: the
+    # monitor's windows leave it out; the review queue compares it with the served answer)
+    """CREATE TABLE IF NOT EXISTS shadow_predictions (
+        request_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        version TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        decision TEXT,
+        confidence DOUBLE PRECISION,
+        area DOUBLE PRECISION,
+        probabilities TEXT NOT NULL,
+        features TEXT NOT NULL,
+        mask_rle TEXT,
+        PRIMARY KEY (request_id, model, variant)
+    )""",
+    "CREATE INDEX IF NOT EXISTS shadow_predictions_model_ts ON shadow_predictions (model, ts)",
     """CREATE TABLE IF NOT EXISTS feedback (
         request_id TEXT PRIMARY KEY,
         ts DOUBLE PRECISION NOT NULL,
@@ -355,6 +372,39 @@ class PredictionStore:
             conflict.__cause__ = exc
             return conflict
         return exc
+
+    def record_shadow(self, records: Sequence[PredictionRecord]) -> None:
+        """Log what a shadow variant answered on copies of served predictions (same request
+        ids, the shadow's variant and version), in one transaction. A repeated
+        (request, model, variant) raises :class:`ConflictError` and logs none of them."""
+        rows = [self._row(r) for r in records]
+        if not rows:
+            return
+        try:
+            with self._transaction() as cur:
+                cur.executemany(
+                    self._sql(self._INSERT.replace("INTO predictions", "INTO shadow_predictions")),
+                    rows,
+                )
+        except Exception as exc:
+            raise self._write_error(exc) from None
+
+    def shadows(self, model: str, *, since: float | None = None) -> pd.DataFrame:
+        """Shadow answers of ``model`` (newer than ``since``): ``request_id, time, variant,
+        version, decision, confidence``, oldest first."""
+        query = (
+            "SELECT request_id, ts, variant, version, decision, confidence"
+            " FROM shadow_predictions WHERE model = ?"
+        )
+        params: list[Any] = [model]
+        if since is not None:
+            query += " AND ts >= ?"
+            params.append(float(since))
+        with self._transaction() as cur:
+            cur.execute(self._sql(query + " ORDER BY ts"), params)
+            rows = cur.fetchall()
+        columns = ["request_id", "time", "variant", "version", "decision", "confidence"]
+        return pd.DataFrame(rows, columns=columns)
 
     def record_feedback(
         self,

@@ -43,6 +43,7 @@ class Gateway:
     dataplane: DataPlane
     auth: Authenticator
     app: FastAPI
+    clinical: ClinicalPlane | None = None
     grpc_port: int | None = None
     store: PredictionStore | None = None
     routing_store: RoutingStore | None = None
@@ -93,6 +94,8 @@ class Gateway:
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
             self._grpc = None
+        if self.clinical is not None:
+            await self.clinical.close()
         await self.dataplane.close()
         await self.backend.close()
         if self.store is not None:
@@ -256,6 +259,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         dataplane=dataplane,
         auth=auth,
         app=app,
+        clinical=clinical,
         store=store,
         routing_store=routing_store,
     )

@@ -413,9 +413,21 @@ class DataPlane:
 
     async def route(self, model: str, routing: Mapping[str, str]) -> Route:
         """Route once per image: every batch of it goes to this version (whose input size
-        fixes the preprocessing too)."""
-        entry, variant, _ = await self.choose(model, None, routing)
-        return Route(entry.info, entry.version, variant, handle=entry)
+        fixes the preprocessing too), and to the shadow copies routing chose (one that cannot
+        be loaded is left out, logged)."""
+        entry, variant, shadow = await self.choose(model, None, routing)
+        shadows = []
+        for s_variant, alias, version in shadow:
+            try:
+                s_entry = await self.models.ensure(model, ref_of(alias, version))
+            except MedopsError as exc:
+                log.warning(
+                    "shadow variant not loaded",
+                    extra={"model": model, "variant": s_variant, "reason": exc.message},
+                )
+                continue
+            shadows.append(Route(s_entry.info, s_entry.version, s_variant, s_entry, shadow=True))
+        return Route(entry.info, entry.version, variant, handle=entry, shadows=tuple(shadows))
 
     async def predict(self, model: str, batch: np.ndarray, route: Route) -> np.ndarray:
         """Probabilities for the contract's input ``(N, 3, S, S)`` on a routed version (the
@@ -425,7 +437,18 @@ class DataPlane:
         )
         entry = route.handle
         assert isinstance(entry, LoadedModel)
-        response, _ = await self._infer(request, entry, route.variant)
+        if route.shadow:
+            # a copy: its variant's health is observed, its answers are not counted as served
+            start, ok = time.perf_counter(), False
+            try:
+                response = await self._run(request, entry.version)
+                ok = True
+            finally:
+                self.router.observe(
+                    model, route.variant, ok=ok, latency_s=time.perf_counter() - start
+                )
+        else:
+            response, _ = await self._infer(request, entry, route.variant)
         return np.asarray(response.tensors()[0].data)
 
 

@@ -53,6 +53,14 @@ from .ui import SecurityHeaders, add_ui_routes, is_page
 ADMIN_PATHS = frozenset({"/v1/routing/audit"})
 FEEDBACK_PATH = "/v1/feedback"
 SESSION_PATH = "/v1/session"
+GRAFANA_DASHBOARDS = (
+    ("medops-drift-quality", "Drift and quality"),
+    ("medops-variants", "Variants (canary, A/B, shadow)"),
+    ("medops-traffic", "Traffic"),
+    ("medops-latency", "Latency"),
+    ("medops-errors", "Errors"),
+)
+"""The Helm chart's Grafana dashboards (``charts/medops/files/dashboards``): uid, title."""
 
 
 def needed_role(method: str, path: str) -> str | tuple[str, ...] | None:
@@ -328,6 +336,33 @@ def create_app(
             raise NotFoundError("no monitor configured (MEDOPS_GATEWAY_MONITOR_URL)")
         return await _monitor_get(
             settings.monitor_url, "/v1/drift/history", {"model": model}, request
+        )
+
+    @app.get("/v1/monitor/report")
+    async def monitor_report(request: Request, model: str) -> Response:
+        """The monitor's latest Evidently drift report of ``model`` (a self-contained HTML
+        page), asked with the caller's key; the console saves it as a file, since a page
+        with inline scripts is not shown under the pages' CSP."""
+        if not settings.monitor_url:
+            raise NotFoundError("no monitor configured (MEDOPS_GATEWAY_MONITOR_URL)")
+        answer = await _monitor_get(
+            settings.monitor_url, "/v1/drift/report", {"model": model}, request
+        )
+        if answer.status_code == 200:
+            answer.headers["content-disposition"] = 'attachment; filename="drift-report.html"'
+        return answer
+
+    @app.get("/v1/console/links")
+    async def console_links() -> Response:
+        """Where the console links to: the Grafana dashboards (``MEDOPS_GATEWAY_GRAFANA_URL``),
+        and whether the monitor's Evidently report can be fetched."""
+        base = (settings.grafana_url or "").rstrip("/")
+        dashboards = [{"title": t, "url": f"{base}/d/{uid}"} for uid, t in GRAFANA_DASHBOARDS]
+        return _json(
+            {
+                "grafana": dashboards if base else [],
+                "evidently_report": bool(settings.monitor_url),
+            }
         )
 
     add_ui_routes(app)

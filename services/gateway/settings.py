@@ -164,6 +164,10 @@ class GatewaySettings(ApiKeySettings):
     chart reads its evaluations through ``GET /v1/monitor/history`` with the caller's key.
     Unset: that endpoint answers 404 saying so."""
 
+    grafana_url: str | None = None
+    """Grafana's base URL as the console's users open it (``https://grafana.example``); the
+    operator console links medops's dashboards there. Unset: no links."""
+
     uvloop: bool = False
     """Run on uvloop: cheaper REST requests, but grpc.aio then polls from a helper thread and
     gets slower; for REST-only replicas."""

@@ -26,7 +26,9 @@ from medops.modelspec import (
     CLASSIFIER,
     SEGMENTER,
 )
+from medops.monitoring.drift import build_reference
 from medops.service.readiness import wait_until_ready
+from medops.transforms import preprocess_slice
 from services.gateway.settings import GatewaySettings
 from services.monitor import MonitorSettings
 from services.monitor.app import create_app as create_monitor_app
@@ -103,6 +105,20 @@ def stack(
             classes=["tumour"],
         ),
     }
+    # the segmenter's drift reference, from slices of the same patient: the monitor then
+    # compares its window with it and writes an Evidently report
+    slices = sorted(p for p in tumour_slice[0].parent.glob("*.tif") if "_mask" not in p.name)
+    build_reference(
+        [preprocess_slice(tifffile.imread(p).transpose(2, 0, 1), SIZE) for p in slices],
+        model=SEGMENTER,
+        model_version="1",
+        home=home,
+        groups=[k % 5 for k in range(len(slices))],  # stand-ins for patients
+        n_components=2,
+        calibration_window=2,
+        false_alarm_rate=0.1,
+        draws=40,
+    )
     monitor_port = free_port()
     settings = GatewaySettings(
         home=home,
@@ -423,6 +439,14 @@ def test_the_console_lists_the_models_the_split_and_charts_drift(
         timeout=60,
     )
     assert r.status_code == 200
+    # a second segmented slice: the window the drift alarm is calibrated for holds two
+    r = httpx.post(
+        f"{stack['gateway']}/v1/analyze?segment=always",
+        files={"files": ("s.tif", tumour_slice[0].read_bytes(), "image/tiff")},
+        headers=client,
+        timeout=60,
+    )
+    assert r.status_code == 200
     evaluate_quality(stack)
     evaluate_quality(stack)
     sign_in(page, stack["gateway"], stack["keys"]["admin"], "/ui/console.html")
@@ -440,6 +464,16 @@ def test_the_console_lists_the_models_the_split_and_charts_drift(
     assert "evaluations" in page.inner_text("#drift-status")
     assert page.locator("#drift-chart .scatterlayer .trace").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
+    # the monitor's Evidently report, fetched with the key and saved as a file
+    with page.expect_download() as saving:
+        page.click("#drift-report")
+    saved = saving.value
+    assert saved.suggested_filename == f"drift-report-{SEGMENTER}.html"
+    report = Path(saved.path()).read_text(errors="replace")
+    # Evidently's page on the window's columns (``noise``: one of the logged image statistics)
+    assert "<html" in report and "Drift" in report and "noise" in report
+    # no Grafana configured on this gateway: no dashboard links
+    assert page.locator("#links-panel").is_hidden()
 
 
 def test_a_refused_routing_change_names_the_field_and_changes_nothing(

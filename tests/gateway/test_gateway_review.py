@@ -4,10 +4,12 @@ only when retention is on and only for its time limit."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pydicom
 import pytest
 from gateway_harness import GatewayThread
@@ -53,6 +55,7 @@ def test_kept_studies_are_de_identified_ranked_and_expire(
         confidences = [i["confidence"] for i in items]
         assert confidences == sorted(confidences), "least confident first"
         assert all(i["kept"] and i["request_id"] == analysis["request_id"] for i in items)
+        assert all(i["shadow"] is None and not i["disagrees"] for i in items), "no shadow ran"
 
         kept = httpx.get(f"{url}/v1/review/studies/{analysis['request_id']}", headers=headers)
         assert kept.status_code == 200
@@ -114,3 +117,97 @@ def test_nothing_is_kept_by_default(
     # the session's shared log may hold many less confident predictions: this test asks only
     # that nothing anywhere in the queue was kept
     assert queue["items"] and not any(i["kept"] for i in queue["items"])
+
+
+@pytest.mark.integration
+def test_slices_a_shadow_challenger_decided_otherwise_come_first(
+    tiny_models: dict[str, Path], tmp_path: Path, lgg_patient: Path, planted_series: list[Path]
+) -> None:
+    """The champion and a challenger in shadow: the same network at two operating thresholds
+    (the challenger calls every slice a tumour), so they disagree exactly on the slices the
+    champion calls negative, and those lead the queue."""
+    import torch
+    from gateway_harness import export_contract_model
+    from gateway_support import SIZE
+    from known_models import BrightSpotClassifier
+
+    from medops.modelspec import CHALLENGER, CHAMPION, SEGMENTER
+    from medops.monitoring.store import PredictionStore
+    from medops.registry import Registry
+    from medops.transforms import preprocess_slice
+
+    net = BrightSpotClassifier().eval()
+    volume = lgg_patient_volume(lgg_patient)
+    x = torch.from_numpy(
+        np.stack([preprocess_slice(volume.slice(k), SIZE) for k in range(volume.num_slices)])
+    )
+    with torch.no_grad():
+        p = net(x)[:, 1].numpy()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = Registry(uri, cache_dir=tmp_path / "cache")
+    models = [
+        (CLASSIFIER, net, float(np.median(p)), CHAMPION),  # about half the slices positive
+        (CLASSIFIER, net, 0.0, CHALLENGER),  # every slice positive
+    ]
+    for k, (name, model, threshold, alias) in enumerate(models):
+        onnx = export_contract_model(
+            model,
+            tmp_path / f"classifier-{k}.onnx",
+            size=SIZE,
+            task="classification",
+            classes=["no_tumour", "tumour"],
+            threshold=threshold,
+        )
+        registry.log_and_register(
+            name, onnx_path=onnx, dataset_version="test", params={}, metrics={},
+            git_commit="test", aliases=(alias,),
+        )  # fmt: skip
+    registry.log_and_register(
+        SEGMENTER, onnx_path=tiny_models[SEGMENTER], dataset_version="test", params={},
+        metrics={}, git_commit="test", aliases=(CHAMPION,),
+    )  # fmt: skip
+    routing = tmp_path / "routing.json"
+    routing.write_text(
+        json.dumps(
+            {
+                "models": {
+                    CLASSIFIER: {
+                        "strategy": "shadow",
+                        "variants": [
+                            {"name": "champion", "alias": CHAMPION, "weight": 100},
+                            {"name": "challenger", "alias": CHALLENGER, "weight": 0},
+                        ],
+                        "shadow": {"variant": "challenger", "percent": 100},
+                    }
+                }
+            }
+        )
+    )
+    home = tmp_path / "home"
+    settings = make_settings(
+        home, {}, tracking_uri=uri, models=[CLASSIFIER, SEGMENTER],
+        routing_file=routing, store_url=f"sqlite:///{tmp_path / 'predictions.db'}",
+    )  # fmt: skip
+    with GatewayThread(settings) as gw:
+        headers = {"authorization": f"Bearer {read_keys(home)['client']}"}
+        analysis = analyse(gw, headers, planted_series)
+        url = f"http://{gw.url}/v1/review/queue"
+        deadline = time.monotonic() + 30
+        while True:  # the shadow copy answers after the caller got the champion's answer
+            items = httpx.get(url, params={"model": CLASSIFIER}, headers=headers).json()["items"]
+            if all(i["shadow"] for i in items) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert len(items) == len(planted_series)
+    assert all(i["request_id"] == analysis["request_id"] for i in items)
+    assert all(i["version"] == "1" and i["shadow"]["version"] == "2" for i in items)
+    assert all(i["shadow"]["variant"] == "challenger" for i in items)
+    assert all(i["shadow"]["decision"] == "tumour" for i in items)
+    assert all(i["disagrees"] == (i["decision"] == "no_tumour") for i in items)
+    flags = [i["disagrees"] for i in items]
+    assert True in flags and False in flags, "the thresholds split the slices"
+    assert flags == sorted(flags, reverse=True), "disagreements first"
+    # the shadow's answers are kept apart: the monitor's window holds the served ones only
+    with PredictionStore(settings.store_url) as store:
+        window = store.window(CLASSIFIER)
+    assert len(window) == len(planted_series) and set(window["variant"]) == {"champion"}

@@ -85,6 +85,8 @@ def test_the_endpoints_the_pages_call_stay_keyed(onnx_gateway: GatewayThread) ->
         ("GET", "/v1/session"),
         ("GET", "/v1/models/registry"),
         ("GET", "/v1/monitor/history?model=x"),
+        ("GET", "/v1/monitor/report?model=x"),
+        ("GET", "/v1/console/links"),
         ("POST", "/v1/feedback"),
         ("POST", "/v1/preview"),
         ("POST", "/v1/explain"),
@@ -121,6 +123,35 @@ def test_session_names_the_role_and_the_registry_lists_the_served_files(
         f"{url}/v1/monitor/history?model=x", headers={"authorization": f"Bearer {keys['client']}"}
     )
     assert r.status_code == 404 and "MEDOPS_GATEWAY_MONITOR_URL" in r.json()["error"]
+    r = httpx.get(
+        f"{url}/v1/monitor/report?model=x", headers={"authorization": f"Bearer {keys['client']}"}
+    )
+    assert r.status_code == 404 and "MEDOPS_GATEWAY_MONITOR_URL" in r.json()["error"]
+    r = httpx.get(f"{url}/v1/console/links", headers={"authorization": f"Bearer {keys['client']}"})
+    assert r.json() == {"grafana": [], "evidently_report": False}
+
+
+def test_the_console_links_every_dashboard_the_chart_ships(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from gateway_support import make_settings, read_keys
+
+    from services.gateway.rest import GRAFANA_DASHBOARDS
+
+    chart = Path(__file__).resolve().parents[2] / "charts" / "medops" / "files" / "dashboards"
+    shipped = {}
+    for path in chart.glob("*.json"):
+        doc = json.loads(path.read_text())
+        shipped[doc["uid"]] = doc["title"]
+    assert {uid: f"medops / {title}" for uid, title in GRAFANA_DASHBOARDS} == shipped
+
+    home = tmp_path / "home"
+    settings = make_settings(home, tiny_models, grafana_url="https://grafana.example/")
+    with GatewayThread(settings) as gw:
+        headers = {"authorization": f"Bearer {read_keys(home)['client']}"}
+        links = httpx.get(f"http://{gw.url}/v1/console/links", headers=headers).json()
+    urls = {d["url"] for d in links["grafana"]}
+    assert urls == {f"https://grafana.example/d/{uid}" for uid in shipped}
 
 
 @pytest.fixture(scope="module")

@@ -202,9 +202,49 @@ async function loadDrift() {
   );
 }
 
+// ------------------------------------------------------------------ links
+
+async function loadLinks() {
+  const doc = await callJson("/v1/console/links");
+  $("drift-report").hidden = !doc.evidently_report;
+  const list = $("grafana-links");
+  list.replaceChildren();
+  for (const d of doc.grafana) {
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = d.url;
+    link.textContent = d.title;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    item.append(link);
+    list.append(item);
+  }
+  $("links-panel").hidden = doc.grafana.length === 0;
+}
+
+/** The report has inline scripts, which this page's CSP rightly refuses: it is saved as a
+ * file (opened from disk it shows as Evidently made it). */
+async function saveReport() {
+  const model = $("drift-model").value;
+  if (!model) return;
+  try {
+    const response = await call(`/v1/monitor/report?model=${encodeURIComponent(model)}`);
+    const url = URL.createObjectURL(await response.blob());
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `drift-report-${model}.html`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  } catch (err) {
+    $("drift-status").textContent = err.message;
+  }
+}
+
 async function loadAll() {
   try {
-    await Promise.all([loadModels(), loadSplit(), loadRouting(), loadAudit()]);
+    await Promise.all([loadModels(), loadSplit(), loadRouting(), loadAudit(), loadLinks()]);
     await loadDrift();
   } catch (err) {
     showMessage(err.message);
@@ -223,4 +263,5 @@ function onRole(r) {
 $("save-routing").addEventListener("click", saveRouting);
 $("reload-routing").addEventListener("click", () => loadRouting().catch((e) => showMessage(e.message)));
 $("drift-model").addEventListener("change", loadDrift);
+$("drift-report").addEventListener("click", saveReport);
 wireSignIn(onRole, showMessage);

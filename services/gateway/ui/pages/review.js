@@ -340,17 +340,21 @@ async function loadQueue() {
   try {
     const doc = await callJson(`/v1/review/queue?model=${encodeURIComponent(model)}&limit=20`);
     $("queue-status").textContent = doc.kept_for_review
-      ? `${doc.items.length} unreviewed, least confident first`
+      ? `${doc.items.length} unreviewed: shadow disagreements, then least confident first`
       : `${doc.items.length} unreviewed; studies are not kept for review on this gateway`;
     body.replaceChildren();
     for (const item of doc.items) {
       const row = document.createElement("tr");
       row.dataset.prediction = item.prediction_id;
+      if (item.disagrees) row.classList.add("disagrees");
       for (const text of [
         item.prediction_id,
         item.decision ?? "—",
         item.confidence.toFixed(3),
         `v${item.version} (${item.variant})`,
+        item.shadow
+          ? `${item.disagrees ? "disagrees" : "agrees"}: v${item.shadow.version} (${item.shadow.variant}) ${item.shadow.decision}`
+          : "—",
       ]) {
         const td = document.createElement("td");
         td.textContent = text;
