@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from gateway_harness import TASKS, free_port, gateway_process
 
-from medops.modelspec import CLASSIFIER, INPUT_NAME, META_THRESHOLD, OUTPUT_NAME, SEGMENTER
+from medops.modelspec import INPUT_NAME, META_THRESHOLD, OUTPUT_NAME
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 VOLUME_SLICES = 155
 BATCH = 16

@@ -23,7 +23,8 @@ import numpy as np
 from gateway_harness import TritonServer
 
 from bench.gateway import CONCURRENCY, throughput
-from medops.modelspec import CLASSIFIER, INPUT_NAME, OUTPUT_NAME, SEGMENTER
+from medops.modelspec import INPUT_NAME, OUTPUT_NAME
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 
 def without_batcher(repo: Path) -> None:

@@ -38,7 +38,7 @@ import pydicom
 from dicom_harness import EdgeProcess, Orthanc, enter_private_network, series_in_study
 from gateway_harness import ROOT, GatewayThread, free_port, stop_process, write_tiny_model
 
-from medops.modelspec import CLASSIFIER, SEGMENTER
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 SLICES = 155
 GOAL_FILES_S = 50.0

@@ -30,8 +30,8 @@ import numpy as np
 import tifffile
 from gateway_harness import GatewayThread
 
-from medops.modelspec import CLASSIFIER, SEGMENTER
 from medops.transforms import restore_mask
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDOPS_DATA_DIR", ROOT.parent / "shared" / "data"))

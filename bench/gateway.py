@@ -42,7 +42,8 @@ from gateway_harness import (
 )
 from nginx_proxy import NginxProxy
 
-from medops.modelspec import CHAMPION, CLASSIFIER, MODEL_NAMES
+from medops.modelspec import CHAMPION
+from pipelines.brain import BRAIN_MODELS, CLASSIFIER
 
 SHAPE = (1, 3, 256, 256)
 PATHS = ("direct", "nginx", "gateway")
@@ -145,10 +146,10 @@ def _models(folder: Path, registry: bool) -> dict[str, Path]:
         from medops.settings import MedopsSettings
 
         reg = Registry(MedopsSettings().mlflow_uri)
-        return {name: reg.resolve(name, CHAMPION).onnx_path for name in MODEL_NAMES}
+        return {name: reg.resolve(name, CHAMPION).onnx_path for name in BRAIN_MODELS}
     return {
         name: write_tiny_model(name, folder / f"{name}.onnx", size=256, seed=i)
-        for i, name in enumerate(MODEL_NAMES)
+        for i, name in enumerate(BRAIN_MODELS)
     }
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medops.modelspec import CHAMPION, CLASSIFIER, INPUT_NAME, OUTPUT_NAME, SEGMENTER
+from medops.modelspec import CHAMPION, INPUT_NAME, OUTPUT_NAME
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 SPEEDUP_GOAL = 1.8
 QUALITY_GOAL = 0.01

@@ -10,13 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-CLASSIFIER: Final = "brain-tumor-classifier"
-"""Binary: does the slice show a tumour. Output ``probabilities`` (N, 2): [no tumour, tumour]."""
-SEGMENTER: Final = "brain-tumor-segmenter"
-"""Pixel-wise tumour probability. Output ``probabilities`` (N, 1, H, W)."""
-TYPE_CLASSIFIER: Final = "brain-tumor-type-classifier"
-"""Tumour type (4 classes). Output ``probabilities`` (N, K)."""
-MODEL_NAMES: Final = (CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER)
 NAME_PATTERN: Final = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 """Registered model (and task) names: DNS labels, as routing variants and Istio subsets are."""
 

@@ -38,11 +38,12 @@ from medops.data.cli import describe_command
 from medops.errors import BackendUnavailableError, DatasetError
 from medops.evaluation import pseudonym
 from medops.imaging import lgg_patient_volume, write_dicom_series
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, MODEL_NAMES, SEGMENTER
+from medops.modelspec import CHALLENGER, CHAMPION
 from medops.registry import Registry
 from medops.rle import dice, rle_decode
 from medops.service.readiness import NotReadyError, exited, wait_until_ready
 from medops.settings import MedopsSettings
+from pipelines.brain import BRAIN_MODELS, CLASSIFIER, SEGMENTER
 from pipelines.cli import echo_floors, floor_option
 from pipelines.local import FOURCLASS_DIR, check_data, run_local
 from pipelines.presets import Floors
@@ -169,7 +170,7 @@ def _train(
 
 def _champions(registry: Registry) -> dict[str, str]:
     """Model -> champion version, for the models that have one."""
-    found = {name: registry.get_alias(name, CHAMPION) for name in MODEL_NAMES}
+    found = {name: registry.get_alias(name, CHAMPION) for name in BRAIN_MODELS}
     return {name: version for name, version in found.items() if version is not None}
 
 

@@ -252,6 +252,8 @@ def import_model(
     metrics = {f"test_{k}": v for k, v in headline.items()}
     card = render_model_card(
         name,
+        intended_use=spec.intended_use,
+        limits=spec.limits,
         dataset_version=dataset_version,
         metrics={k: v for k, v in headline.items() if not k.endswith(("_ci_low", "_ci_high"))},
         subgroups={},

@@ -704,6 +704,8 @@ def register(
     headline = evaluation["headline"]
     card = render_model_card(
         name,
+        intended_use=found.intended_use,
+        limits=found.limits,
         dataset_version=evaluation["dataset_version"],
         metrics={k: v for k, v in headline.items() if not k.endswith(("_ci_low", "_ci_high"))},
         subgroups=evaluation["subgroups"],
@@ -950,7 +952,7 @@ def _segmenter_population(
     import numpy as np
     import onnxruntime as ort
 
-    from medops.modelspec import CLASSIFIER
+    from pipelines.brain import CLASSIFIER
 
     chained = info.gate_threshold is not None
     if (

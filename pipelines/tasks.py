@@ -13,8 +13,9 @@ from functools import lru_cache
 from typing import Literal
 
 from medops.errors import InvalidInputError
-from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 from medops.tasks import TaskSpec
+from pipelines import brain
+from pipelines.brain import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 
 Role = Literal["classifier", "segmenter", "type-classifier"]
 """How a model trains and evaluates (``medops.training.TrainConfig.task``): a binary slice
@@ -44,6 +45,16 @@ class PipelineTask:
     @property
     def segmenter(self) -> bool:
         return self.role == "segmenter"
+
+    @property
+    def intended_use(self) -> str:
+        """What its model cards say it is for."""
+        return self.spec.intended_use if self.spec is not None else brain.INTENDED_USE[self.model]
+
+    @property
+    def limits(self) -> tuple[str, ...]:
+        """Its model cards' own known limits."""
+        return tuple(self.spec.limits) if self.spec is not None else brain.KNOWN_LIMITS
 
 
 def _role(spec: TaskSpec) -> Role:

@@ -95,13 +95,13 @@ def test_the_rest_layer_only_parses_and_writes() -> None:
     assert "import numpy" not in source and "np." not in source
 
 
-def test_the_clinical_plane_and_the_gateway_name_no_model() -> None:
-    """Tasks, sizes, classes and rules come from each version's metadata, the chains from the
-    task files: no model name in the analysis flow or the gateway's serving code (the
+def test_the_library_and_the_gateway_name_no_model() -> None:
+    """Tasks, sizes, classes and rules come from each version's metadata and the task files:
+    no shipped model name anywhere in the library, nor in the gateway's serving code (the
     settings' defaults aside)."""
-    from medops.modelspec import MODEL_NAMES
+    from pipelines.brain import BRAIN_MODELS
 
-    sources = [*(ROOT / "medops" / "clinical").glob("*.py")]
+    sources = [*(ROOT / "medops").rglob("*.py")]
     sources += [
         p
         for p in (ROOT / "services" / "gateway").glob("*.py")
@@ -109,9 +109,9 @@ def test_the_clinical_plane_and_the_gateway_name_no_model() -> None:
     ]
     for path in sources:
         text = path.read_text()
-        named = [n for n in MODEL_NAMES if n in text]
-        assert not named, (path.name, named)
-        assert "CLASSIFIER" not in text and "SEGMENTER" not in text, path.name
+        named = [n for n in BRAIN_MODELS if n in text]
+        assert not named, (path.relative_to(ROOT), named)
+        assert "brain-tumor" not in text and "pipelines.brain" not in text, path.relative_to(ROOT)
 
 
 def _image_files(dockerfile: str) -> list[str]:

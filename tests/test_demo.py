@@ -15,10 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from medops.data import ingest, split_dataset
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER
+from medops.modelspec import CHALLENGER, CHAMPION
 from medops.registry import Registry, promotion_gate
 from medops.settings import MedopsSettings
 from pipelines import demo as demo_module
+from pipelines.brain import CLASSIFIER, SEGMENTER
 from pipelines.local import LocalRun
 from pipelines.progress import (
     ConsoleRelay,

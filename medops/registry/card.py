@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medops.errors import InvalidInputError
-from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 
 SINGLE_SPLIT = "single-split"
 CROSS_VALIDATED = "cross-validated"
@@ -29,31 +28,12 @@ _EVALUATION_TEXT = {
     ),
 }
 
-INTENDED_USE: dict[str, str] = {
-    CLASSIFIER: (
-        "Flags axial brain MRI slices (pre-contrast, FLAIR, post-contrast stacked as RGB) that "
-        "likely show a lower-grade glioma, to prioritise review. Decision support for "
-        "radiologists only; not a diagnosis."
-    ),
-    SEGMENTER: (
-        "Outlines the FLAIR abnormality of lower-grade gliomas on axial brain MRI slices, to "
-        "speed up contouring and volume tracking. Every contour must be reviewed by a clinician."
-    ),
-    TYPE_CLASSIFIER: (
-        "Suggests the tumour type (glioma, meningioma, pituitary, none) of a brain MRI slice "
-        "for research and triage experiments; not validated for clinical use."
-    ),
-}
-
-KNOWN_LIMITS: list[str] = [
-    "Trained on a small public research cohort (TCGA-LGG, a few institutions); performance on "
-    "other scanners, sequences, field strengths or tumour types is unknown.",
-    "Slice-level 2D model: no 3D context; very small lesions and slices at the top and bottom "
-    "of the brain are the hardest.",
+GENERAL_LIMITS: tuple[str, ...] = (
     "Subgroup results below come from very few patients per group and have wide uncertainty.",
     "Probabilities are calibrated on the validation split only; recalibrate after any "
     "distribution shift flagged by monitoring.",
-]
+)
+"""What every card says of its limits, after the task's own."""
 
 
 def _shown(value: Any) -> str:
@@ -97,7 +77,7 @@ def render_model_card(
     params: Mapping[str, Any] | None = None,
     version: str | None = None,
     intended_use: str | None = None,
-    limits: list[str] | None = None,
+    limits: Sequence[str] = (),
     evaluation: str = SINGLE_SPLIT,
     intervals: Mapping[str, tuple[float, float]] | None = None,
 ) -> str:
@@ -123,7 +103,7 @@ def render_model_card(
     parts = [
         title,
         "## Intended use",
-        intended_use or INTENDED_USE.get(name, "Research use only."),
+        intended_use or "Research use only.",
         "## Data",
         f"Dataset version `{dataset_version}`; split by patient into train, validation and "
         f"test sets; {how}.",
@@ -142,5 +122,5 @@ def render_model_card(
         parts += ["## Subgroup results", "\n".join(lines)]
     if params:
         parts += ["## Training configuration", _table(params)]
-    parts += ["## Known limits", "\n".join(f"- {item}" for item in (limits or KNOWN_LIMITS))]
+    parts += ["## Known limits", "\n".join(f"- {item}" for item in (*limits, *GENERAL_LIMITS))]
     return "\n\n".join(parts) + "\n"

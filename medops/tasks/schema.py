@@ -156,6 +156,10 @@ class TaskSpec(_Doc):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
+    intended_use: str = ""
+    """What its model cards say it is for (and not for)."""
+    limits: list[str] = Field(default_factory=list)
+    """Known limits its model cards list (the cards add the general ones)."""
     models: list[Name] = Field(min_length=1)
     """Registered model names this task trains (the first is the one chains and serving use)."""
     modality: str = Field(pattern=r"^[A-Z]{2}$")

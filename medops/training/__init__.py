@@ -7,24 +7,13 @@
 
 from __future__ import annotations
 
-from typing import Final
-
-from medops import modelspec
 from medops.training.arrays import SliceArrays, check_arrays
 from medops.training.config import PRESETS, TASKS, TrainConfig
 from medops.training.distributed import train_distributed
 from medops.training.loop import TrainResult, build_model, train_model
 from medops.training.weights import load_weights, save_weights
 
-MODEL_NAMES: Final[dict[str, str]] = {
-    "classifier": modelspec.CLASSIFIER,
-    "segmenter": modelspec.SEGMENTER,
-    "type-classifier": modelspec.TYPE_CLASSIFIER,
-}
-"""Registered model name for each training task."""
-
 __all__ = [
-    "MODEL_NAMES",
     "PRESETS",
     "TASKS",
     "SliceArrays",

@@ -146,11 +146,24 @@ def served_models(
 ) -> list[str]:
     """The models this gateway serves: the configured list, the models given ONNX files, and
     those the routing document (the file's, or the fleet's in the routing store) names."""
-    names = [*settings.models, *settings.model_files]
+    configured = settings.models if settings.models is not None else declared_models(settings)
+    names = [*configured, *settings.model_files]
     for document in (config, stored):
         if document is not None:
             names += list(document.models)
     return list(dict.fromkeys(names))
+
+
+def declared_models(settings: GatewaySettings) -> list[str]:
+    """The models the task files of ``tasks_dir`` declare (none without the folder)."""
+    from medops.tasks import TaskFileError, load_catalog, task_files
+
+    if not settings.tasks_dir.is_dir():
+        return []
+    catalog, problems = load_catalog(task_files(settings.tasks_dir))
+    if problems:
+        raise TaskFileError(problems)
+    return [model for task in catalog.tasks() for model in task.models]
 
 
 def declared_chains(settings: GatewaySettings) -> tuple[dict[str, Chain], str | None]:

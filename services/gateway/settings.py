@@ -8,7 +8,6 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from medops.modelspec import MODEL_NAMES
 from medops.service.auth import ApiKeySettings
 
 BackendKind = Literal["onnx", "triton-http", "triton-grpc", "v2-http"]
@@ -70,9 +69,10 @@ class GatewaySettings(ApiKeySettings):
     """MLflow tracking URI of the model registry (``MEDOPS_GATEWAY_TRACKING_URI``, else
     ``MEDOPS_TRACKING_URI``); defaults to ``sqlite:///<home>/mlflow.db``."""
 
-    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
-    """The registered models this gateway serves (``MEDOPS_GATEWAY_MODELS``, a JSON list),
-    whatever their task: preprocessing and decision rules come from each version's metadata.
+    models: list[str] | None = None
+    """The registered models this gateway serves (``MEDOPS_GATEWAY_MODELS``, a JSON list;
+    unset: every model the task files of ``tasks_dir`` declare), whatever their task:
+    preprocessing and decision rules come from each version's metadata.
     The models named by ``model_files`` and by the routing document are served too. One
     absent from the routing document is served from its ``champion`` alias once that exists;
     until then it alone answers 503 and readiness does not wait for it."""

@@ -22,13 +22,10 @@ from scipy.ndimage import binary_dilation
 
 from medops.imaging.dicom import write_dicom_series
 from medops.imaging.lgg import lgg_patient_volume
-from medops.modelspec import (
-    CLASSIFIER,
-    SEGMENTER,
-)
 from medops.monitoring.drift import build_reference
 from medops.service.readiness import wait_until_ready
 from medops.transforms import preprocess_slice
+from pipelines.brain import CLASSIFIER, SEGMENTER
 from services.gateway.settings import GatewaySettings
 from services.monitor import MonitorSettings
 from services.monitor.app import create_app as create_monitor_app

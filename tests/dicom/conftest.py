@@ -13,7 +13,7 @@ from gateway_harness import GatewayThread, write_tiny_model
 
 from medops.imaging.dicom import write_dicom_series
 from medops.imaging.lgg import lgg_patient_volume
-from medops.modelspec import CLASSIFIER, SEGMENTER
+from pipelines.brain import CLASSIFIER, SEGMENTER
 from services.gateway.settings import GatewaySettings
 
 SIZE = 64

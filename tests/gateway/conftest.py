@@ -9,7 +9,7 @@ import pytest
 from gateway_harness import GatewayThread, TritonServer, write_repository, write_tiny_model
 from gateway_support import CLASSIFIER_THRESHOLD, SIZE, make_settings, read_keys
 
-from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
+from pipelines.brain import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 
 
 @pytest.fixture(scope="session")

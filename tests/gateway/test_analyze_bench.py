@@ -13,7 +13,8 @@ from gateway_harness import GatewayThread
 from PIL import Image as PILImage
 
 from bench.analyze import STAGES, RawCompute, stage_totals
-from medops.modelspec import CLASSIFIER, INPUT_NAME, OUTPUT_NAME, SEGMENTER
+from medops.modelspec import INPUT_NAME, OUTPUT_NAME
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 
 def test_the_raw_compute_sees_what_the_gateway_fed_its_models(

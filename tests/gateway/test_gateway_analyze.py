@@ -22,9 +22,10 @@ from PIL import Image as PILImage
 from medops.deid import UIDMap
 from medops.imaging.dicom import write_dicom_series
 from medops.imaging.lgg import lgg_patient_volume
-from medops.modelspec import CLASSIFIER, META_GATE_THRESHOLD, META_MIN_COMPONENT, SEGMENTER
+from medops.modelspec import META_GATE_THRESHOLD, META_MIN_COMPONENT
 from medops.rle import rle_decode_volume
 from medops.transforms import drop_small_components, preprocess_slice, restore_mask
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 
 def direct(models: dict[str, Path], slices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

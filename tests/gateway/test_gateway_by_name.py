@@ -23,10 +23,10 @@ from PIL import Image as PILImage
 
 from medops.imaging.dicom import write_dicom_series
 from medops.imaging.lgg import lgg_patient_volume
-from medops.modelspec import CLASSIFIER, MODEL_NAMES, SEGMENTER
 from medops.rle import rle_decode_volume
 from medops.tasks import TaskFileError
 from medops.transforms import preprocess_slice, restore_mask
+from pipelines.brain import BRAIN_MODELS, CLASSIFIER, SEGMENTER
 from services.gateway.app import build_gateway, declared_chains, served_models
 from services.gateway.routing import RoutingConfig
 from services.gateway.settings import GatewaySettings
@@ -65,7 +65,9 @@ def gateway(
     """The brain models plus the two new ones, listed in ``models`` as MEDOPS_GATEWAY_MODELS
     would list them."""
     home = tmp_path_factory.mktemp("by-name-home")
-    settings = make_settings(home, tiny_models | extra_models, models=[*MODEL_NAMES, POLYP, LESION])
+    settings = make_settings(
+        home, tiny_models | extra_models, models=[*BRAIN_MODELS, POLYP, LESION]
+    )
     with GatewayThread(settings) as gw:
         keys = read_keys(home)
         yield (
@@ -117,7 +119,7 @@ def test_v2_models_lists_every_served_model_with_its_state_and_task(
     r = httpx.get(f"http://{gw.url}/v2/models", headers=client, timeout=30)
     assert r.status_code == 200, r.text
     rows = {m["name"]: m for m in r.json()["models"]}
-    assert list(rows) == [*MODEL_NAMES, POLYP, LESION]
+    assert list(rows) == [*BRAIN_MODELS, POLYP, LESION]
     assert all(m["state"] == "READY" and m["version"] == "1" for m in rows.values())
     assert rows[POLYP]["task"] == "segmentation" and rows[POLYP]["classes"] == ["polyp"]
     assert rows[LESION]["classes"] == LESION_CLASSES

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from gateway_harness import ROOT, free_port
 
 from medops.cli import cli
-from medops.modelspec import MODEL_NAMES
 from medops.service.readiness import exited, wait_until_ready
+from pipelines.brain import BRAIN_MODELS
 from services.gateway.cli import serve
 
 
@@ -32,7 +32,7 @@ def test_the_serve_process_starts_on_the_given_ports_writes_keys_and_stops_on_si
 ) -> None:
     port, grpc_port = free_port(), free_port()
     home = tmp_path / "home"
-    files = [a for name in MODEL_NAMES for a in ("--model-file", f"{name}={tiny_models[name]}")]
+    files = [a for name in BRAIN_MODELS for a in ("--model-file", f"{name}={tiny_models[name]}")]
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -55,10 +55,10 @@ def test_the_serve_process_starts_on_the_given_ports_writes_keys_and_stops_on_si
         )
         keys = json.loads((home / "credentials.json").read_text())
         r = httpx.get(
-            f"http://127.0.0.1:{port}/v2/models/{MODEL_NAMES[0]}",
+            f"http://127.0.0.1:{port}/v2/models/{BRAIN_MODELS[0]}",
             headers={"authorization": f"Bearer {keys['client']}"},
         )
-        assert r.status_code == 200 and r.json()["name"] == MODEL_NAMES[0]
+        assert r.status_code == 200 and r.json()["name"] == BRAIN_MODELS[0]
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)

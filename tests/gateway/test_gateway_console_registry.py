@@ -11,9 +11,10 @@ import pytest
 from gateway_harness import GatewayThread, write_tiny_model
 from gateway_support import SIZE
 
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER
+from medops.modelspec import CHALLENGER, CHAMPION
 from medops.registry import Registry
 from medops.registry.gate import GateDecision
+from pipelines.brain import CLASSIFIER, SEGMENTER
 from services.gateway.settings import GatewaySettings
 
 

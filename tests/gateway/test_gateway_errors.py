@@ -18,7 +18,7 @@ from gateway_harness import GatewayThread, TritonServer, free_port, write_reposi
 from gateway_support import SIZE, make_settings
 from tritonclient.utils import InferenceServerException
 
-from medops.modelspec import CLASSIFIER
+from pipelines.brain import CLASSIFIER
 
 X = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
 

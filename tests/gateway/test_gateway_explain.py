@@ -24,11 +24,8 @@ from torch import nn
 from medops.clinical.explain import OcclusionSettings
 from medops.imaging.dicom import write_dicom_series
 from medops.imaging.lgg import lgg_patient_volume
-from medops.modelspec import (
-    CLASSIFIER,
-    SEGMENTER,
-)
 from medops.transforms import preprocess_slice
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,11 @@ from monai.visualize import GradCAM
 from medops.clinical.explain import GRADCAM_LAYERS
 from medops.export import export_onnx
 from medops.models import build_classifier, build_segmenter
-from medops.modelspec import CHAMPION, CLASSIFIER, SEGMENTER
+from medops.modelspec import CHAMPION
 from medops.registry import Registry
 from medops.training import save_weights
 from medops.transforms import preprocess_slice
+from pipelines.brain import CLASSIFIER, SEGMENTER
 from services.gateway.settings import GatewaySettings
 
 NETWORKS = {

@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from gateway_harness import GatewayThread
 from gateway_support import make_settings, read_keys
 
-from medops.modelspec import CLASSIFIER
 from medops.monitoring.store import PredictionRecord, PredictionStore
+from pipelines.brain import CLASSIFIER
 from services.monitor import MonitorSettings, create_app
 
 

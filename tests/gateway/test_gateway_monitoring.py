@@ -11,8 +11,8 @@ import numpy as np
 from gateway_harness import GatewayThread
 from gateway_support import SIZE, make_settings
 
-from medops.modelspec import CLASSIFIER, SEGMENTER
 from medops.monitoring import FEATURE_NAMES, PredictionStore, rle_decode
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 
 def test_analysed_slices_land_in_the_prediction_log_and_requests_in_the_metrics(

@@ -17,8 +17,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from medops.errors import InvalidInputError
-from medops.modelspec import CLASSIFIER, META_ACCEPTS_NONFINITE, SEGMENTER
+from medops.modelspec import META_ACCEPTS_NONFINITE
 from medops.registry.client import read_onnx_info
+from pipelines.brain import CLASSIFIER, SEGMENTER
 from services.gateway.types import count_nonfinite
 
 

@@ -20,7 +20,7 @@ from gateway_support import SIZE, make_settings
 from tritonclient.grpc import service_pb2
 
 from medops.errors import InvalidInputError
-from medops.modelspec import CLASSIFIER, SEGMENTER
+from pipelines.brain import CLASSIFIER, SEGMENTER
 from services.gateway.protowire import split_raw_contents, with_model_version
 from services.gateway.types import GrpcWire, InferResponse, RestWire
 

@@ -14,7 +14,7 @@ import tritonclient.http as thttp
 from gateway_harness import GatewayThread, TritonServer
 from gateway_support import SIZE, make_settings
 
-from medops.modelspec import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
+from pipelines.brain import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 
 
 def _batch(n: int = 3, seed: int = 0) -> np.ndarray:

@@ -16,8 +16,9 @@ from gateway_support import SIZE, make_settings, read_keys
 from PIL import Image as PILImage
 from tritonclient.utils import InferenceServerException
 
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
+from medops.modelspec import CHALLENGER, CHAMPION
 from medops.registry import Registry
+from pipelines.brain import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 from services.gateway.settings import GatewaySettings
 
 X = np.random.default_rng(7).random((1, 3, SIZE, SIZE), dtype=np.float32)

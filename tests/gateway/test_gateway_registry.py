@@ -13,8 +13,9 @@ import pytest
 from gateway_harness import GatewayThread, write_tiny_model
 from gateway_support import SIZE
 
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
+from medops.modelspec import CHALLENGER, CHAMPION
 from medops.registry import Registry
+from pipelines.brain import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 from services.gateway.settings import GatewaySettings
 
 X = np.random.default_rng(5).random((2, 3, SIZE, SIZE), dtype=np.float32)

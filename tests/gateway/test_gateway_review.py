@@ -17,7 +17,7 @@ from gateway_support import make_settings, read_keys
 
 from medops.imaging.dicom import write_dicom_series
 from medops.imaging.lgg import lgg_patient_volume
-from medops.modelspec import CLASSIFIER
+from pipelines.brain import CLASSIFIER
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +131,11 @@ def test_slices_a_shadow_challenger_decided_otherwise_come_first(
     from gateway_support import SIZE
     from known_models import BrightSpotClassifier
 
-    from medops.modelspec import CHALLENGER, CHAMPION, SEGMENTER
+    from medops.modelspec import CHALLENGER, CHAMPION
     from medops.monitoring.store import PredictionStore
     from medops.registry import Registry
     from medops.transforms import preprocess_slice
+    from pipelines.brain import SEGMENTER
 
     net = BrightSpotClassifier().eval()
     volume = lgg_patient_volume(lgg_patient)

@@ -13,9 +13,9 @@ import tifffile
 from gateway_harness import GatewayThread
 from gateway_support import make_settings
 
-from medops.modelspec import CLASSIFIER
 from medops.service.auth import Authenticator, hash_key
 from medops.service.logs import JsonFormatter
+from pipelines.brain import CLASSIFIER
 
 
 def test_the_first_local_start_writes_a_key_per_role_privately_and_keeps_only_hashes(

@@ -15,9 +15,9 @@ import pytest
 import tifffile
 from gateway_harness import GatewayThread
 
-from medops.modelspec import SEGMENTER
 from medops.monitoring.store import PredictionStore
 from medops.rle import rle_decode, rle_encode
+from pipelines.brain import SEGMENTER
 from services.gateway.ui import PAGES
 
 PAGE_FILES = sorted(p.name for p in PAGES.iterdir() if p.is_file())

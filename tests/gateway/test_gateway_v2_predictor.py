@@ -17,8 +17,8 @@ from medops.clinical.v2 import V2Predictor
 from medops.errors import BackendUnavailableError, MedopsError
 from medops.imaging.dicom import write_dicom_series
 from medops.imaging.lgg import lgg_patient_volume
-from medops.modelspec import CLASSIFIER, SEGMENTER
 from medops.rle import rle_decode_volume
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 
 def test_the_plane_over_v2_gives_the_gateways_own_analysis_of_a_dicom_series(

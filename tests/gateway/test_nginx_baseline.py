@@ -12,7 +12,7 @@ from gateway_harness import GatewayThread
 from gateway_support import SIZE
 from nginx_proxy import NginxProxy
 
-from medops.modelspec import CLASSIFIER
+from pipelines.brain import CLASSIFIER
 
 
 def test_the_config_writes_nothing_outside_its_folder(onnx_gateway: GatewayThread) -> None:

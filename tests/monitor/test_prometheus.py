@@ -28,9 +28,9 @@ import pytest
 import yaml
 from monitor_support import MODEL, LggSplit, Receiver, free_port, wait_http
 
-from medops.modelspec import CLASSIFIER, SEGMENTER
 from medops.monitoring.drift import build_reference
 from medops.transforms import preprocess_slice
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts" / "medops" / "files" / "alerts.yaml"

@@ -48,10 +48,10 @@ def test_pipeline_run_with_folds_registers_versions_that_carry_the_cross_validat
 ) -> None:
     from click.testing import CliRunner
 
-    from medops.modelspec import CLASSIFIER, SEGMENTER
     from medops.registry import Registry
     from medops.registry.cli import models
     from medops.settings import MedopsSettings
+    from pipelines.brain import CLASSIFIER, SEGMENTER
     from pipelines.cli import pipeline
 
     settings = MedopsSettings(home=medops_home, data_dir=data_dir)

@@ -23,9 +23,10 @@ import pipelines.quantizing as quantizing
 from medops.errors import InvalidInputError, NotFoundError
 from medops.export import read_model_metadata
 from medops.export.quantize import META_PRECISION, quantize_int8
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, INPUT_NAME, OUTPUT_NAME, SEGMENTER
+from medops.modelspec import CHALLENGER, CHAMPION, INPUT_NAME, OUTPUT_NAME
 from medops.registry import GATE_PATH, Registry
 from pipelines import steps
+from pipelines.brain import CLASSIFIER, SEGMENTER
 from pipelines.local import LGG_DIR
 from pipelines.quantizing import Quantized, export_int8
 

@@ -13,11 +13,12 @@ import yaml
 from click.testing import CliRunner
 
 from medops.errors import DatasetError, InvalidInputError
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER
+from medops.modelspec import CHALLENGER, CHAMPION
 from medops.registry import GATE_PATH, Registry
 from medops.settings import MedopsSettings
 from pipelines import demo as demo_module
 from pipelines import steps
+from pipelines.brain import CLASSIFIER, SEGMENTER
 from pipelines.cli import pipeline
 from pipelines.local import FOURCLASS_DIR, LGG_DIR, LocalRun, run_local
 from pipelines.presets import check_floors, get_preset, parse_floors

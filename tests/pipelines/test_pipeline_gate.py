@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER
+from medops.modelspec import CHALLENGER, CHAMPION
 from medops.registry import GATE_PATH, Registry
 from pipelines import steps
+from pipelines.brain import CLASSIFIER
 from pipelines.presets import get_preset
 
 UNTRAINED = {"epochs": 1, "max_steps_per_epoch": 1, "lr": 1e-7}

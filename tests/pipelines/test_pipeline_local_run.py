@@ -15,10 +15,11 @@ from mlflow import MlflowClient
 
 from medops.cli import cli
 from medops.data import Splits, ingest
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER
+from medops.modelspec import CHALLENGER, CHAMPION
 from medops.monitoring import load_reference
 from medops.registry import CARD_PATH, GATE_PATH, REPORT_PATH, Registry
 from medops.settings import MedopsSettings
+from pipelines.brain import CLASSIFIER, SEGMENTER
 from pipelines.cli import pipeline
 from pipelines.presets import get_preset
 from pipelines.steps import split_data

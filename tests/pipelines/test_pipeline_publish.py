@@ -7,9 +7,10 @@ from pathlib import Path
 from mlflow_helpers import make_onnx
 
 from medops.export import read_model_config
-from medops.modelspec import CHAMPION, CLASSIFIER
+from medops.modelspec import CHAMPION
 from medops.registry import Registry
 from pipelines import steps
+from pipelines.brain import CLASSIFIER
 
 
 def _register(registry: Registry, onnx: Path, aliases: tuple[str, ...]) -> str:

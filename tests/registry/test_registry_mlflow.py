@@ -12,7 +12,7 @@ import pytest
 from mlflow_helpers import free_port, make_onnx
 
 from medops.errors import InvalidInputError, NotFoundError, RegistryUnavailableError
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, TYPE_CLASSIFIER
+from medops.modelspec import CHALLENGER, CHAMPION
 from medops.registry import (
     CARD_PATH,
     GATE_PATH,
@@ -20,6 +20,7 @@ from medops.registry import (
     Registry,
     promotion_gate,
 )
+from pipelines.brain import CLASSIFIER, TYPE_CLASSIFIER
 
 
 def _register(

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from medops.cli import cli
 from medops.errors import InvalidInputError
-from medops.modelspec import CHALLENGER, CHAMPION, CLASSIFIER, SEGMENTER
+from medops.modelspec import CHALLENGER, CHAMPION
 from medops.registry import (
     CARD_PATH,
     Registry,
@@ -25,6 +25,7 @@ from medops.registry import (
     render_model_card,
 )
 from medops.registry.audit import read_entries
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 PARAMS = {"task": "classifier", "arch": "resnet10", "widths": "4-8-8-8", "num_classes": 2}
 """How the tiny network below was built, as ``TrainConfig.to_params`` logs it."""

@@ -23,8 +23,8 @@ import pytest
 from routing_support import SIZE, tiny_classifier
 
 from medops import modelspec
-from medops.modelspec import CLASSIFIER
 from medops.registry import Registry
+from pipelines.brain import CLASSIFIER
 from services.gateway.app import build_gateway
 from services.gateway.settings import GatewaySettings
 

@@ -201,7 +201,7 @@ def test_a_bad_document_is_refused_with_its_reason_and_the_running_config_is_kep
 
 
 def test_an_unknown_model_is_refused_by_name(make_router: MakeRouter) -> None:
-    router = make_router()
+    router = make_router(known_models=[MODEL])
     doc = {"models": {"brain-tumour-classifer": canary_doc(10)["models"][MODEL]}}
     with pytest.raises(InvalidInputError, match=r"models: unknown model\(s\) 'brain-tumour-clas"):
         router.replace(doc, actor="admin")

@@ -24,8 +24,8 @@ from fleet_support import Fleet, Replica, start_fleet
 from routing_support import SIZE, tiny_classifier
 
 from medops import modelspec
-from medops.modelspec import CLASSIFIER
 from medops.registry import Registry
+from pipelines.brain import CLASSIFIER
 
 pytestmark = pytest.mark.integration
 

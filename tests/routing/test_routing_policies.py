@@ -120,7 +120,7 @@ def test_an_unconfigured_model_is_served_by_its_champion_alias(make_router: Make
 
 def test_an_unknown_model_is_not_found(make_router: MakeRouter) -> None:
     with pytest.raises(NotFoundError, match="'no-such-model' is not known"):
-        make_router().route("no-such-model", {})
+        make_router(known_models=[MODEL]).route("no-such-model", {})
 
 
 def test_variants_lists_every_target_the_gateway_must_load(make_router: MakeRouter) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from medops.modelspec import (
-    CLASSIFIER,
     INPUT_NAME,
     META_CLASSES,
     META_DATASET_VERSION,
@@ -30,10 +29,9 @@ from medops.modelspec import (
     META_TASK,
     META_THRESHOLD,
     OUTPUT_NAME,
-    SEGMENTER,
-    TYPE_CLASSIFIER,
 )
 from medops.service.readiness import exited, wait_until_ready
+from pipelines.brain import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
 
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV = Path(os.environ.get("MEDOPS_TRITON_VENV", ROOT / ".venv-triton"))

@@ -14,12 +14,12 @@ from medops.clinical import Chain
 from medops.data.arrays import CHANNELS
 from medops.data.layouts import LAYOUTS, SEGMENTATION_CLASSES, detect_layout, scan
 from medops.errors import DatasetError
-from medops.modelspec import CLASSIFIER, MODEL_NAMES, SEGMENTER
 from medops.tasks import Catalog, TaskSpec, load_catalog, task_files
 from medops.tasks.schema import Layout, PresetName, TrainOverrides
 from medops.training import TrainConfig
 from medops.transforms import preprocess_slice
 from pipelines import local, steps
+from pipelines.brain import BRAIN_MODELS, CLASSIFIER, SEGMENTER
 from pipelines.presets import PRESETS, TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,12 +36,12 @@ def catalog() -> Catalog:
 
 
 def _brain(catalog: Catalog) -> list[TaskSpec]:
-    return [t for t in catalog.tasks() if t.models[0] in MODEL_NAMES]
+    return [t for t in catalog.tasks() if t.models[0] in BRAIN_MODELS]
 
 
 def test_every_brain_model_has_its_task_file_and_nothing_else_claims_them(catalog: Catalog) -> None:
     brain = _brain(catalog)
-    assert sorted(t.models[0] for t in brain) == sorted(MODEL_NAMES)
+    assert sorted(t.models[0] for t in brain) == sorted(BRAIN_MODELS)
     for spec in brain:
         assert spec.name == spec.models[0] and spec.models == [spec.models[0]]
         assert spec.modality == "MR"

@@ -22,6 +22,7 @@ from medops.export import (
     write_triton_repository,
 )
 from medops.models import ServingWrapper, build_classifier, build_segmenter
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +126,13 @@ def test_triton_repository_layout_and_configs(exported: dict, tmp_path: Path) ->
     cls_path, seg_path = exported["classifier"][1].path, exported["segmenter"][1].path
     repo = write_triton_repository(
         [
-            TritonModel(modelspec.CLASSIFIER, 1, cls_path),
-            TritonModel(modelspec.SEGMENTER, 1, seg_path),
-            TritonModel(modelspec.SEGMENTER, 2, seg_path, parameters={"alias": "challenger"}),
+            TritonModel(CLASSIFIER, 1, cls_path),
+            TritonModel(SEGMENTER, 1, seg_path),
+            TritonModel(SEGMENTER, 2, seg_path, parameters={"alias": "challenger"}),
         ],
         tmp_path / "repo",
     )
-    cls_dir, seg_dir = repo / modelspec.CLASSIFIER, repo / modelspec.SEGMENTER
+    cls_dir, seg_dir = repo / CLASSIFIER, repo / SEGMENTER
     assert (cls_dir / "1" / "model.onnx").read_bytes() == cls_path.read_bytes()
     assert (seg_dir / "2" / "model.onnx").is_file()
 
@@ -141,7 +142,7 @@ def test_triton_repository_layout_and_configs(exported: dict, tmp_path: Path) ->
     assert "KIND_CPU" in cpu_text and "KIND_GPU" not in cpu_text
 
     config = read_model_config(cls_dir / "config.pbtxt")
-    assert config.name == modelspec.CLASSIFIER and config.backend == "onnxruntime"
+    assert config.name == CLASSIFIER and config.backend == "onnxruntime"
     assert config.max_batch_size > 1
     assert [(i.name, list(i.dims)) for i in config.input] == [("image", [3, 32, 32])]
     assert [(o.name, list(o.dims)) for o in config.output] == [("probabilities", [2])]

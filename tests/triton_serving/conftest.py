@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gateway_harness import TritonServer, write_repository, write_tiny_model
 
-from medops.modelspec import CLASSIFIER, SEGMENTER
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 
 @pytest.fixture(scope="module")

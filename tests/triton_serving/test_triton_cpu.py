@@ -15,7 +15,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from gateway_harness import TritonServer
 
-from medops.modelspec import CLASSIFIER, SEGMENTER
+from pipelines.brain import CLASSIFIER, SEGMENTER
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from medops.errors import InvalidInputError
-from medops.modelspec import CHAMPION, MODEL_NAMES
+from medops.modelspec import CHAMPION
 
 Strategy = Literal["single", "canary", "ab", "shadow", "bandit", "bluegreen"]
 Mode = Literal["gateway", "mesh"]
@@ -219,7 +219,7 @@ class RoutingConfig(_Doc):
         cls, models: dict[str, ModelRouting], info: ValidationInfo
     ) -> dict[str, ModelRouting]:
         context = info.context if isinstance(info.context, Mapping) else {}
-        known = context.get("known_models", MODEL_NAMES)
+        known = context.get("known_models")
         if known is None:  # the caller serves whatever the document names
             return models
         unknown = sorted(set(models) - set(known))
@@ -236,9 +236,10 @@ class RoutingConfig(_Doc):
 
     @classmethod
     def from_document(
-        cls, document: Any, *, known_models: Collection[str] | None = MODEL_NAMES
+        cls, document: Any, *, known_models: Collection[str] | None = None
     ) -> RoutingConfig:
-        """Validate a routing document (camelCase or snake_case keys).
+        """Validate a routing document (camelCase or snake_case keys); ``known_models``, when
+        given, are the only model names it may route (None: any).
 
         Raises InvalidInputError naming each faulty field (dotted path) and why.
         """
@@ -254,9 +255,7 @@ class RoutingConfig(_Doc):
             raise InvalidInputError(f"invalid routing document: {_describe(exc)}") from None
 
     @classmethod
-    def from_file(
-        cls, path: Path, *, known_models: Collection[str] | None = MODEL_NAMES
-    ) -> RoutingConfig:
+    def from_file(cls, path: Path, *, known_models: Collection[str] | None = None) -> RoutingConfig:
         """Read a routing document from a YAML or JSON file (as the Helm chart mounts it);
         ``known_models`` None accepts any model name."""
         try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medops.errors import InvalidInputError, MedopsError, NotFoundError
-from medops.modelspec import CHAMPION, MODEL_NAMES
+from medops.modelspec import CHAMPION
 
 from . import policies
 from .audit import AuditTrail, diff
@@ -124,7 +124,7 @@ class Router:
         audit_path: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
-        known_models: Collection[str] = MODEL_NAMES,
+        known_models: Collection[str] | None = None,
         on_promote: PromoteHook | None = None,
         on_rollback: RollbackHook | None = None,
         ready_by_default: bool = True,
@@ -136,7 +136,7 @@ class Router:
         self._wall = wall_clock
         self._store = store
         self._rng = rng if rng is not None else random.Random()
-        self._known = tuple(known_models)
+        self._known = None if known_models is None else tuple(known_models)
         self._on_promote = on_promote
         self._on_rollback = on_rollback
         self._ready_by_default = ready_by_default
@@ -156,7 +156,7 @@ class Router:
         self._verdicts: dict[str, dict[str, Any]] = {}
         self._unshared = False  # a rollback applied here that the store did not take
         initial = config if config is not None else RoutingConfig()
-        unknown = sorted(set(initial.models) - set(self._known))
+        unknown = sorted(set(initial.models) - set(self._known or initial.models))
         if unknown:
             raise InvalidInputError(f"unknown model(s) in routing config: {', '.join(unknown)}")
         with self._lock:
@@ -425,7 +425,7 @@ class Router:
     # -- internals --------------------------------------------------------------------------
 
     def _check_model(self, model: str) -> None:
-        if model not in self._known:
+        if self._known is not None and model not in self._known:
             raise NotFoundError(f"model {model!r} is not known (known: {', '.join(self._known)})")
 
     def _default_plan(self, model: str) -> _Plan:
