@@ -270,7 +270,12 @@ def import_model(
         report_html=report,
         model_card=card,
         artifacts={"evaluation.json": evaluation_path},
-        tags={"pipeline_preset": preset, "evaluation": "single-split", "origin": "import"},
+        tags={
+            "pipeline_preset": preset,
+            "evaluation": "single-split",
+            "origin": "import",
+            "headline": ",".join(spec.metrics),
+        },
         run_name=f"{name}-import",
     )
     promoted = steps.gate(

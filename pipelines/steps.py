@@ -728,7 +728,11 @@ def register(
             "evaluation.json": Path(evaluation_path),
             "training/history.json": history,
         },
-        tags={"pipeline_preset": preset, "evaluation": kind},
+        tags={
+            "pipeline_preset": preset,
+            "evaluation": kind,
+            **({"headline": ",".join(found.spec.metrics)} if found.spec is not None else {}),
+        },
         run_name=f"{found.label}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}",
     )
     return registered.version

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,9 +28,9 @@ HEADLINE = (
     "dice_patient_mean",
     "two_stage_dice_patient_mean",
 )
-"""Figures shown per version when present (everything is in ``--json``): ``test_<name>``
-with its ``_ci_low``/``_ci_high`` interval (single split) or ``cv_<name>_mean``/``_std``
-(cross-validated)."""
+"""Figures shown per version when present and its run names no headline of its task's own
+(everything is in ``--json``): ``test_<name>`` with its ``_ci_low``/``_ci_high`` interval
+(single split) or ``cv_<name>_mean``/``_std`` (cross-validated)."""
 
 
 def _settings(ctx: click.Context) -> MedopsSettings:
@@ -58,10 +58,12 @@ def evaluation_of(v: VersionSummary) -> str | None:
     return None
 
 
-def figures(metrics: Mapping[str, float], evaluation: str | None) -> list[str]:
+def figures(
+    metrics: Mapping[str, float], evaluation: str | None, names: Sequence[str] = HEADLINE
+) -> list[str]:
     """Headline figures, compact: ``auc=0.951 [0.92-0.97]`` or ``auc=0.951±0.012``."""
     out = []
-    for name in HEADLINE:
+    for name in names:
         if evaluation == CROSS_VALIDATED:
             mean, std = metrics.get(f"cv_{name}_mean"), metrics.get(f"cv_{name}_std")
             if mean is not None:
@@ -109,7 +111,7 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
             tag = f" [{', '.join(v.aliases)}]" if v.aliases else ""
             gate = "-" if v.gate is None else ("pass" if v.gate else "fail")
             evaluation = evaluation_of(v)
-            shown = "  ".join(figures(v.metrics, evaluation))
+            shown = "  ".join(figures(v.metrics, evaluation, v.headline or HEADLINE))
             how = f"{evaluation}  {shown}" if shown else "no figures"
             click.echo(f"  v{v.version}{tag}  data={v.dataset_version}  gate={gate}  {how}")
             if "override.action" in v.tags:

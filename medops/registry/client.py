@@ -71,6 +71,8 @@ TAG_GATE = "gate.promote"
 TAG_GATE_REASONS = "gate.reasons"
 TAG_EVALUATION = "evaluation"
 """``cross-validated`` or ``single-split``: how the version's figures were measured."""
+TAG_HEADLINE = "headline"
+"""Run tag: the task's headline metrics, comma-separated (what ``models list`` shows)."""
 TAG_PREVIOUS_CHAMPION = "champion.previous"
 """On a version that became champion: the version that was champion just before it."""
 TAG_OVERRIDE = "override."
@@ -120,6 +122,8 @@ class VersionSummary:
     gate_reasons: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     """All version tags (``override.*`` included)."""
+    headline: tuple[str, ...] = ()
+    """The task's headline metrics (the run's ``headline`` tag); empty for older runs."""
 
 
 @dataclass(frozen=True)
@@ -717,6 +721,9 @@ class Registry:
                             gate=None if verdict is None else verdict == "true",
                             gate_reasons=run_tags.get(TAG_GATE_REASONS),
                             tags=tags,
+                            headline=tuple(
+                                m for m in run_tags.get(TAG_HEADLINE, "").split(",") if m
+                            ),
                         )
                     )
                 out.append(

@@ -20,6 +20,7 @@ from PIL import Image
 from medops.errors import InvalidInputError
 from medops.modelspec import CHALLENGER, CHAMPION
 from medops.registry import CARD_PATH, GATE_PATH, Registry
+from medops.registry.cli import figures
 from pipelines.importing import import_model
 from pipelines.local import LocalRun, run_tasks_local
 from services.gateway.settings import GatewaySettings
@@ -143,8 +144,13 @@ def test_a_task_file_alone_is_trained_registered_served_and_analysed(trained: Tr
         assert 0.0 <= metrics[f"test_{metric}"] <= 1.0
     low, high = metrics["test_dice_slice_mean_ci_low"], metrics["test_dice_slice_mean_ci_high"]
     assert low <= metrics["test_dice_slice_mean"] <= high
+    # the task's own headline metrics, in its order, with their intervals
+    assert summary.headline == ("dice_patient_mean", "iou_patient_mean", "dice_slice_mean")
+    shown = figures(summary.metrics, summary.evaluation, summary.headline)
+    assert [f.split("=")[0] for f in shown] == list(summary.headline)
+    assert "[" in shown[2], "dice_slice_mean carries its interval"
     card = registry.download_artifact(NAME, "1", CARD_PATH, trained.root / "card")
-    assert NAME in card.read_text()
+    assert NAME in card.read_text() and "Research use only." in card.read_text()
     assert (trained.home / "triton-repo" / NAME / "1" / "model.onnx").is_file()
 
     with _gateway(trained) as gw:
