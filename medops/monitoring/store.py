@@ -37,8 +37,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .-]{0,63}$")
 REVIEWER_ROLES = ("radiologist", "resident", "technologist", "annotator", "other")
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS predictions (
+_PREDICTION_COLUMNS = """
         request_id TEXT NOT NULL,
         model TEXT NOT NULL,
         variant TEXT NOT NULL,
@@ -50,25 +49,14 @@ _SCHEMA = (
         probabilities TEXT NOT NULL,
         features TEXT NOT NULL,
         mask_rle TEXT,
-        PRIMARY KEY (request_id, model, variant)
-    )""",
+        PRIMARY KEY (request_id, model, variant)"""
+
+_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS predictions ({_PREDICTION_COLUMNS})",
     "CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model, ts)",
     # what a shadow variant answered on a copy of a served prediction (never served: the
     # monitor's windows leave it out; the review queue compares it with the served answer)
-    """CREATE TABLE IF NOT EXISTS shadow_predictions (
-        request_id TEXT NOT NULL,
-        model TEXT NOT NULL,
-        variant TEXT NOT NULL,
-        version TEXT NOT NULL,
-        ts DOUBLE PRECISION NOT NULL,
-        decision TEXT,
-        confidence DOUBLE PRECISION,
-        area DOUBLE PRECISION,
-        probabilities TEXT NOT NULL,
-        features TEXT NOT NULL,
-        mask_rle TEXT,
-        PRIMARY KEY (request_id, model, variant)
-    )""",
+    f"CREATE TABLE IF NOT EXISTS shadow_predictions ({_PREDICTION_COLUMNS})",
     "CREATE INDEX IF NOT EXISTS shadow_predictions_model_ts ON shadow_predictions (model, ts)",
     """CREATE TABLE IF NOT EXISTS feedback (
         request_id TEXT PRIMARY KEY,

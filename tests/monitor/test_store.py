@@ -139,6 +139,26 @@ def test_a_repeated_prediction_is_a_conflict(store: PredictionStore) -> None:
     assert store.count() == 2
 
 
+def _shadow_log_is_apart(store: PredictionStore) -> None:
+    model = "shadowed-classifier"  # of its own: PostgreSQL's database is the session's
+    store.record(_rec(1, model=model, t=100.0))
+    store.record_shadow([_rec(1, model=model, variant="challenger", decision="no_tumour", t=101.0)])
+    with pytest.raises(ConflictError):
+        store.record_shadow([_rec(1, model=model, variant="challenger", t=102.0)])
+    shadows = store.shadows(model, since=100.0)
+    assert shadows[["request_id", "variant", "decision"]].values.tolist() == [
+        ["req-1", "challenger", "no_tumour"]
+    ]
+    assert store.shadows(model, since=101.5).empty
+    # the served log (what the monitor windows) holds the served answer only
+    assert store.window(model)["variant"].tolist() == ["champion"]
+    assert store.count(model) == 1
+
+
+def test_shadow_answers_are_logged_apart_from_the_served_ones(store: PredictionStore) -> None:
+    _shadow_log_is_apart(store)
+
+
 _WRITER = """
 import sys
 from medops.monitoring.store import PredictionRecord, PredictionStore
@@ -298,6 +318,11 @@ def test_postgresql_store_keeps_the_same_contract(postgres_url: str) -> None:
     assert win["p50"].tolist() == pytest.approx([0.1, 0.2])
     with PredictionStore(postgres_url) as again:  # survives a reconnect
         assert again.count("brain-tumor-classifier") == 3
+
+
+def test_postgresql_logs_shadow_answers_apart(postgres_url: str) -> None:
+    with PredictionStore(postgres_url) as pg:
+        _shadow_log_is_apart(pg)
 
 
 def test_postgresql_group_commit_fails_only_the_conflicting_caller(postgres_url: str) -> None:
