@@ -410,25 +410,16 @@ class ClinicalPlane:
 
     async def _shadow(self, a: Analysis, route: Route, ids: Sequence[str]) -> None:
         assert self.store is not None and a.classifier is not None
-        size = route.info.input_size
-        same_size = size == a.classifier.info.input_size
+        same_size = route.info.input_size == a.classifier.info.input_size
         try:
-            outputs = []
-            for start in range(0, len(ids), self.batch_size):
-                stop = min(start + self.batch_size, len(ids))
-                batch = (
-                    np.stack(a.inputs[start:stop]).astype(np.float32, copy=False)
-                    if same_size
-                    else await asyncio.to_thread(
-                        preprocess_slices,
-                        [a.image.image.slice(k) for k in range(start, stop)],
-                        size,
-                    )
-                )
-                outputs.append(
-                    np.asarray(await self.predictor.predict(route.info.name, batch, route))
-                )
-            probs = np.concatenate(outputs)
+            shadow, _ = await self._infer(
+                a.image,
+                route,
+                np.arange(len(ids)),
+                _Stages(),
+                ready=a.inputs if same_size else None,
+            )
+            probs = shadow.probabilities
             if probs.ndim != 2 or probs.shape[1] != len(route.info.classes):
                 raise MedopsError(f"{route.info.name} answered shape {probs.shape}")
             chosen = _decide(probs, route)
