@@ -170,7 +170,6 @@ class GradCam:
         layer = GRADCAM_LAYERS.get(task, "")
         if layer not in dict(self.module.named_modules()):
             raise ConflictError(f"Grad-CAM: this {task} network has no layer {layer!r}")
-        self.layer = layer
         # the raw rectified map: MONAI's default post-processing maps (min, max) to (1, 0)
         self._cam = GradCAM(nn_module=self.module, target_layers=layer, postprocessing=lambda m: m)
         self._lock = threading.Lock()
