@@ -113,7 +113,7 @@ def lgg_inputs(lgg: Path, folder: Path) -> tuple[bytes, Path, float]:
 class RawCompute:
     """The two models in this process, as the gateway's ONNX backend opens them."""
 
-    def __init__(self, models: dict[str, Path], threads: int) -> None:
+    def __init__(self, models: dict[str, Path], threads: int, spinning: bool = True) -> None:
         import onnxruntime as ort
 
         from medops.export import read_model_metadata
@@ -121,6 +121,7 @@ class RawCompute:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         self.sessions = {
             name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
             for name, p in models.items()
@@ -261,6 +262,11 @@ def main() -> None:
     parser.add_argument("--slice-requests", type=int, default=30)
     parser.add_argument("--volume-requests", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--no-spinning",
+        action="store_true",
+        help="ONNX Runtime threads that do not spin while waiting (raw and gateway alike)",
+    )
     parser.add_argument("--no-prediction-log", action="store_true",
                         help="switch the prediction log off, to see its cost")  # fmt: skip
     args = parser.parse_args()
@@ -275,7 +281,7 @@ def main() -> None:
         exported = time.perf_counter() - t
         png, nifti, tumour_share = lgg_inputs(data_dir / "lgg-mri-segmentation", folder)
         volume = nifti.read_bytes()
-        raw = RawCompute(models, args.threads)
+        raw = RawCompute(models, args.threads, not args.no_spinning)
         # flag as many volume slices as carry tumour (random weights flag all or none)
         probs = np.concatenate(
             [
@@ -284,7 +290,7 @@ def main() -> None:
             ]
         )[:, -1]
         set_threshold(models[CLASSIFIER], float(np.quantile(probs, 1 - tumour_share)))
-        raw = RawCompute(models, args.threads)
+        raw = RawCompute(models, args.threads, not args.no_spinning)
         port = free_port()
         home = folder / "home"
         env = {
@@ -293,6 +299,7 @@ def main() -> None:
             "MEDOPS_GATEWAY_LOG_LEVEL": "WARNING",
             "MEDOPS_GATEWAY_MODELS": json.dumps([CLASSIFIER, SEGMENTER]),
             "MEDOPS_GATEWAY_ONNX_THREADS": str(args.threads),
+            "MEDOPS_GATEWAY_ONNX_SPINNING": "false" if args.no_spinning else "true",
             "MEDOPS_GATEWAY_ANALYZE_BATCH_SIZE": str(BATCH),
             "MEDOPS_GATEWAY_PREDICTION_LOG": "false" if args.no_prediction_log else "true",
         }

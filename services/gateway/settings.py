@@ -126,6 +126,10 @@ class GatewaySettings(ApiKeySettings):
     onnx_threads: int = 2
     """Intra-op threads of each in-process ONNX Runtime session."""
 
+    onnx_spinning: bool = True
+    """Whether those threads spin while they wait for work (ONNX Runtime's default: less
+    latency on idle cores; off leaves the cores to preprocessing and the event loop)."""
+
     preprocess_threads: int = 1
     """Torch threads of the shared preprocessing's resize (``/v1/analyze``), set by ``medops
     serve`` for its process; the models have their own (``onnx_threads``), and one thread

@@ -15,7 +15,7 @@ __all__ = ["Backend", "OnnxBackend", "TritonGrpcBackend", "V2HttpBackend", "make
 def make_backend(settings: GatewaySettings) -> Backend:
     """The backend the settings name."""
     if settings.backend == "onnx":
-        return OnnxBackend(threads=settings.onnx_threads)
+        return OnnxBackend(threads=settings.onnx_threads, spinning=settings.onnx_spinning)
     if settings.backend == "v2-http":
         return V2HttpBackend(settings.backend_url, binary=False, kind="v2-http")
     pool = (

@@ -36,8 +36,9 @@ class OnnxBackend(Backend):
 
     kind = "onnx"
 
-    def __init__(self, *, threads: int = 2, workers: int = 4) -> None:
+    def __init__(self, *, threads: int = 2, workers: int = 4, spinning: bool = True) -> None:
         self._threads = threads
+        self._spinning = spinning
         self._sessions: dict[tuple[str, str], ort.InferenceSession] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnx")
 
@@ -52,6 +53,9 @@ class OnnxBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self._spinning else "0"
+        )
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     async def load(self, name: str, version: str, onnx_path: Path | None) -> dict[str, Any]:
