@@ -113,7 +113,7 @@ def lgg_inputs(lgg: Path, folder: Path) -> tuple[bytes, Path, float]:
 class RawCompute:
     """The two models in this process, as the gateway's ONNX backend opens them."""
 
-    def __init__(self, models: dict[str, Path], threads: int, spinning: bool = True) -> None:
+    def __init__(self, models: dict[str, Path], threads: int, spinning: bool = False) -> None:
         import onnxruntime as ort
 
         from medops.export import read_model_metadata
@@ -263,9 +263,10 @@ def main() -> None:
     parser.add_argument("--volume-requests", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument(
-        "--no-spinning",
+        "--spinning",
         action="store_true",
-        help="ONNX Runtime threads that do not spin while waiting (raw and gateway alike)",
+        help="ONNX Runtime threads that spin while waiting (raw and gateway alike; "
+        "the gateway's default is off)",
     )
     parser.add_argument("--no-prediction-log", action="store_true",
                         help="switch the prediction log off, to see its cost")  # fmt: skip
@@ -281,7 +282,7 @@ def main() -> None:
         exported = time.perf_counter() - t
         png, nifti, tumour_share = lgg_inputs(data_dir / "lgg-mri-segmentation", folder)
         volume = nifti.read_bytes()
-        raw = RawCompute(models, args.threads, not args.no_spinning)
+        raw = RawCompute(models, args.threads, args.spinning)
         # flag as many volume slices as carry tumour (random weights flag all or none)
         probs = np.concatenate(
             [
@@ -290,7 +291,7 @@ def main() -> None:
             ]
         )[:, -1]
         set_threshold(models[CLASSIFIER], float(np.quantile(probs, 1 - tumour_share)))
-        raw = RawCompute(models, args.threads, not args.no_spinning)
+        raw = RawCompute(models, args.threads, args.spinning)
         port = free_port()
         home = folder / "home"
         env = {
@@ -299,7 +300,7 @@ def main() -> None:
             "MEDOPS_GATEWAY_LOG_LEVEL": "WARNING",
             "MEDOPS_GATEWAY_MODELS": json.dumps([CLASSIFIER, SEGMENTER]),
             "MEDOPS_GATEWAY_ONNX_THREADS": str(args.threads),
-            "MEDOPS_GATEWAY_ONNX_SPINNING": "false" if args.no_spinning else "true",
+            "MEDOPS_GATEWAY_ONNX_SPINNING": "true" if args.spinning else "false",
             "MEDOPS_GATEWAY_ANALYZE_BATCH_SIZE": str(BATCH),
             "MEDOPS_GATEWAY_PREDICTION_LOG": "false" if args.no_prediction_log else "true",
         }

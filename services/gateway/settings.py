@@ -126,9 +126,10 @@ class GatewaySettings(ApiKeySettings):
     onnx_threads: int = 2
     """Intra-op threads of each in-process ONNX Runtime session."""
 
-    onnx_spinning: bool = True
-    """Whether those threads spin while they wait for work (ONNX Runtime's default: less
-    latency on idle cores; off leaves the cores to preprocessing and the event loop)."""
+    onnx_spinning: bool = False
+    """Whether those threads spin while they wait for work (ONNX Runtime's own default). Off
+    leaves the cores to preprocessing and the event loop: on 2 cores it cut a one-slice
+    ``/v1/analyze`` from about 47 to 28 ms p50 (``bench/analyze.py --no-spinning``)."""
 
     preprocess_threads: int = 1
     """Torch threads of the shared preprocessing's resize (``/v1/analyze``), set by ``medops

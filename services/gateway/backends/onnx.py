@@ -36,7 +36,7 @@ class OnnxBackend(Backend):
 
     kind = "onnx"
 
-    def __init__(self, *, threads: int = 2, workers: int = 4, spinning: bool = True) -> None:
+    def __init__(self, *, threads: int = 2, workers: int = 4, spinning: bool = False) -> None:
         self._threads = threads
         self._spinning = spinning
         self._sessions: dict[tuple[str, str], ort.InferenceSession] = {}
