@@ -140,7 +140,7 @@ def import_model(
     from medops.evaluation import build_report
     from medops.evaluation.stats import segmenter_intervals
     from medops.evaluation.two_stage import choose_two_stage_rule, evaluate_two_stage
-    from medops.registry import Registry, render_model_card
+    from medops.registry import TAG_HEADLINE, Registry, render_model_card
     from medops.registry.card import intervals_from_metrics
 
     spec = read_task(task_path)
@@ -274,7 +274,7 @@ def import_model(
             "pipeline_preset": preset,
             "evaluation": "single-split",
             "origin": "import",
-            "headline": ",".join(spec.metrics),
+            TAG_HEADLINE: ",".join(spec.metrics),
         },
         run_name=f"{name}-import",
     )

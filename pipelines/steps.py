@@ -681,7 +681,7 @@ def register(
     ``crossval_path``: the recipe's cross-validation (``pipelines.crossval``) run before this
     pipeline; its ``cv_*`` figures are logged too and the version says it was cross-validated.
     """
-    from medops.registry import Registry, render_model_card
+    from medops.registry import TAG_HEADLINE, Registry, render_model_card
     from medops.registry.card import intervals_from_metrics
 
     found = _task(task)
@@ -731,7 +731,7 @@ def register(
         tags={
             "pipeline_preset": preset,
             "evaluation": kind,
-            **({"headline": ",".join(found.spec.metrics)} if found.spec is not None else {}),
+            **({TAG_HEADLINE: ",".join(found.spec.metrics)} if found.spec is not None else {}),
         },
         run_name=f"{found.label}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}",
     )

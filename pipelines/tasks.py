@@ -14,8 +14,7 @@ from typing import Literal
 
 from medops.errors import InvalidInputError
 from medops.tasks import TaskSpec
-from pipelines import brain
-from pipelines.brain import CLASSIFIER, SEGMENTER, TYPE_CLASSIFIER
+from pipelines.brain import CLASSIFIER, INTENDED_USE, KNOWN_LIMITS, SEGMENTER, TYPE_CLASSIFIER
 
 Role = Literal["classifier", "segmenter", "type-classifier"]
 """How a model trains and evaluates (``medops.training.TrainConfig.task``): a binary slice
@@ -49,12 +48,12 @@ class PipelineTask:
     @property
     def intended_use(self) -> str:
         """What its model cards say it is for."""
-        return self.spec.intended_use if self.spec is not None else brain.INTENDED_USE[self.model]
+        return self.spec.intended_use if self.spec is not None else INTENDED_USE[self.model]
 
     @property
     def limits(self) -> tuple[str, ...]:
         """Its model cards' own known limits."""
-        return tuple(self.spec.limits) if self.spec is not None else brain.KNOWN_LIMITS
+        return tuple(self.spec.limits) if self.spec is not None else KNOWN_LIMITS
 
 
 def _role(spec: TaskSpec) -> Role:

@@ -209,8 +209,7 @@ class Explainer:
 
     def _gradcam(self, prediction: Prediction) -> GradCam:
         """The Grad-CAM of the routed version (built once, from its torch weights)."""
-        if self.torch_models is None:
-            raise ConflictError("method=gradcam needs the versions' torch weights; use occlusion")
+        assert self.torch_models is not None  # explain() refuses gradcam without them
         info, version = prediction.info, prediction.route.version
         key = (info.name, version)
         with self._cams_lock:

@@ -246,10 +246,12 @@ class PredictionStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    _INSERT = (
-        "INSERT INTO predictions (request_id, model, variant, version, ts, decision, confidence,"
+    _INSERT_INTO = (
+        "INSERT INTO {table} (request_id, model, variant, version, ts, decision, confidence,"
         " area, probabilities, features, mask_rle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
+    _INSERT = _INSERT_INTO.format(table="predictions")
+    _INSERT_SHADOW = _INSERT_INTO.format(table="shadow_predictions")
 
     @staticmethod
     def _row(rec: PredictionRecord) -> tuple[Any, ...]:
@@ -370,10 +372,7 @@ class PredictionStore:
             return
         try:
             with self._transaction() as cur:
-                cur.executemany(
-                    self._sql(self._INSERT.replace("INTO predictions", "INTO shadow_predictions")),
-                    rows,
-                )
+                cur.executemany(self._sql(self._INSERT_SHADOW), rows)
         except Exception as exc:
             raise self._write_error(exc) from None
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -30,6 +30,9 @@ from .models import FileSource, ModelManager, ModelSource, RegistrySource
 from .rest import create_app
 from .routing import Router, RoutingConfig, RoutingStore
 from .settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from medops.tasks import Catalog
 
 log = logging.getLogger("medops.gateway")
 
@@ -141,12 +144,32 @@ def _source(settings: GatewaySettings) -> ModelSource:
     return RegistrySource(Registry(settings.mlflow_uri))
 
 
+def task_catalog(settings: GatewaySettings) -> Catalog | None:
+    """The task files of ``tasks_dir``, read once at start (None without the folder); files
+    with problems stop the start, naming file and field."""
+    from medops.tasks import TaskFileError, load_catalog, task_files
+
+    if not settings.tasks_dir.is_dir():
+        return None
+    catalog, problems = load_catalog(task_files(settings.tasks_dir))
+    if problems:
+        raise TaskFileError(problems)
+    return catalog
+
+
 def served_models(
-    settings: GatewaySettings, config: RoutingConfig | None, stored: RoutingConfig | None
+    settings: GatewaySettings,
+    config: RoutingConfig | None,
+    stored: RoutingConfig | None,
+    catalog: Catalog | None = None,
 ) -> list[str]:
-    """The models this gateway serves: the configured list, the models given ONNX files, and
-    those the routing document (the file's, or the fleet's in the routing store) names."""
-    configured = settings.models if settings.models is not None else declared_models(settings)
+    """The models this gateway serves: the configured list (unset: every model the task
+    files declare; ``catalog``, else read from ``tasks_dir``), the models given ONNX files,
+    and those the routing document (the file's, or the fleet's in the routing store) names."""
+    configured = settings.models
+    if configured is None:
+        tasks = catalog if catalog is not None else task_catalog(settings)
+        configured = [] if tasks is None else [m for t in tasks.tasks() for m in t.models]
     names = [*configured, *settings.model_files]
     for document in (config, stored):
         if document is not None:
@@ -154,33 +177,20 @@ def served_models(
     return list(dict.fromkeys(names))
 
 
-def declared_models(settings: GatewaySettings) -> list[str]:
-    """The models the task files of ``tasks_dir`` declare (none without the folder)."""
-    from medops.tasks import TaskFileError, load_catalog, task_files
-
-    if not settings.tasks_dir.is_dir():
-        return []
-    catalog, problems = load_catalog(task_files(settings.tasks_dir))
-    if problems:
-        raise TaskFileError(problems)
-    return [model for task in catalog.tasks() for model in task.models]
-
-
-def declared_chains(settings: GatewaySettings) -> tuple[dict[str, Chain], str | None]:
-    """The chains of the task files, and why the default chain is not among them (None: it
-    is, or there is none). Task files with problems stop the start, naming file and field; a
-    missing default chain is logged and its requests get 404 saying why, so a gateway of
-    other models still starts. A step whose model this gateway does not serve answers 404
-    naming the served models when a request reaches it (``segment=never`` never does)."""
-    from medops.tasks import TaskFileError, load_catalog, task_files
-
+def declared_chains(
+    settings: GatewaySettings, catalog: Catalog | None = None
+) -> tuple[dict[str, Chain], str | None]:
+    """The chains of the task files (``catalog``, else read from ``tasks_dir``), and why the
+    default chain is not among them (None: it is, or there is none). A missing default chain
+    is logged and its requests get 404 saying why, so a gateway of other models still
+    starts. A step whose model this gateway does not serve answers 404 naming the served
+    models when a request reaches it (``segment=never`` never does)."""
     folder = settings.tasks_dir
     default = settings.default_chain or None
+    if catalog is None:
+        catalog = task_catalog(settings)
     chains: dict[str, Chain] = {}
-    if folder.is_dir():
-        catalog, problems = load_catalog(task_files(folder))
-        if problems:
-            raise TaskFileError(problems)
+    if catalog is not None:
         for spec in catalog.chains():
             classifier, segmenter = catalog.chain_models(spec.name)
             chains[spec.name] = Chain(classifier=classifier, segmenter=segmenter)
@@ -229,8 +239,9 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         # a malformed stored document is the router's to refuse (logged); it serves nothing
         with contextlib.suppress(InvalidInputError):
             stored = RoutingConfig.from_document(fleet.document, known_models=None)
-    served = served_models(settings, config, stored)
-    chains, no_default = declared_chains(settings)
+    catalog = task_catalog(settings)
+    served = served_models(settings, config, stored, catalog)
+    chains, no_default = declared_chains(settings, catalog)
     router = Router(
         config,
         audit_path=settings.routing_audit_file or default_audit_path(settings.home),

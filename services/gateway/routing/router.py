@@ -156,7 +156,7 @@ class Router:
         self._verdicts: dict[str, dict[str, Any]] = {}
         self._unshared = False  # a rollback applied here that the store did not take
         initial = config if config is not None else RoutingConfig()
-        unknown = sorted(set(initial.models) - set(self._known or initial.models))
+        unknown = [] if self._known is None else sorted(set(initial.models) - set(self._known))
         if unknown:
             raise InvalidInputError(f"unknown model(s) in routing config: {', '.join(unknown)}")
         with self._lock:
