@@ -41,11 +41,15 @@ def epoch_reporter(
     run: str, epochs: int | None = None, *, stream: TextIO | None = None
 ) -> Callable[[int, dict[str, float]], None]:
     """An ``on_epoch`` callback for ``medops.training.train_model`` that prints one progress
-    line per epoch (``epochs``: the planned total, for the bar's length)."""
+    line per epoch (``epochs``: the planned total, for the bar's length); each candidate network
+    of a run gets a bar of its own."""
 
     def report(epoch: int, record: dict[str, float]) -> None:
+        name = run
+        if "candidate" in record:
+            name += f" (candidate {record['candidate']:.0f} of {record['candidates']:.0f})"
         event = {
-            "run": run,
+            "run": name,
             "epoch": int(epoch),
             "epochs": epochs,
             "metrics": {k: float(v) for k, v in record.items() if isinstance(v, int | float)},

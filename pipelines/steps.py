@@ -295,6 +295,8 @@ def train(
         "best_epoch": result.best_epoch,
         "best_metric": result.best_metric,
         "metric_name": result.metric_name,
+        "candidate_metrics": result.candidate_metrics,
+        "chosen_candidate": result.chosen_candidate,
         "stopped_early": result.stopped_early,
         "train_seconds": result.seconds,
         "epochs_run": len(result.history),
@@ -694,6 +696,7 @@ def register(
         f"best_{training['metric_name']}": float(training["best_metric"]),
         "train_seconds": float(training["train_seconds"]),
         "epochs_run": float(training["epochs_run"]),
+        "chosen_candidate": float(training.get("chosen_candidate", 1)),
         "onnx_max_abs_diff": float(max_abs_diff),
     }
     kind = evaluation.get("evaluation", "single-split")

@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> None:
         size = config.image_size
         train_set = steps.load_split(manifest, splits, "train", size=size, home=args.home)
         val_set = steps.load_split(manifest, splits, "val", size=size, home=args.home)
-        result = loop.fit(config, train_set, val_set, rank=rank, world_size=world_size)
+        # every rank picks the same candidate: the validation metric is rank 0's, broadcast
+        result = loop.best_of_candidates(
+            config,
+            lambda one, _: loop.fit(one, train_set, val_set, rank=rank, world_size=world_size),
+        )
         if rank == 0:
             save_weights(result.model, args.weights_out)
             summary = {
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                 "best_epoch": result.best_epoch,
                 "best_metric": result.best_metric,
                 "metric_name": result.metric_name,
+                "candidate_metrics": result.candidate_metrics,
                 "seconds": result.seconds,
                 "history": result.history,
             }

@@ -185,6 +185,19 @@ def test_progress_lines_become_one_line_per_epoch_and_the_rest_goes_to_the_log()
     assert relay.tail[0] == "12:00:00.000 - INFO - Executing task 'train'"
 
 
+def test_each_candidate_network_of_a_run_is_named_on_its_own_line() -> None:
+    console = io.StringIO()
+    report = epoch_reporter(
+        "classifier", 2, stream=ConsoleRelay(io.StringIO(), ProgressBars(console))
+    )
+    for candidate in (1, 2):
+        report(1, {"train_loss": 0.5, "candidate": candidate, "candidates": 2})
+    assert console.getvalue().splitlines() == [
+        "  train classifier (candidate 1 of 2)  epoch 1/2  loss 0.500",
+        "  train classifier (candidate 2 of 2)  epoch 1/2  loss 0.500",
+    ]
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -125,6 +125,7 @@ class TrainOverrides(_Doc):
     loss: Literal["dice_bce", "dice_focal"] | None = None
     test_time_flip: StrictBool | None = None
     freeze_epochs: StrictInt | None = Field(default=None, ge=0)
+    candidates: StrictInt | None = Field(default=None, ge=1, le=16)
     max_steps_per_epoch: StrictInt | None = Field(default=None, ge=1)
 
 

@@ -119,8 +119,16 @@ def train_distributed(
     """
     if world_size < 1:
         raise InvalidInputError(f"world_size: must be at least 1, got {world_size}")
-    started = time.perf_counter()
     loop.check_inputs(config, train, val)
+    return loop.best_of_candidates(
+        config, lambda one, _: _train_once(one, train, val, world_size=world_size)
+    )
+
+
+def _train_once(
+    config: TrainConfig, train: SliceArrays, val: SliceArrays, *, world_size: int
+) -> TrainResult:
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="medops-ddp-") as tmp:
         folder = Path(tmp)
         out = folder / "result.pt"

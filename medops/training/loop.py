@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -56,6 +57,10 @@ class TrainResult:
     validation set with one class), val_dice (segmenter: mean per-patient Dice at 0.5)."""
     warm_start_skipped: list[str] = field(default_factory=list)
     """Tensors a warm start could not load (e.g. a classifier head with another class count)."""
+    candidate_metrics: list[float] = field(default_factory=list)
+    """The best validation metric of every candidate network (``config.candidates``)."""
+    chosen_candidate: int = 1
+    """Which candidate was kept (1-based; its seed is ``config.seed + chosen_candidate - 1``)."""
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -325,6 +330,40 @@ def fit(
     )
 
 
+TrainOnce = Callable[[TrainConfig, EpochCallback | None], TrainResult]
+
+
+def best_of_candidates(
+    config: TrainConfig, train_once: TrainOnce, on_epoch: EpochCallback | None = None
+) -> TrainResult:
+    """Train ``config.candidates`` networks with ``train_once`` (seeds seed, seed + 1, ...);
+    the one with the best validation metric, the first on a tie. With several candidates,
+    every epoch record passed to ``on_epoch`` carries ``candidate`` and ``candidates``."""
+    started = time.perf_counter()
+    count = config.candidates
+    results = []
+    for index in range(count):
+        report = on_epoch
+        if on_epoch is not None and count > 1:
+
+            def report(epoch: int, record: dict[str, float], i: int = index) -> None:
+                assert on_epoch is not None
+                on_epoch(epoch, record | {"candidate": i + 1, "candidates": count})
+
+        results.append(train_once(config.replace(seed=config.seed + index), report))
+    metrics = [r.best_metric for r in results]
+    chosen = metrics.index(max(metrics))
+    if count > 1:
+        log.info("candidates %s: kept %d", [round(m, 4) for m in metrics], chosen + 1)
+    return dataclasses.replace(
+        results[chosen],
+        config=config,
+        seconds=time.perf_counter() - started,
+        candidate_metrics=metrics,
+        chosen_candidate=chosen + 1,
+    )
+
+
 def train_model(
     config: TrainConfig,
     train: SliceArrays,
@@ -333,7 +372,8 @@ def train_model(
     progress: bool = False,
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
-    """Train ``config.task`` on ``train``, early-stopping on ``val``; best weights restored.
+    """Train ``config.task`` on ``train``, early-stopping on ``val``; best weights restored
+    (of the best of ``config.candidates`` networks).
 
     Raises DatasetError for inconsistent arrays (masks that do not match images, NaN pixels,
     wrong size), TrainingError for single-class training data or a NaN/inf loss (naming the
@@ -342,6 +382,10 @@ def train_model(
     previous = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:
-        return fit(config, train, val, progress=progress, on_epoch=on_epoch)
+        return best_of_candidates(
+            config,
+            lambda one, report: fit(one, train, val, progress=progress, on_epoch=report),
+            on_epoch,
+        )
     finally:
         torch.set_num_threads(previous)

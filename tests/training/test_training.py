@@ -9,6 +9,7 @@ from synthetic_arrays import Arrays, make_arrays
 
 from medops.errors import DatasetError, InvalidInputError, TrainingError
 from medops.training import TrainConfig, load_weights, save_weights, train_model
+from medops.training.loop import TrainResult, best_of_candidates
 
 
 def tiny(task: str, **changes: object) -> TrainConfig:
@@ -45,6 +46,39 @@ def test_same_seed_and_data_give_identical_weights(arrays: Arrays) -> None:
     assert all(torch.equal(first[k], second[k]) for k in first)
     other = train_model(config.replace(seed=1), arrays, arrays).model.state_dict()
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_the_candidate_with_the_best_validation_metric_is_kept() -> None:
+    config = tiny("classifier", seed=5, candidates=3)
+    seeds: list[int] = []
+    model = torch.nn.Linear(1, 1)
+
+    def train_once(one: TrainConfig, report: object) -> TrainResult:
+        seeds.append(one.seed)
+        assert callable(report)
+        report(1, {"train_loss": 1.0})
+        metric = {5: 0.7, 6: 0.9, 7: 0.9}[one.seed]
+        return TrainResult(model, [], 1, metric, False, 0.0, one)
+
+    records: list[dict[str, float]] = []
+    result = best_of_candidates(config, train_once, lambda _, record: records.append(record))
+    assert seeds == [5, 6, 7]
+    assert result.candidate_metrics == [0.7, 0.9, 0.9]
+    assert result.chosen_candidate == 2 and result.best_metric == 0.9  # the first of a tie
+    assert result.config == config
+    assert [r["candidate"] for r in records] == [1, 2, 3] and records[0]["candidates"] == 3
+
+
+def test_candidates_train_the_next_seeds_and_keep_that_network(arrays: Arrays) -> None:
+    val = make_arrays(16, seed=3)
+    config = tiny("classifier", candidates=2)
+    both = train_model(config, arrays, val)
+    alone = train_model(config.replace(seed=both.chosen_candidate - 1, candidates=1), arrays, val)
+    kept, single = both.model.state_dict(), alone.model.state_dict()
+    assert all(torch.equal(kept[k], single[k]) for k in kept)
+    assert len(both.candidate_metrics) == 2 and both.best_metric == max(both.candidate_metrics)
+    with pytest.raises(InvalidInputError, match="candidates"):
+        config.replace(candidates=0)
 
 
 def test_exploding_loss_stops_training_and_names_epoch_and_step(arrays: Arrays) -> None:
