@@ -343,13 +343,7 @@ def best_of_candidates(
     count = config.candidates
     results = []
     for index in range(count):
-        report = on_epoch
-        if on_epoch is not None and count > 1:
-
-            def report(epoch: int, record: dict[str, float], i: int = index) -> None:
-                assert on_epoch is not None
-                on_epoch(epoch, record | {"candidate": i + 1, "candidates": count})
-
+        report = on_epoch if count == 1 else _tag_candidate(on_epoch, index + 1, count)
         results.append(train_once(config.replace(seed=config.seed + index), report))
     metrics = [r.best_metric for r in results]
     chosen = metrics.index(max(metrics))
@@ -361,6 +355,16 @@ def best_of_candidates(
         seconds=time.perf_counter() - started,
         candidate_metrics=metrics,
         chosen_candidate=chosen + 1,
+    )
+
+
+def _tag_candidate(
+    on_epoch: EpochCallback | None, candidate: int, count: int
+) -> EpochCallback | None:
+    if on_epoch is None:
+        return None
+    return lambda epoch, record: on_epoch(
+        epoch, record | {"candidate": candidate, "candidates": count}
     )
 
 
