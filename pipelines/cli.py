@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from pipelines.presets import (
 
 if TYPE_CHECKING:
     from pipelines.local import LocalRun
+    from pipelines.quantizing import Quantized
 
 SHOWN = (
     "test_auc",
@@ -129,6 +131,12 @@ def pipeline() -> None:
     help="First judge the recipe by K-fold patient-level cross-validation (K >= 3); the "
     "registered versions then carry its figures. 0: the held-out split only.",
 )
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Then export each model this run made champion at int8 (as `medops export "
+    "--precision int8` does): a new version, gated against it, challenger for a canary.",
+)
 @TASK_OPTION
 @floor_option(task_files=True)
 @click.pass_context
@@ -141,6 +149,7 @@ def run(
     warm_start: str,
     seed: int,
     folds: int,
+    int8: bool,
     task_paths: tuple[Path, ...],
     floors: Floors,
 ) -> None:
@@ -152,6 +161,7 @@ def run(
     from pipelines.steps import check_registry
 
     settings = _settings(ctx)
+    started_ms = int(time.time() * 1000)
     if not task_paths:
         try:  # the brain pipeline's floors name its own models
             check_floors(floors)
@@ -175,6 +185,8 @@ def run(
             floors=floors,
         )
         _echo_run(result, settings.mlflow_uri)
+        if int8:
+            _export_int8_champions(result, started_ms, settings, preset, seed, data_dir, task_paths)
         return
     if folds and folds < 3:
         raise click.BadParameter(f"need at least 3 folds, got {folds}", param_hint="--folds")
@@ -212,6 +224,8 @@ def run(
         floors=floors,
     )
     _echo_run(result, settings.mlflow_uri)
+    if int8:
+        _export_int8_champions(result, started_ms, settings, preset, seed, data_dir, task_paths)
 
 
 def _echo_run(result: LocalRun, tracking_uri: str) -> None:
@@ -231,6 +245,59 @@ def _echo_run(result: LocalRun, tracking_uri: str) -> None:
             click.echo(f"  new version v{latest.version}: {shown}")
     click.echo(f"Triton model repository: {result.triton_repo}")
     click.echo(f"step logs: {result.log_path}")
+
+
+def _export_int8_champions(
+    result: LocalRun,
+    started_ms: int,
+    settings: MedopsSettings,
+    preset: str,
+    seed: int,
+    data_dir: Path | None,
+    task_paths: tuple[Path, ...],
+) -> None:
+    """An int8 version of every version this run registered and made champion; a version the
+    gate kept out, or left to a canary, is named and skipped."""
+    from medops.modelspec import CHAMPION
+    from medops.tasks import read_task
+    from pipelines.quantizing import export_int8
+
+    task_of = {name: str(path) for path in task_paths for name in read_task(path).models}
+    for model in result.models:
+        if not model.versions or model.versions[0].created_at_ms < started_ms:
+            continue  # not trained by this run
+        latest = model.versions[0]
+        if CHAMPION not in latest.aliases:
+            click.echo(f"{model.name} v{latest.version}: not champion, so no int8 variant")
+            continue
+        _echo_quantized(
+            export_int8(
+                model.name,
+                latest.version,
+                data_dir=data_dir or settings.data_dir,
+                home=settings.home,
+                tracking_uri=settings.mlflow_uri,
+                task=task_of.get(model.name),
+                preset=preset,
+                seed=seed,
+            )
+        )
+
+
+def _echo_quantized(result: Quantized) -> None:
+    shown = "  ".join(
+        f"{k} {result.headline[k]:.4f} (float32 {result.source_headline.get(k, math.nan):.4f})"
+        for k in ("auc", "dice_patient_mean", "accuracy")
+        if k in result.headline
+    )
+    click.echo(
+        f"{result.name} v{result.version} registered (int8, from v{result.source_version}, "
+        f"calibrated on {result.calibration_slices} training slices): {shown}"
+    )
+    for reason in result.reasons:
+        click.echo(f"  {reason}")
+    verdict = "passed" if result.passed else "failed"
+    click.echo(f"  gate {verdict}; now: challenger (a canary or `medops models promote` decides)")
 
 
 @pipeline.command("compile")
@@ -386,16 +453,4 @@ def export_command(
         preset=preset,
         seed=seed,
     )
-    shown = "  ".join(
-        f"{k} {result.headline[k]:.4f} (float32 {result.source_headline.get(k, math.nan):.4f})"
-        for k in ("auc", "dice_patient_mean", "accuracy")
-        if k in result.headline
-    )
-    click.echo(
-        f"{result.name} v{result.version} registered ({precision}, from v{result.source_version}, "
-        f"calibrated on {result.calibration_slices} training slices): {shown}"
-    )
-    for reason in result.reasons:
-        click.echo(f"  {reason}")
-    verdict = "passed" if result.passed else "failed"
-    click.echo(f"  gate {verdict}; now: challenger (a canary or `medops models promote` decides)")
+    _echo_quantized(result)

@@ -43,11 +43,12 @@ def test_more_folds_than_patients_fail_before_any_training(
     assert not list((medops_home / "cv").glob("fold-*/*.pt"))
 
 
-def test_pipeline_run_with_folds_registers_versions_that_carry_the_cross_validation(
+def test_pipeline_run_with_folds_and_int8_registers_cross_validated_and_int8_versions(
     data_dir: Path, medops_home: Path
 ) -> None:
     from click.testing import CliRunner
 
+    from medops.modelspec import CHALLENGER, CHAMPION
     from medops.registry import Registry
     from medops.registry.cli import models
     from medops.settings import MedopsSettings
@@ -55,17 +56,22 @@ def test_pipeline_run_with_folds_registers_versions_that_carry_the_cross_validat
     from pipelines.cli import pipeline
 
     settings = MedopsSettings(home=medops_home, data_dir=data_dir)
-    result = CliRunner().invoke(pipeline, ["run", "--preset", "tiny", "--folds", "3"], obj=settings)
+    result = CliRunner().invoke(
+        pipeline, ["run", "--preset", "tiny", "--folds", "3", "--int8"], obj=settings
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "3-fold patient-level cross-validation" in result.output
     registry = Registry(settings.mlflow_uri)
     for name in (CLASSIFIER, SEGMENTER):
         summary = {m.name: m for m in registry.list_models()}[name]
-        metrics = summary.versions[0].metrics
+        # the run's champion, then its int8 variant, the challenger its gate judged
+        int8, trained = summary.versions[0], summary.versions[1]
+        assert int8.tags["precision"] == "int8" and CHALLENGER in int8.aliases
+        assert CHAMPION in trained.aliases and "precision" not in trained.tags
+        assert f"{name} v{int8.version} registered (int8, from v{trained.version}" in result.output
+        metrics = trained.metrics
         assert 0 <= metrics["cv_pooled_two_stage_dice_mean"] <= 1
         assert "cv_auc_mean" in metrics and "cv_auc_std" in metrics
-        assert registry.version_tags(name, summary.versions[0].version)["evaluation"] == (
-            "cross-validated"
-        )
+        assert registry.version_tags(name, trained.version)["evaluation"] == ("cross-validated")
     listed = CliRunner().invoke(models, ["list"], obj=settings)
     assert listed.exit_code == 0 and "cross-validated" in listed.output, listed.output

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,3 +257,46 @@ def test_the_gateway_serves_the_int8_version_as_a_canary_variant(
         want = ort.InferenceSession(str(int8_file)).run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         got = np.array(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(want.shape)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_pipeline_int8_quantizes_only_the_champions_the_run_made(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from medops.registry.client import ModelSummary, VersionSummary
+    from medops.settings import MedopsSettings
+    from pipelines.brain import TYPE_CLASSIFIER
+    from pipelines.cli import pipeline
+    from pipelines.local import LocalRun
+
+    def version(number: str, aliases: tuple[str, ...], created_at_ms: float) -> VersionSummary:
+        return VersionSummary(number, "run", aliases, None, None, {}, int(created_at_ms))
+
+    def fake_run_local(preset: str, **kwargs: Any) -> LocalRun:
+        now = time.time() * 1000
+        return LocalRun(
+            preset=preset,
+            seconds=1.0,
+            published=[],
+            models=[
+                ModelSummary(CLASSIFIER, {}, [version("3", (CHAMPION,), now)]),
+                ModelSummary(SEGMENTER, {}, [version("2", (CHALLENGER,), now)]),
+                ModelSummary(TYPE_CLASSIFIER, {}, [version("1", (CHAMPION,), now - 3.6e6)]),
+            ],
+        )
+
+    exported: list[tuple[str, str]] = []
+
+    def fake_export(name: str, version: str, **kwargs: Any) -> Quantized:
+        exported.append((name, version))
+        return Quantized(name, "4", version, True, {"auc": 0.9}, {"auc": 0.91}, [], 256)
+
+    monkeypatch.setattr("pipelines.local.run_local", fake_run_local)
+    monkeypatch.setattr(quantizing, "export_int8", fake_export)
+    settings = MedopsSettings(home=tmp_path / "home", data_dir=data_dir)
+    result = CliRunner().invoke(pipeline, ["run", "--preset", "fast", "--int8"], obj=settings)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert exported == [(CLASSIFIER, "3")], result.output  # not the challenger, nor an older one
+    assert f"{SEGMENTER} v2: not champion, so no int8 variant" in result.output
+    assert f"{CLASSIFIER} v4 registered (int8, from v3" in result.output
