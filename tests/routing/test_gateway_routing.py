@@ -236,16 +236,18 @@ def test_a_canary_on_a_failing_backend_is_rolled_back_within_its_window(
             assert put.status_code == 200, put.text
             router = gw.gateway.dataplane.router
             start = next(d for d in router.decisions(CLASSIFIER) if d["decision"] == "start")
-            failed = 0
+            failed, answered = 0, []
             while router.config.models[CLASSIFIER].progressive is not None:
                 assert time.monotonic() - start["at"] < 5 * interval, router.decisions()
                 r = await gw.client.post(INFER, json=infer_body(), headers=gw.user)
+                answered.append(time.monotonic())
                 failed += r.status_code >= 500
             assert failed > 0, "the broken challenger really failed in ONNX Runtime"
             rollback = router.decisions(CLASSIFIER)[-1]
             assert rollback["decision"] == "rollback"
-            # judged at the first answer after one interval at 50 %: within the window
-            assert interval <= rollback["at"] - start["at"] <= interval + 0.5
+            # judged at the first answer after one interval at 50 %, however slow the machine
+            first_after_window = next(t for t in answered if t - start["at"] >= interval)
+            assert start["at"] + interval <= rollback["at"] <= first_after_window
             assert "error rate" in rollback["reason"]
 
             served = (await gw.client.get("/v1/routing", headers=gw.user)).json()
