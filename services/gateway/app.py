@@ -161,15 +161,14 @@ def served_models(
     settings: GatewaySettings,
     config: RoutingConfig | None,
     stored: RoutingConfig | None,
-    catalog: Catalog | None = None,
+    catalog: Catalog | None,
 ) -> list[str]:
     """The models this gateway serves: the configured list (unset: every model the task
-    files declare; ``catalog``, else read from ``tasks_dir``), the models given ONNX files,
-    and those the routing document (the file's, or the fleet's in the routing store) names."""
+    files in ``catalog`` declare), the models given ONNX files, and those the routing
+    document (the file's, or the fleet's in the routing store) names."""
     configured = settings.models
     if configured is None:
-        tasks = catalog if catalog is not None else task_catalog(settings)
-        configured = [] if tasks is None else [m for t in tasks.tasks() for m in t.models]
+        configured = [] if catalog is None else [m for t in catalog.tasks() for m in t.models]
     names = [*configured, *settings.model_files]
     for document in (config, stored):
         if document is not None:
@@ -178,17 +177,15 @@ def served_models(
 
 
 def declared_chains(
-    settings: GatewaySettings, catalog: Catalog | None = None
+    settings: GatewaySettings, catalog: Catalog | None
 ) -> tuple[dict[str, Chain], str | None]:
-    """The chains of the task files (``catalog``, else read from ``tasks_dir``), and why the
+    """The chains of the task files in ``catalog`` (:func:`task_catalog`), and why the
     default chain is not among them (None: it is, or there is none). A missing default chain
     is logged and its requests get 404 saying why, so a gateway of other models still
     starts. A step whose model this gateway does not serve answers 404 naming the served
     models when a request reaches it (``segment=never`` never does)."""
     folder = settings.tasks_dir
     default = settings.default_chain or None
-    if catalog is None:
-        catalog = task_catalog(settings)
     chains: dict[str, Chain] = {}
     if catalog is not None:
         for spec in catalog.chains():

@@ -129,7 +129,8 @@ class GatewaySettings(ApiKeySettings):
     onnx_spinning: bool = False
     """Whether those threads spin while they wait for work (ONNX Runtime's own default). Off
     leaves the cores to preprocessing and the event loop: on 2 cores it cut a one-slice
-    ``/v1/analyze`` from about 47 to 28 ms p50 (``bench/analyze.py --no-spinning``)."""
+    ``/v1/analyze`` from about 47 to 28 ms p50 (``bench/analyze.py``; ``--spinning`` measures
+    the old default)."""
 
     preprocess_threads: int = 1
     """Torch threads of the shared preprocessing's resize (``/v1/analyze``), set by ``medops

@@ -681,7 +681,7 @@ def test_the_served_models_and_their_routing_come_from_values(
     path.write_text(cm["data"]["routing.json"])
     config = RoutingConfig.from_file(path, known_models=None)
     assert config.for_model("polyp-segmenter").strategy == "canary"
-    assert served_models(settings, config, None) == ["polyp-segmenter"]
+    assert served_models(settings, config, None, None) == ["polyp-segmenter"]
 
 
 def test_gateway_and_monitor_share_a_prediction_log_in_the_bundled_postgresql() -> None:

@@ -27,7 +27,7 @@ from medops.rle import rle_decode_volume
 from medops.tasks import TaskFileError
 from medops.transforms import preprocess_slice, restore_mask
 from pipelines.brain import BRAIN_MODELS, CLASSIFIER, SEGMENTER
-from services.gateway.app import build_gateway, declared_chains, served_models
+from services.gateway.app import build_gateway, declared_chains, served_models, task_catalog
 from services.gateway.routing import RoutingConfig
 from services.gateway.settings import GatewaySettings
 
@@ -108,8 +108,8 @@ def test_the_served_models_are_the_configured_the_file_backed_and_the_routed_one
         },
         known_models=None,
     )
-    assert served_models(settings, routed, None) == [CLASSIFIER, POLYP, LESION]
-    assert served_models(settings, None, routed) == [CLASSIFIER, POLYP, LESION]
+    assert served_models(settings, routed, None, None) == [CLASSIFIER, POLYP, LESION]
+    assert served_models(settings, None, routed, None) == [CLASSIFIER, POLYP, LESION]
 
 
 def test_v2_models_lists_every_served_model_with_its_state_and_task(
@@ -375,13 +375,14 @@ def test_chains_come_from_the_task_files(tmp_path: Path) -> None:
         "name: tumour-screen\nchain:\n  classifier: brain-tumor-classifier\n"
     )
     settings = GatewaySettings(tasks_dir=folder)
-    chains, no_default = declared_chains(settings)
+    chains, no_default = declared_chains(settings, task_catalog(settings))
     assert {n: c.models for n, c in chains.items()} == {
         CHAIN: (CLASSIFIER, SEGMENTER),
         "tumour-screen": (CLASSIFIER,),
     }
     assert no_default is None
-    _, no_default = declared_chains(settings.model_copy(update={"default_chain": "nope"}))
+    other_default = settings.model_copy(update={"default_chain": "nope"})
+    _, no_default = declared_chains(other_default, task_catalog(other_default))
     assert no_default is not None and "'nope' is not declared in" in no_default
 
 
@@ -391,11 +392,12 @@ def test_a_broken_task_file_stops_the_start_and_a_missing_folder_serves_no_chain
     folder = _tasks(tmp_path, "brain-tumor-classifier")
     (folder / "broken.yaml").write_text("name: broken\nchain:\n  classifier: no-such-task\n")
     with pytest.raises(TaskFileError, match=r"broken\.yaml: chain\.classifier: no task named"):
-        declared_chains(GatewaySettings(tasks_dir=folder))
+        task_catalog(GatewaySettings(tasks_dir=folder))
     missing = GatewaySettings(tasks_dir=tmp_path / "absent")
-    chains, no_default = declared_chains(missing)
+    assert task_catalog(missing) is None
+    chains, no_default = declared_chains(missing, None)
     assert chains == {} and no_default is not None and "not found" in no_default
-    assert declared_chains(missing.model_copy(update={"default_chain": ""})) == ({}, None)
+    assert declared_chains(missing.model_copy(update={"default_chain": ""}), None) == ({}, None)
     # the gateway does not start on it
     with pytest.raises(TaskFileError, match=r"broken\.yaml"):
         build_gateway(make_settings(tmp_path / "home", {}, tasks_dir=folder))
