@@ -72,6 +72,6 @@ def test_pipeline_run_with_folds_and_int8_registers_cross_validated_and_int8_ver
         metrics = trained.metrics
         assert 0 <= metrics["cv_pooled_two_stage_dice_mean"] <= 1
         assert "cv_auc_mean" in metrics and "cv_auc_std" in metrics
-        assert registry.version_tags(name, trained.version)["evaluation"] == ("cross-validated")
+        assert registry.version_tags(name, trained.version)["evaluation"] == "cross-validated"
     listed = CliRunner().invoke(models, ["list"], obj=settings)
     assert listed.exit_code == 0 and "cross-validated" in listed.output, listed.output
