@@ -5,11 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.data import get_track_meta
 from synthetic_arrays import Arrays, make_arrays
 
 from medops.errors import DatasetError, InvalidInputError, TrainingError
 from medops.training import TrainConfig, load_weights, save_weights, train_model
-from medops.training.loop import TrainResult, best_of_candidates
+from medops.training.loop import TrainResult, _augmenter, _Batches, best_of_candidates
 
 
 def tiny(task: str, **changes: object) -> TrainConfig:
@@ -46,6 +47,31 @@ def test_same_seed_and_data_give_identical_weights(arrays: Arrays) -> None:
     assert all(torch.equal(first[k], second[k]) for k in first)
     other = train_model(config.replace(seed=1), arrays, arrays).model.state_dict()
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_augmentation_runs_without_monai_metadata_and_gives_the_same_pixels(
+    arrays: Arrays,
+) -> None:
+    config = tiny("segmenter", augment=True)
+    batches = _Batches(config, arrays, torch.device("cpu"), seed=3)
+    augment, seen = batches.augment, []
+    assert augment is not None
+
+    def watched(sample: dict[str, np.ndarray]) -> object:
+        seen.append(get_track_meta())
+        return augment(sample)
+
+    batches.augment = watched  # type: ignore[assignment]
+    images, masks = batches([0, 1, 2])
+    assert seen == [False, False, False] and get_track_meta()  # the setting is restored
+    tracked = _augmenter(config, seed=3)
+    assert tracked is not None
+    for i in range(3):
+        expected = tracked(
+            {"image": arrays.images[i], "mask": (arrays.masks[i] > 0).astype(np.float32)}
+        )
+        assert torch.equal(images[i], torch.as_tensor(np.asarray(expected["image"])))
+        assert torch.equal(masks[i], torch.as_tensor(np.asarray(expected["mask"])))
 
 
 def test_the_candidate_with_the_best_validation_metric_is_kept() -> None:
