@@ -7,6 +7,7 @@ Nothing here downloads weights: warm starts come from local files (see ``medops.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Final, cast
 
@@ -93,6 +94,27 @@ def build_segmenter(
         num_res_units=num_res_units,
         norm="instance",
     )
+
+
+def start_at_prior(segmenter: nn.Module, share: float) -> None:
+    """Shift the output bias of a fresh :func:`build_segmenter` network so that every pixel
+    starts near the log-odds of ``share``, the foreground's share of the training pixels
+    (the prior initialisation of Lin et al. 2017, focal loss). Started near 0.5 everywhere, the
+    network first spends many epochs moving that one bias towards the background.
+
+    The UNet ends in a one-channel convolution whose input is added back unchanged (an identity
+    residual), or in the one-channel transposed convolution itself: either way nothing follows
+    the last one-channel layer, so its bias shifts every logit alike."""
+    if not 0 < share < 1:
+        raise InvalidInputError(f"share: the foreground share must lie in (0, 1), got {share}")
+    final = [
+        m
+        for m in segmenter.modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.out_channels == 1
+    ][-1]
+    assert final.bias is not None
+    with torch.no_grad():
+        final.bias += math.log(share / (1 - share))
 
 
 def segmenter_multiple(model: nn.Module) -> int:

@@ -126,6 +126,7 @@ class TrainOverrides(_Doc):
     test_time_flip: StrictBool | None = None
     freeze_epochs: StrictInt | None = Field(default=None, ge=0)
     candidates: StrictInt | None = Field(default=None, ge=1, le=16)
+    output_prior: StrictBool | None = None
     max_steps_per_epoch: StrictInt | None = Field(default=None, ge=1)
 
 

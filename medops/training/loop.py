@@ -31,7 +31,12 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from medops.errors import InvalidInputError, TrainingError
 from medops.evaluation.metrics import dice, roc_auc
-from medops.models import build_classifier, build_segmenter, set_backbone_frozen
+from medops.models import (
+    build_classifier,
+    build_segmenter,
+    set_backbone_frozen,
+    start_at_prior,
+)
 from medops.training.arrays import SliceArrays, check_arrays, check_trainable
 from medops.training.config import TrainConfig
 from medops.training.weights import load_weights
@@ -235,7 +240,10 @@ def fit(
         )
     device = resolve_device(config)
     torch.manual_seed(config.seed)
-    model = build_model(config).to(device)
+    model = build_model(config)
+    if config.output_prior and config.is_segmenter:
+        start_at_prior(model, float(np.mean(np.asarray(train.masks) > 0)))
+    model = model.to(device)
     skipped: list[str] = []
     warm = config.warm_start is not None
     if config.warm_start is not None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from medops.models import (
     build_segmenter,
     head_parameters,
     set_backbone_frozen,
+    start_at_prior,
 )
 
 
@@ -21,6 +24,21 @@ def test_classifier_outputs_one_logit_per_class() -> None:
 def test_segmenter_outputs_one_logit_channel_at_input_resolution() -> None:
     model = build_segmenter(channels=(8, 16, 32), num_res_units=1).eval()
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 1, 32, 32)
+
+
+@pytest.mark.parametrize("units", [0, 1, 2])
+def test_a_prior_start_shifts_every_logit_by_the_shares_log_odds(units: int) -> None:
+    torch.manual_seed(0)
+    model = build_segmenter(channels=(8, 16, 32), num_res_units=units).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        start_at_prior(model, 0.02)
+        shift = model(x) - before
+    assert torch.allclose(shift, torch.full_like(shift, math.log(0.02 / 0.98)), atol=1e-5)
+    for share in (0.0, 1.0):
+        with pytest.raises(InvalidInputError, match="foreground share"):
+            start_at_prior(model, share)
 
 
 def test_serving_wrapper_turns_logits_into_probabilities() -> None:

@@ -74,6 +74,19 @@ def test_augmentation_runs_without_monai_metadata_and_gives_the_same_pixels(
         assert torch.equal(masks[i], torch.as_tensor(np.asarray(expected["mask"])))
 
 
+def test_output_prior_starts_the_segmenter_at_the_training_masks_share(arrays: Arrays) -> None:
+    # a learning rate too small to move the weights: what differs is the start
+    config = tiny("segmenter", epochs=1, lr=1e-12)
+    x = torch.as_tensor(np.asarray(arrays.images[:4], dtype=np.float32))
+    plain_model = train_model(config, arrays, arrays).model
+    prior_model = train_model(config.replace(output_prior=True), arrays, arrays).model
+    with torch.no_grad():
+        plain, prior = plain_model(x), prior_model(x)
+    share = float(np.mean(np.asarray(arrays.masks) > 0))
+    expected = torch.full_like(plain, np.log(share / (1 - share)))
+    assert torch.allclose(prior - plain, expected, atol=1e-4)
+
+
 def test_the_candidate_with_the_best_validation_metric_is_kept() -> None:
     config = tiny("classifier", seed=5, candidates=3)
     seeds: list[int] = []
