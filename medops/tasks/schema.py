@@ -127,6 +127,7 @@ class TrainOverrides(_Doc):
     freeze_epochs: StrictInt | None = Field(default=None, ge=0)
     candidates: StrictInt | None = Field(default=None, ge=1, le=16)
     output_prior: StrictBool | None = None
+    precision: Literal["fp32", "bf16"] | None = None
     max_steps_per_epoch: StrictInt | None = Field(default=None, ge=1)
 
 

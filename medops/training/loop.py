@@ -293,7 +293,10 @@ def fit(
         total = 0.0
         for step in range(steps):
             x, y = batches(order[step * local_batch : (step + 1) * local_batch])
-            loss = loss_fn(step_model(x), y)
+            bf16 = config.precision == "bf16"
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                output = step_model(x)
+            loss = loss_fn(output.float(), y)
             value = loss.detach().reshape(1).clone()
             if world_size > 1:
                 dist.all_reduce(value)

@@ -10,7 +10,12 @@ from synthetic_arrays import Arrays, make_arrays
 
 from medops.errors import DatasetError, InvalidInputError, TrainingError
 from medops.training import TrainConfig, load_weights, save_weights, train_model
-from medops.training.loop import TrainResult, _augmenter, _Batches, best_of_candidates
+from medops.training.loop import (
+    TrainResult,
+    _augmenter,
+    _Batches,
+    best_of_candidates,
+)
 
 
 def tiny(task: str, **changes: object) -> TrainConfig:
@@ -163,6 +168,24 @@ def test_invalid_configs_name_the_field() -> None:
         TrainConfig(task="segmenter", image_size=100)
     with pytest.raises(InvalidInputError, match="preset"):
         TrainConfig.preset("segmenter", "huge")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="precision: 'fp16' is not fp32 or bf16"):
+        TrainConfig(task="segmenter", precision="fp16")  # type: ignore[arg-type]
+
+
+def test_bf16_training_steps_run_in_bf16_and_keep_fp32_weights(arrays: Arrays) -> None:
+    config = tiny("segmenter", epochs=1)
+    exact = train_model(config, arrays, arrays)
+    mixed = train_model(config.replace(precision="bf16"), arrays, arrays)
+    assert all(
+        t.dtype == torch.float32 for t in mixed.model.state_dict().values() if t.is_floating_point()
+    )
+    # same seed, same batches: only the arithmetic differs, so the weights do
+    differs = [
+        not torch.equal(a, b)
+        for a, b in zip(weights(exact.model).values(), weights(mixed.model).values(), strict=True)
+    ]
+    assert any(differs)
+    assert np.isfinite(mixed.history[0]["train_loss"])
 
 
 def test_presets_exist_for_every_task_and_speed() -> None:
