@@ -221,7 +221,9 @@ def main() -> None:
                         bad, shifted_groups, window=WINDOW, draws=args.streams, rng=rng
                     )
                 for before, then in zip(healthy, after, strict=True):
-                    fired = (distance(healthy_then_shifted(before, then)) > limits).any(axis=1)
+                    fired = np.asarray(
+                        (distance(healthy_then_shifted(before, then)) > limits).any(axis=1)
+                    )
                     first = int(np.argmax(fired)) + 1 if fired.any() else None
                     detection.setdefault(name, []).append((bool(fired[-1]), first))
             window = pd.DataFrame(streamed[0], columns=columns)

@@ -239,6 +239,7 @@ def fit(
             f"batch_size: {config.batch_size} does not split evenly over {world_size} processes"
         )
     device = resolve_device(config)
+    bf16 = config.precision == "bf16"
     torch.manual_seed(config.seed)
     model = build_model(config)
     if config.output_prior and config.is_segmenter:
@@ -293,7 +294,6 @@ def fit(
         total = 0.0
         for step in range(steps):
             x, y = batches(order[step * local_batch : (step + 1) * local_batch])
-            bf16 = config.precision == "bf16"
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 output = step_model(x)
             loss = loss_fn(output.float(), y)
