@@ -10,12 +10,7 @@ from synthetic_arrays import Arrays, make_arrays
 
 from medops.errors import DatasetError, InvalidInputError, TrainingError
 from medops.training import TrainConfig, load_weights, save_weights, train_model
-from medops.training.loop import (
-    TrainResult,
-    _augmenter,
-    _Batches,
-    best_of_candidates,
-)
+from medops.training.loop import TrainResult, _augmenter, _Batches, best_of_candidates
 
 
 def tiny(task: str, **changes: object) -> TrainConfig:
