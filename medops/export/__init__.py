@@ -5,6 +5,7 @@ from medops.export.onnx_export import (
     ExportResult,
     check_onnx_parity,
     export_onnx,
+    prelu_as_leaky_relu,
     read_model_metadata,
 )
 from medops.export.triton import (
@@ -21,6 +22,7 @@ __all__ = [
     "check_onnx_parity",
     "export_onnx",
     "model_config",
+    "prelu_as_leaky_relu",
     "read_model_config",
     "read_model_metadata",
     "write_triton_repository",

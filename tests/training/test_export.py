@@ -17,6 +17,7 @@ from medops.export import (
     TritonModel,
     check_onnx_parity,
     export_onnx,
+    prelu_as_leaky_relu,
     read_model_config,
     read_model_metadata,
     write_triton_repository,
@@ -85,6 +86,47 @@ def test_single_file_graph_has_the_contract_names_and_a_dynamic_batch(exported: 
     probs = cls_session.run(None, {"image": np.zeros((5, 3, 32, 32), np.float32)})[0]
     assert probs.shape == (5, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_learned_prelu_slopes_are_exported_as_leaky_relu(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    segmenter = build_segmenter(channels=(8, 16), num_res_units=1).eval()
+    prelus = [m for m in segmenter.modules() if isinstance(m, torch.nn.PReLU)]
+    with torch.no_grad():
+        for prelu in prelus:
+            prelu.weight.uniform_(0.05, 0.5)
+    result = export_onnx(segmenter, tmp_path / "seg.onnx", task="segmenter", input_size=32,
+                         classes=["tumour"], threshold=0.5, dataset_version="d")  # fmt: skip
+    nodes = onnx.load(str(result.path)).graph.node
+    assert not [n for n in nodes if n.op_type == "PRelu"]
+    alphas = [onnx.helper.get_attribute_value(n.attribute[0]) for n in nodes
+              if n.op_type == "LeakyRelu"]  # fmt: skip
+    expected = [p.weight.item() for p in prelus]
+    np.testing.assert_allclose(sorted(alphas), sorted(expected), rtol=1e-7)
+    assert result.max_abs_diff <= 1e-5
+
+
+def test_a_per_channel_prelu_is_left_as_it_is() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    shared = numpy_helper.from_array(np.array([0.2], np.float32), "shared")
+    per_channel = numpy_helper.from_array(np.array([[[0.1]], [[0.3]]], np.float32), "channels")
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "shared"], ["y"]),
+         helper.make_node("PRelu", ["y", "channels"], ["z"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 2])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 2, 2])],
+        [shared, per_channel],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = {"x": np.random.default_rng(0).normal(size=(1, 2, 2, 2)).astype(np.float32)}
+    before = ort.InferenceSession(model.SerializeToString()).run(None, x)[0]
+    assert prelu_as_leaky_relu(model.graph) == 1
+    assert [n.op_type for n in model.graph.node] == ["LeakyRelu", "PRelu"]
+    assert [i.name for i in model.graph.initializer] == ["channels"]
+    np.testing.assert_array_equal(ort.InferenceSession(model.SerializeToString()).run(None, x)[0],
+                                  before)  # fmt: skip
 
 
 def test_serving_metadata_is_stored_in_the_model(exported: dict) -> None:
