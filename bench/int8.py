@@ -53,6 +53,8 @@ def latency_ms(paths: dict[str, Path], batch: np.ndarray, threads: int, rounds: 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # threads that spin after a run would take the cores from the next session measured
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sessions = {
         k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
         for k, p in paths.items()
