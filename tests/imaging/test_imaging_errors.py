@@ -15,6 +15,7 @@ from PIL import Image as PILImage
 
 from medops.errors import (
     ImageReadError,
+    PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
 from medops.imaging import Image, read_image, read_image_bytes, write_dicom_series, write_nifti
@@ -92,6 +93,27 @@ def test_nifti_with_missing_voxel_data_is_an_image_read_error(tmp_path: Path):
         read_image(tmp_path / "short.nii")
     with pytest.raises(ImageReadError, match=r"cut\.nii\.gz: damaged gzip"):
         read_image(tmp_path / "cut.nii.gz")
+
+
+def test_gzip_uploads_expand_as_gzip_reads_them_and_bad_ones_are_refused():
+    from medops.imaging.io import _gunzip
+
+    payload = bytes(range(256)) * 400
+    one = gzip.compress(payload)
+    two = one + b"\0" * 7 + gzip.compress(payload[::-1]) + b"\0" * 3
+    assert _gunzip(one, "a.gz") == gzip.decompress(one) == payload
+    assert _gunzip(two, "b.gz") == gzip.decompress(two)
+    assert _gunzip(one, "exact.gz", limit=len(payload)) == payload
+    with pytest.raises(ImageReadError, match=r"cut\.gz: damaged gzip data \(it ends inside"):
+        _gunzip(one[:-30], "cut.gz")
+    wrong_crc = bytearray(one)
+    wrong_crc[-8] ^= 0xFF  # the trailer: CRC-32, then the length
+    with pytest.raises(ImageReadError, match=r"crc\.gz: damaged gzip data \(.*check"):
+        _gunzip(bytes(wrong_crc), "crc.gz")
+    with pytest.raises(ImageReadError, match=r"tail\.gz: damaged gzip data"):
+        _gunzip(one + b"not gzip", "tail.gz")
+    with pytest.raises(PayloadTooLargeError, match=r"bomb\.gz: expands beyond 1000 bytes"):
+        _gunzip(one, "bomb.gz", limit=1000)
 
 
 @pytest.mark.parametrize("shape", [(7,), (2, 2, 2, 2, 2, 2), (3, 3, 3, 2, 2)])
