@@ -25,6 +25,7 @@ def test_the_config_writes_nothing_outside_its_folder(onnx_gateway: GatewayThrea
         assert all(p.startswith(str(proxy.folder)) for p in paths), paths
         assert f"listen 127.0.0.1:{proxy.http_port};" in config
         assert f"listen 127.0.0.1:{proxy.grpc_port} http2;" in config
+        assert "keepalive_requests 1000000;" in config
     finally:
         proxy.stop()
     assert not proxy.folder.exists()

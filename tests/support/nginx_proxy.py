@@ -68,6 +68,9 @@ events {{
 }}
 http {{
     access_log off;
+    # never close a client connection mid-run: after its default 1000 requests nginx sends
+    # HTTP/2 GOAWAY, which a gRPC client reports as UNAVAILABLE, killing a benchmark worker
+    keepalive_requests 1000000;
 {temp}
     client_max_body_size {max_body};
     client_body_buffer_size {BODY_BUFFER};
