@@ -38,11 +38,12 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 """Keys of :func:`image_features`, in a stable order."""
 
-_IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+_SECOND_DIFFERENCE = np.array([1.0, -2.0, 1.0], np.float32)
+"""Immerkær's 3x3 kernel is the outer product of this with itself: two 1D passes."""
 
 
 def _channels_first(image: np.ndarray, name: str) -> np.ndarray:
-    """(C, H, W) float64 from (H, W), (H, W, C) or (C, H, W)."""
+    """(C, H, W) from (H, W), (H, W, C) or (C, H, W), any numeric dtype."""
     arr = np.asarray(image)
     if arr.size == 0:
         raise InvalidInputError(f"{name}: empty image")
@@ -59,10 +60,9 @@ def _channels_first(image: np.ndarray, name: str) -> np.ndarray:
         )
     if arr.shape[1] < 3 or arr.shape[2] < 3:
         raise InvalidInputError(f"{name}: image too small for statistics: shape {arr.shape}")
-    out = arr.astype(np.float64)
-    if not np.isfinite(out).all():
+    if not np.isfinite(arr).all():
         raise InvalidInputError(f"{name}: image contains NaN or infinite values")
-    return out
+    return arr
 
 
 def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -72,37 +72,56 @@ def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     return int(shape[-2]), int(shape[-1])
 
 
-def _noise_sigma(gray: np.ndarray) -> float:
-    """Immerkær's fast noise estimate (1996): the Laplacian-difference residual's mean magnitude.
+def _noise_sigma(gray: np.ndarray) -> np.ndarray:
+    """Immerkær's fast noise estimate (1996) per image of ``(N, H, W)``: the mean magnitude of
+    the Laplacian-difference residual.
 
     The 3x3 kernel cancels planar structure, so what remains is mostly noise; edges add a
     little, which is fine for a drift signal.
     """
-    h, w = gray.shape
-    acc = np.zeros((h - 2, w - 2))
-    for dy in range(3):
-        for dx in range(3):
-            acc += _IMMERKAER[dy, dx] * gray[dy : dy + h - 2, dx : dx + w - 2]
-    return float(np.sqrt(np.pi / 2.0) * np.abs(acc).mean() / 6.0)
+    h, w = gray.shape[1:]
+    k = _SECOND_DIFFERENCE
+    rows = k[0] * gray[:, :, : w - 2] + k[1] * gray[:, :, 1 : w - 1] + k[2] * gray[:, :, 2:]
+    acc = k[0] * rows[:, : h - 2] + k[1] * rows[:, 1 : h - 1] + k[2] * rows[:, 2:]
+    return np.sqrt(np.pi / 2.0) * np.abs(acc).mean(axis=(1, 2), dtype=np.float64) / 6.0
 
 
-def _bias_field(gray: np.ndarray, foreground: np.ndarray, scale: float) -> float:
-    """Strength of a smooth intensity ramp over the foreground, relative to the contrast.
+def _bias_field(gray: np.ndarray, foreground: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Strength of a smooth intensity ramp over each image's foreground, relative to its
+    contrast (``scale``, positive).
 
     A least-squares plane I = a + b*x + c*y over foreground pixels; a scanner's bias field
-    (or a coil problem) shows as a large slope across the field of view.
+    (or a coil problem) shows as a large slope across the field of view. Solved for the whole
+    batch from the normal equations about the foreground's centroid (sums over the masks);
+    an image with under 16 foreground pixels, or one whose pixels are all on a line, has 0.
     """
-    ys, xs = np.nonzero(foreground)
-    if ys.size < 16 or scale <= 0:
-        return 0.0
-    h, w = gray.shape
-    design = np.column_stack([np.ones(ys.size), xs / w - 0.5, ys / h - 0.5])
-    coef, *_ = np.linalg.lstsq(design, gray[ys, xs], rcond=None)
-    return float(np.hypot(coef[1], coef[2]) / scale)
+    h, w = gray.shape[1:]
+    fg = foreground.astype(np.float64)
+    x = np.arange(w) / w - 0.5
+    y = np.arange(h) / h - 0.5
+    count = fg.sum(axis=(1, 2))
+    safe = np.maximum(count, 1.0)
+    along_x, along_y = fg.sum(axis=1), fg.sum(axis=2)  # (N, W), (N, H)
+    intensity = np.where(foreground, gray, 0).astype(np.float64)
+    sx, sy = along_x @ x, along_y @ y
+    sxx, syy = along_x @ x**2, along_y @ y**2
+    sxy = np.einsum("nhw,h,w->n", fg, y, x)
+    si = intensity.sum(axis=(1, 2))
+    sxi, syi = intensity.sum(axis=1) @ x, intensity.sum(axis=2) @ y
+    # central moments: the intercept drops out of the 2x2 system for the slopes
+    cxx, cyy, cxy = sxx - sx * sx / safe, syy - sy * sy / safe, sxy - sx * sy / safe
+    cxi, cyi = sxi - sx * si / safe, syi - sy * si / safe
+    det = cxx * cyy - cxy * cxy
+    solvable = (count >= 16) & (det > 1e-12 * np.maximum(cxx * cyy, 1e-300))
+    det = np.where(solvable, det, 1.0)
+    b = (cyy * cxi - cxy * cyi) / det
+    c = (cxx * cyi - cxy * cxi) / det
+    return np.where(solvable, np.hypot(b, c) / scale, 0.0)
 
 
 def _lr_asymmetry(gray: np.ndarray, foreground: np.ndarray) -> float:
-    """Left-right intensity asymmetry: median log ratio of mirrored foreground pixels.
+    """Left-right intensity asymmetry of one image: median log ratio of mirrored foreground
+    pixels.
 
     Brains are nearly symmetric about the midline, so the ratio of a pixel to its mirror
     image (about the foreground's centre column), per unit of distance across the field of
@@ -110,10 +129,10 @@ def _lr_asymmetry(gray: np.ndarray, foreground: np.ndarray) -> float:
     tumour's asymmetry is local and barely moves the median.
     """
     w = gray.shape[1]
-    cols = np.nonzero(foreground.any(axis=0))[0]
-    if cols.size < 8:
+    columns = foreground.sum(axis=0)
+    if np.count_nonzero(columns) < 8:
         return 0.0
-    cx = round(float(np.nonzero(foreground)[1].mean()))
+    cx = round(float(columns @ np.arange(w) / columns.sum()))
     d = min(cx, w - 1 - cx)
     if d < 4:
         return 0.0
@@ -121,11 +140,11 @@ def _lr_asymmetry(gray: np.ndarray, foreground: np.ndarray) -> float:
     both = foreground[:, cx + 1 : cx + 1 + d] & foreground[:, cx - 1 :: -1][:, :d]
     if not both.any():
         return 0.0
-    eps = 0.02 * (float(gray.max() - gray.min()) or 1.0)
     lo = float(gray.min())
-    ratio = np.log((right - lo + eps) / (left - lo + eps))
-    distance = np.broadcast_to(2.0 * np.arange(1, d + 1)[None, :] / w, both.shape)
-    return float(abs(np.median(ratio[both] / distance[both])))
+    eps = 0.02 * (float(gray.max()) - lo or 1.0)
+    _, cols = np.nonzero(both)
+    ratio = np.log((right[both] - lo + eps) / (left[both] - lo + eps))
+    return float(abs(np.median(ratio / (2.0 * (cols + 1) / w))))
 
 
 def image_features(
@@ -142,40 +161,15 @@ def image_features(
     the given array's. Raises :class:`InvalidInputError` naming ``name`` for unusable input.
     """
     chw = _channels_first(image, name)
-    gray = chw.mean(axis=0)
-    p1, p5, p50, p95, p99 = np.percentile(gray, [1, 5, 50, 95, 99])
-    contrast = float(p99 - p1)
-    scale = contrast if contrast > 0 else 1.0
-    foreground = gray > p1 + 0.1 * contrast
-    gy, gx = np.gradient(gray)
-    spread = float(chw.std(axis=0).mean() / scale) if chw.shape[0] > 1 else 0.0
     rows, cols = _rows_cols(original_shape) if original_shape else chw.shape[1:]
-    return {
-        "p1": float(p1),
-        "p5": float(p5),
-        "p50": float(p50),
-        "p95": float(p95),
-        "p99": float(p99),
-        "mean": float(gray.mean()),
-        "std": float(gray.std()),
-        "contrast": contrast,
-        "noise": _noise_sigma(gray),
-        "bias_field": _bias_field(gray, foreground, scale),
-        "lr_asymmetry": _lr_asymmetry(gray, foreground),
-        "gradient": float(np.hypot(gx, gy).mean() / scale),
-        "channel_spread": spread,
-        "foreground_fraction": float(foreground.mean()),
-        "rows": float(rows),
-        "cols": float(cols),
-    }
+    return image_features_batch(chw[None], original_shape=(rows, cols), name=name)[0]
 
 
 def image_features_batch(
     batch: np.ndarray, *, original_shape: tuple[int, ...] | None = None, name: str = "image"
 ) -> list[dict[str, float]]:
-    """:func:`image_features` of every image of a ``(N, C, H, W)`` batch of model inputs,
-    equal to calling it per image: the statistics are computed over the batch at once, the
-    two that need per-image index work (bias field, asymmetry) image by image."""
+    """:func:`image_features` of every image of a ``(N, C, H, W)`` batch of model inputs at
+    once (in float32, as the models see them); the asymmetry's median image by image."""
     arr = np.asarray(batch)
     if arr.ndim != 4 or arr.shape[0] == 0:
         raise InvalidInputError(f"{name}: expected a batch (N, C, H, W), got shape {arr.shape}")
@@ -183,26 +177,24 @@ def image_features_batch(
         raise InvalidInputError(f"{name}: image too small for statistics: shape {arr.shape[1:]}")
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise InvalidInputError(f"{name}: pixels must be numeric, got dtype {arr.dtype}")
-    x = arr.astype(np.float64)
+    x = arr.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         raise InvalidInputError(f"{name}: image contains NaN or infinite values")
     n, c, h, w = x.shape
-    gray = x.mean(axis=1)
+    gray = x.mean(axis=1, dtype=np.float32) if c > 1 else x[:, 0]
     flat = gray.reshape(n, -1)
-    p1, p5, p50, p95, p99 = np.percentile(flat, [1, 5, 50, 95, 99], axis=1)
+    p1, p5, p50, p95, p99 = np.percentile(flat, [1, 5, 50, 95, 99], axis=1).astype(np.float64)
     contrast = p99 - p1
     scale = np.where(contrast > 0, contrast, 1.0)
-    foreground = gray > (p1 + 0.1 * contrast)[:, None, None]
+    foreground = gray > (p1 + 0.1 * contrast).astype(np.float32)[:, None, None]
     gy, gx = np.gradient(gray, axis=(1, 2))
-    gradient = np.hypot(gx, gy).reshape(n, -1).mean(axis=1) / scale
-    spread = x.std(axis=1).reshape(n, -1).mean(axis=1) / scale if c > 1 else np.zeros(n)
-    acc = np.zeros((n, h - 2, w - 2))
-    for dy in range(3):
-        for dx in range(3):
-            acc += _IMMERKAER[dy, dx] * gray[:, dy : dy + h - 2, dx : dx + w - 2]
-    noise = np.sqrt(np.pi / 2.0) * np.abs(acc).reshape(n, -1).mean(axis=1) / 6.0
-    mean, std = flat.mean(axis=1), flat.std(axis=1)
-    fraction = foreground.reshape(n, -1).mean(axis=1)
+    gradient = np.hypot(gx, gy).mean(axis=(1, 2), dtype=np.float64) / scale
+    spread = x.std(axis=1).mean(axis=(1, 2), dtype=np.float64) / scale if c > 1 else np.zeros(n)
+    noise = _noise_sigma(gray)
+    bias = _bias_field(gray, foreground, scale)
+    mean = flat.mean(axis=1, dtype=np.float64)
+    std = flat.std(axis=1, dtype=np.float64)
+    fraction = foreground.mean(axis=(1, 2), dtype=np.float64)
     rows, cols = _rows_cols(original_shape) if original_shape else (h, w)
     return [
         {
@@ -215,7 +207,7 @@ def image_features_batch(
             "std": float(std[i]),
             "contrast": float(contrast[i]),
             "noise": float(noise[i]),
-            "bias_field": _bias_field(gray[i], foreground[i], float(scale[i])),
+            "bias_field": float(bias[i]),
             "lr_asymmetry": _lr_asymmetry(gray[i], foreground[i]),
             "gradient": float(gradient[i]),
             "channel_spread": float(spread[i]),
@@ -234,7 +226,7 @@ def pooled_vector(image: np.ndarray, *, grid: int = 16, name: str = "image") -> 
     is the vector :class:`EmbeddingReducer` projects when the serving backend exposes no
     penultimate-layer output (ONNX models here return only probabilities).
     """
-    chw = _channels_first(image, name)
+    chw = _channels_first(image, name).astype(np.float64)
     if chw.shape[0] == 1:
         chw = np.repeat(chw, 3, axis=0)
     chw = chw[:3]

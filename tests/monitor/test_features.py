@@ -140,6 +140,35 @@ def test_batched_features_equal_the_per_image_ones_exactly(lgg_dir: Path) -> Non
         image_features_batch(batch[0])
 
 
+def test_the_vectorised_noise_and_bias_field_equal_their_textbook_forms() -> None:
+    """Immerkær's 3x3 convolution and a per-image least-squares plane, computed the slow way
+    (SciPy, NumPy's lstsq in float64), give the batch's numbers."""
+    from scipy.signal import convolve2d
+
+    from medops.monitoring.features import _bias_field, _noise_sigma
+
+    rng = np.random.default_rng(3)
+    gray = np.stack([_phantom(rng).mean(axis=0) for _ in range(4)]).astype(np.float32)
+    gray[1] *= np.linspace(0.5, 1.5, 128)[None, :]  # a ramp, so the slope is not ~0
+    kernel = np.outer([1, -2, 1], [1, -2, 1])
+    for i, g in enumerate(gray.astype(np.float64)):
+        residual = convolve2d(g, kernel, mode="valid")
+        expected = np.sqrt(np.pi / 2) * np.abs(residual).mean() / 6
+        assert _noise_sigma(gray)[i] == pytest.approx(expected, rel=1e-5)
+    foreground = gray > 0.2
+    scale = np.full(4, 0.7)
+    got = _bias_field(gray, foreground, scale)
+    for i, g in enumerate(gray.astype(np.float64)):
+        ys, xs = np.nonzero(foreground[i])
+        design = np.column_stack([np.ones(ys.size), xs / 128 - 0.5, ys / 128 - 0.5])
+        coef, *_ = np.linalg.lstsq(design, g[ys, xs], rcond=None)
+        assert got[i] == pytest.approx(np.hypot(coef[1], coef[2]) / 0.7, rel=1e-6, abs=1e-9)
+    assert got[1] > 10 * got[0]
+    few = np.zeros_like(foreground)
+    few[:, 5, 5:20] = True  # 15 pixels, and all on one row: no plane to fit
+    assert (_bias_field(gray, few, scale) == 0).all()
+
+
 def test_rle_counts_are_checked_as_fast_as_strictly() -> None:
     """Thousands of runs checked at C speed, with the same refusals as before: bools,
     negatives and floats among the counts are still named faults."""
