@@ -28,6 +28,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -76,14 +77,23 @@ def export_models(folder: Path, preset: str) -> dict[str, Path]:
     return paths
 
 
-def champions(folder: Path) -> tuple[dict[str, Path], str]:
-    """The registry's champion ONNX files of both served models, and its tracking URI."""
+def champions(folder: Path, home: Path) -> tuple[dict[str, Path], str]:
+    """The registry's champion ONNX files of both served models and its tracking URI; their
+    drift references are copied into the gateway's ``home`` (its log stays there too)."""
+    from medops.monitoring import reference_dir
     from medops.registry import Registry
     from medops.settings import MedopsSettings
 
-    uri = MedopsSettings().mlflow_uri
-    registry = Registry(uri, cache_dir=folder / "registry-cache")
-    return {n: registry.resolve(n, "champion").onnx_path for n in (CLASSIFIER, SEGMENTER)}, uri
+    settings = MedopsSettings()
+    registry = Registry(settings.mlflow_uri, cache_dir=folder / "registry-cache")
+    models = {}
+    for name in (CLASSIFIER, SEGMENTER):
+        resolved = registry.resolve(name, "champion")
+        models[name] = resolved.onnx_path
+        source = reference_dir(name, resolved.info.version, home=settings.home)
+        if source.is_dir():
+            shutil.copytree(source, reference_dir(name, resolved.info.version, home=home))
+    return models, settings.mlflow_uri
 
 
 def set_threshold(path: Path, threshold: float) -> None:
@@ -305,9 +315,10 @@ def main() -> None:
         t = time.perf_counter()
         png, nifti, tumour_share = lgg_inputs(data_dir / "lgg-mri-segmentation", folder)
         volume = nifti.read_bytes()
+        home = folder / "home"
         registry: dict[str, str] = {}
         if args.champions:
-            models, uri = champions(folder)
+            models, uri = champions(folder, home)
             registry = {"MEDOPS_GATEWAY_TRACKING_URI": uri}
             origin = "the registry's trained champions"
         else:
@@ -325,7 +336,6 @@ def main() -> None:
         prepared = time.perf_counter() - t
         raw = RawCompute(models, args.threads, args.spinning)
         port = free_port()
-        home = folder / "home"
         env = {
             "MEDOPS_HOME": str(home),
             "MEDOPS_GATEWAY_POLL_SECONDS": "0",

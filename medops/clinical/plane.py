@@ -27,7 +27,7 @@ import numpy as np
 from medops.deid import UIDMap
 from medops.errors import InvalidInputError, MedopsError, NotFoundError
 from medops.imaging.upload import ReadUpload, read_upload
-from medops.monitoring import PredictionFeatures, image_features_batch
+from medops.monitoring import PredictionFeatures, image_features, image_features_batch
 from medops.monitoring.metrics import GatewayMetrics
 from medops.monitoring.store import PredictionRecord
 from medops.rle import rle_encode_volume
@@ -338,16 +338,39 @@ class ClinicalPlane:
         the JSON answer."""
         shape = a.image.image.shape[1:]
 
-        def features(route: Route, k: int, inputs: np.ndarray) -> dict[str, float]:
-            stats = a.input_features.get((route.info.input_size, k))
-            if stats is None:
-                return self.features(route.info.name, route.version, inputs, original_shape=shape)
-            return {**stats, **self.features.embedding(route.info.name, route.version, inputs)}
+        def features(
+            route: Route, index: Sequence[int], inputs: Sequence[np.ndarray]
+        ) -> dict[int, dict[str, float]]:
+            """Statistics and embedding of the inputs of slices ``index``, by slice."""
+            size = route.info.input_size
+            embedded = self.features.embeddings(route.info.name, route.version, inputs)
+            out = {}
+            for k, x, embedding in zip(index, inputs, embedded, strict=True):
+                stats = a.input_features.get((size, k))
+                if stats is None:
+                    stats = image_features(x, original_shape=shape)
+                out[k] = {**stats, **embedding}
+            return out
 
+        cls_features = (
+            features(a.classifier.route, range(len(a.inputs)), a.inputs)
+            if a.classifier is not None
+            else {}
+        )
+        segmented = sorted(a.segment_max)
+        seg_features = (
+            features(
+                a.segmenter.route,
+                segmented,
+                [a.segment_inputs.get(k, a.inputs[k]) for k in segmented],
+            )
+            if a.segmenter is not None
+            else {}
+        )
         if a.mask_rle is None:
             a.mask_rle = rle_encode_volume(a.mask)
         records = []
-        for k, inputs in enumerate(a.inputs):
+        for k in range(len(a.inputs)):
             if a.classifier is not None:
                 cls = a.classifier.route
                 classes = cls.info.classes
@@ -361,7 +384,7 @@ class ClinicalPlane:
                         version=cls.version,
                         variant=cls.variant,
                         probabilities={c: float(p) for c, p in zip(classes, row, strict=True)},
-                        features=features(cls, k, inputs),
+                        features=cls_features[k],
                         decision=classes[answered],
                         confidence=float(row[answered]),
                     )
@@ -375,7 +398,7 @@ class ClinicalPlane:
                         version=seg.version,
                         variant=seg.variant,
                         probabilities={"max": a.segment_max[k]},
-                        features=features(seg, k, a.segment_inputs.get(k, inputs)),
+                        features=seg_features[k],
                         area=float(a.mask[k].sum()) * a.image.image.pixel_area_mm2,
                         mask_rle=a.mask_rle[k],
                     )

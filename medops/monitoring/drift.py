@@ -699,3 +699,16 @@ class PredictionFeatures:
         a caller that has the image statistics already."""
         reducer = self._reducer(model, version)
         return {} if reducer is None else reducer.embed(image)
+
+    def embeddings(
+        self, model: str, version: str, images: Sequence[np.ndarray], *, chunk: int = 32
+    ) -> list[dict[str, float]]:
+        """:meth:`embedding` of many model inputs of one shape, ``chunk`` at a time."""
+        reducer = self._reducer(model, version)
+        if reducer is None:
+            return [{} for _ in images]
+        return [
+            row
+            for start in range(0, len(images), chunk)
+            for row in reducer.embed_batch(np.stack(images[start : start + chunk]))
+        ]

@@ -226,23 +226,30 @@ def pooled_vector(image: np.ndarray, *, grid: int = 16, name: str = "image") -> 
     is the vector :class:`EmbeddingReducer` projects when the serving backend exposes no
     penultimate-layer output (ONNX models here return only probabilities).
     """
-    chw = _channels_first(image, name).astype(np.float64)
-    if chw.shape[0] == 1:
-        chw = np.repeat(chw, 3, axis=0)
-    chw = chw[:3]
-    _, h, w = chw.shape
-    ys = np.linspace(0, h, grid + 1).astype(int)
-    xs = np.linspace(0, w, grid + 1).astype(int)
-    # mean over each cell via cumulative sums: exact area pooling for any size
-    integral = np.pad(chw.cumsum(axis=1).cumsum(axis=2), ((0, 0), (1, 0), (1, 0)))
-    cells = (
-        integral[:, ys[1:]][:, :, xs[1:]]
-        - integral[:, ys[:-1]][:, :, xs[1:]]
-        - integral[:, ys[1:]][:, :, xs[:-1]]
-        + integral[:, ys[:-1]][:, :, xs[:-1]]
-    )
-    area = np.outer(np.diff(ys), np.diff(xs))
-    return (cells / area).reshape(-1)
+    return pooled_vectors(_channels_first(image, name)[None], grid=grid)[0]
+
+
+def pooled_vectors(batch: np.ndarray, *, grid: int = 16) -> np.ndarray:
+    """:func:`pooled_vector` of every image of a ``(N, C, H, W)`` batch: ``(N, 3 * grid²)``."""
+    x = np.asarray(batch)[:, :3]
+    n, c, h, w = x.shape
+    if h % grid == 0 and w % grid == 0:  # equal cells (a model input): a reshaped mean
+        cells = x.reshape(n, c, grid, h // grid, grid, w // grid).mean(
+            axis=(3, 5), dtype=np.float64
+        )
+    else:
+        ys = np.linspace(0, h, grid + 1).astype(int)
+        xs = np.linspace(0, w, grid + 1).astype(int)
+        # mean over each cell via cumulative sums: exact area pooling for any size
+        integral = np.pad(
+            x.astype(np.float64).cumsum(axis=2).cumsum(axis=3), ((0, 0), (0, 0), (1, 0), (1, 0))
+        )
+        corner = integral[:, :, ys][:, :, :, xs]
+        sums = corner[:, :, 1:, 1:] - corner[:, :, :-1, 1:] - corner[:, :, 1:, :-1]
+        cells = (sums + corner[:, :, :-1, :-1]) / np.outer(np.diff(ys), np.diff(xs))
+    if c == 1:  # grey: three equal channels
+        cells = np.repeat(cells, 3, axis=1)
+    return cells.reshape(n, -1)
 
 
 @dataclass(frozen=True)
@@ -305,14 +312,20 @@ class EmbeddingReducer:
             raise InvalidInputError(
                 f"embedding: expected vectors of length {self.mean.shape[0]}, got {x.shape[-1]}"
             )
-        return (x - self.mean) @ self.components.T
+        # einsum, not BLAS: each row's coordinates are the same whatever the batch around it
+        return np.einsum("...d,kd->...k", x - self.mean, self.components)
 
     def embed(self, image: np.ndarray) -> dict[str, float]:
         """``{"emb_0": ..., ...}`` for one model input (pooled-image reducers only)."""
+        return self.embed_batch(_channels_first(image, "image")[None])[0]
+
+    def embed_batch(self, batch: np.ndarray) -> list[dict[str, float]]:
+        """:meth:`embed` of every image of a ``(N, C, H, W)`` batch of model inputs."""
         if not self.source.startswith("pooled"):
             raise InvalidInputError(f"embedding: reducer of source {self.source!r} takes vectors")
-        coords = self.transform(pooled_vector(image, grid=self.grid))
-        return dict(zip(self.names, map(float, coords), strict=True))
+        coords = self.transform(pooled_vectors(batch, grid=self.grid))
+        names = self.names
+        return [dict(zip(names, map(float, row), strict=True)) for row in coords]
 
     def save(self, path: Path) -> None:
         """Write an ``.npz`` (arrays) with a JSON header; :meth:`load` reads it back."""

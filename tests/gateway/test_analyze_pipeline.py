@@ -23,7 +23,8 @@ from medops.imaging.image import Image
 from medops.imaging.lgg import lgg_patient_volume
 from medops.imaging.upload import Upload
 from medops.modelspec import ModelInfo
-from medops.monitoring import PredictionFeatures
+from medops.monitoring import EmbeddingReducer, PredictionFeatures
+from medops.monitoring.features import pooled_vectors
 from medops.monitoring.store import PredictionRecord
 from medops.rle import rle_encode
 from medops.transforms import drop_small_components, preprocess_slice, restore_mask
@@ -60,6 +61,17 @@ def _outputs(model: str, batch: np.ndarray) -> np.ndarray:
         p = batch.reshape(len(batch), -1).mean(axis=1)
         return np.stack([1 - p, p], axis=1).astype(np.float32)
     return batch[:, :1] ** 0.5
+
+
+class WithReducers(PredictionFeatures):
+    """Embedding reducers by model, as stored references would give them."""
+
+    def __init__(self, reducers: dict[str, EmbeddingReducer]) -> None:
+        super().__init__(None)
+        self.reducers = reducers
+
+    def _reducer(self, model: str, version: str) -> EmbeddingReducer | None:
+        return self.reducers.get(model)
 
 
 class ListStore:
@@ -105,14 +117,25 @@ def test_pipelined_batches_answers_and_log_equal_the_sequential_reference(
         return batched(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(plane_module, "preprocess_slices", timed)
+    # the reference: every slice preprocessed on its own, then batches in slice order
+    inputs = np.stack([preprocess_slice(s, SIZE) for s in slices])
     predictor, store = RecordingPredictor(), ListStore()
+    features = WithReducers(
+        {  # one reducer per model, fitted on different vectors, so a mix-up shows
+            "cls": EmbeddingReducer.fit(pooled_vectors(inputs), n_components=3),
+            "seg": EmbeddingReducer.fit(pooled_vectors(inputs**2), n_components=2),
+        }
+    )
     plane = ClinicalPlane(
-        predictor, {"c": Chain("cls", "seg")}, default_chain="c", batch_size=BATCH, store=store
+        predictor,
+        {"c": Chain("cls", "seg")},
+        default_chain="c",
+        batch_size=BATCH,
+        store=store,
+        features=features,
     )
     a = _analyze(plane, body)
 
-    # the reference: every slice preprocessed on its own, then batches in slice order
-    inputs = np.stack([preprocess_slice(s, SIZE) for s in slices])
     chunks = [inputs[i : i + BATCH] for i in range(0, len(inputs), BATCH)]
     for model in ("cls", "seg"):
         assert len(predictor.batches[model]) == len(chunks)
@@ -127,15 +150,15 @@ def test_pipelined_batches_answers_and_log_equal_the_sequential_reference(
     assert np.array_equal(a.mask, want_mask)
     assert np.array_equal(a.probabilities, _outputs("cls", inputs)[:, 1].astype(float))
 
-    # the log: the statistics and masks the slice-by-slice computation gives
-    features = PredictionFeatures(None)
+    # the log: the statistics, embeddings and masks the slice-by-slice computation gives
     shape = slices.shape[-2:]
     by_model = {(r.model, r.request_id): r for r in store.records}
     assert len(by_model) == 2 * len(slices)
     for k, x in enumerate(inputs):
-        expected = features("cls", "1", x, original_shape=shape)
-        assert by_model[("cls", f"req.{k}")].features == expected
-        assert by_model[("seg", f"req.{k}")].features == expected
+        for model, axes in (("cls", 3), ("seg", 2)):
+            expected = features(model, "1", x, original_shape=shape)
+            assert sum(name.startswith("emb_") for name in expected) == axes
+            assert by_model[(model, f"req.{k}")].features == expected
         assert by_model[("seg", f"req.{k}")].mask_rle == rle_encode(want_mask[k])
 
 

@@ -76,6 +76,30 @@ def test_pooled_vector_averages_cells_exactly() -> None:
     assert vec[:4].tolist() == [2.5, 4.5, 10.5, 12.5]
 
 
+@pytest.mark.parametrize("shape", [(3, 128, 128), (1, 64, 64), (3, 100, 90), (4, 37, 50)])
+def test_pooled_vectors_are_each_cell_s_mean_and_a_batch_embeds_as_its_images(
+    shape: tuple[int, ...],
+) -> None:
+    """Equal cells (a reshaped mean) and unequal ones (integral images) both give each cell's
+    plain mean; a batch's embeddings are its images' one by one, exactly."""
+    from medops.monitoring.features import pooled_vectors
+
+    rng = np.random.default_rng(5)
+    batch = rng.random((5, *shape)).astype(np.float32)
+    grid = 16
+    ys, xs = (np.linspace(0, n, grid + 1).astype(int) for n in shape[1:])
+    for image, got in zip(batch, pooled_vectors(batch, grid=grid), strict=True):
+        chw = np.repeat(image, 3, axis=0) if shape[0] == 1 else image[:3]
+        cells = [
+            chw[:, ys[i] : ys[i + 1], xs[j] : xs[j + 1]].astype(np.float64).mean(axis=(1, 2))
+            for i in range(grid)
+            for j in range(grid)
+        ]
+        np.testing.assert_allclose(got, np.stack(cells, axis=1).reshape(-1), rtol=1e-12)
+    reducer = EmbeddingReducer.fit(pooled_vectors(batch, grid=grid), n_components=3)
+    assert reducer.embed_batch(batch) == [reducer.embed(x) for x in batch]
+
+
 def test_embedding_reducer_round_trips_through_its_file(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     images = [_phantom(rng) * rng.uniform(0.5, 1.5) for _ in range(20)]
