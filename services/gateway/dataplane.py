@@ -359,9 +359,9 @@ class DataPlane:
 
     async def _run(self, request: InferRequest, version: str) -> InferResponse:
         try:
-            return await asyncio.wait_for(
-                self.backend.infer(request, version, self.timeout_s), self.timeout_s
-            )
+            # a deadline on this task (wait_for would start another task per request)
+            async with asyncio.timeout(self.timeout_s):
+                return await self.backend.infer(request, version, self.timeout_s)
         except TimeoutError:
             raise BackendTimeoutError(
                 f"model {request.model}: backend did not answer within {self.timeout_s:g} s"
