@@ -40,38 +40,31 @@ def _as_chw(slice_: np.ndarray, what: str = "slice") -> np.ndarray:
 
 def _u8_percentiles(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Low/high percentiles (NumPy's linear method) and min/max of uint8 rows via histograms."""
-    c, n = x.shape
-    lo, hi, mn, mx = (np.empty(c, dtype=np.float32) for _ in range(4))
-    for i in range(c):
-        counts = np.bincount(x[i], minlength=256)
-        cum = np.cumsum(counts)
-        present = np.flatnonzero(counts)
-        mn[i], mx[i] = present[0], present[-1]
-        for out, q in ((lo, LOW_PERCENTILE), (hi, HIGH_PERCENTILE)):
-            v = q / 100.0 * (n - 1)
-            k0 = int(np.floor(v))
-            k1 = min(k0 + 1, n - 1)
-            a, b = np.searchsorted(cum, [k0, k1], side="right")
-            out[i] = a + (b - a) * (v - k0)
-    return lo, hi, mn, mx
+    n = x.shape[1]
+    counts = np.stack([np.bincount(row, minlength=256) for row in x])
+    cum = counts.cumsum(axis=1)
+    present = counts > 0
+    mn = present.argmax(axis=1).astype(np.float32)
+    mx = (255 - present[:, ::-1].argmax(axis=1)).astype(np.float32)
+    bounds = []
+    for q in (LOW_PERCENTILE, HIGH_PERCENTILE):
+        v = q / 100.0 * (n - 1)
+        k0 = int(np.floor(v))
+        k1 = min(k0 + 1, n - 1)
+        # the sorted row's k-th value: how many histogram levels hold k or fewer pixels
+        a, b = (cum <= k0).sum(axis=1), (cum <= k1).sum(axis=1)
+        bounds.append((a + (b - a) * (v - k0)).astype(np.float32))
+    return bounds[0], bounds[1], mn, mx
 
 
-def normalise_intensity(slice_: np.ndarray) -> np.ndarray:
-    """Per-channel robust scaling to [0, 1], float32.
-
-    Each channel is clipped to its 0.5th and 99.5th percentiles and scaled to [0, 1]; when
-    those percentiles coincide (a mostly blank slice) the channel's min and max are used
-    instead, and a constant channel becomes zeros. Non-finite values count as 0.
-    """
-    arr = _as_chw(slice_)
-    c = arr.shape[0]
-    flat_in = arr.reshape(c, -1)
+def _normalise_rows(flat_in: np.ndarray, is_float: bool) -> np.ndarray:
+    """:func:`normalise_intensity` of each row of a ``(rows, pixels)`` array, float32."""
     if flat_in.dtype == np.uint8:
         # histogram route: same percentiles, a fraction of the cost of sorting
         lo, hi, mn, mx = _u8_percentiles(flat_in)
     else:
         x: np.ndarray = flat_in.astype(np.float32)
-        if arr.dtype.kind == "f" and not np.isfinite(x).all():
+        if is_float and not np.isfinite(x).all():
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = np.percentile(x, [LOW_PERCENTILE, HIGH_PERCENTILE], axis=1).astype(np.float32)
         mn, mx = x.min(axis=1), x.max(axis=1)
@@ -83,11 +76,25 @@ def normalise_intensity(slice_: np.ndarray) -> np.ndarray:
     if flat_in.dtype == np.uint8:
         levels = np.arange(256, dtype=np.float32)
         lut = np.clip((levels[None] - lo[:, None]) * scale[:, None], 0.0, 1.0)
-        out = np.stack([np.take(lut[i], flat_in[i]) for i in range(c)])
-    else:
-        out = (x - lo[:, None]) * scale[:, None]
-        np.clip(out, 0.0, 1.0, out=out)
-    return out.reshape(arr.shape)
+        out = np.empty(flat_in.shape, np.float32)
+        for i in range(len(flat_in)):
+            np.take(lut[i], flat_in[i], out=out[i])
+        return out
+    out = (x - lo[:, None]) * scale[:, None]
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def normalise_intensity(slice_: np.ndarray) -> np.ndarray:
+    """Per-channel robust scaling to [0, 1], float32.
+
+    Each channel is clipped to its 0.5th and 99.5th percentiles and scaled to [0, 1]; when
+    those percentiles coincide (a mostly blank slice) the channel's min and max are used
+    instead, and a constant channel becomes zeros. Non-finite values count as 0.
+    """
+    arr = _as_chw(slice_)
+    flat_in = arr.reshape(arr.shape[0], -1)
+    return _normalise_rows(flat_in, arr.dtype.kind == "f").reshape(arr.shape)
 
 
 _resize_threads: int | None = None
@@ -192,18 +199,22 @@ def preprocess_slices(
         raise InvalidInputError(f"size must be a positive integer, got {size!r}")
     if channels < 1:
         raise InvalidInputError(f"channels must be positive, got {channels}")
-    normalised = []
+    arrays = []
     for slice_ in slices:
         arr = _as_chw(slice_)
         if arr.shape[0] > channels:
             arr = arr[:channels]
         if bias_correction:
             arr = n4_bias_correction(arr)
-        normalised.append(normalise_intensity(arr))
-    if not normalised:
+        arrays.append(arr)
+    if not arrays:
         return np.zeros((0, channels, int(size), int(size)), np.float32)
-    if len({a.shape for a in normalised}) == 1:
-        return _to_channels(_resize_float(np.stack(normalised), int(size)), channels)
+    if len({(a.shape, a.dtype) for a in arrays}) == 1:
+        # a volume's slices: every channel of every slice normalised as one set of rows
+        batch = np.stack(arrays)
+        rows = _normalise_rows(batch.reshape(-1, batch[0, 0].size), batch.dtype.kind == "f")
+        return _to_channels(_resize_float(rows.reshape(batch.shape), int(size)), channels)
+    normalised = [normalise_intensity(a) for a in arrays]
     # slices of different shapes or channel counts: one by one
     return np.concatenate(
         [_to_channels(_resize_float(a[None], int(size)), channels) for a in normalised]

@@ -206,6 +206,19 @@ def test_the_batched_form_is_bit_identical_to_the_slice_by_slice_one(lgg_dir: Pa
     ]
     batch = preprocess_slices(mixed, 64)
     assert np.array_equal(batch, np.stack([preprocess_slice(s, 64) for s in mixed]))
+    # one shape and dtype, normalised as one set of rows: blank, constant and NaN slices too
+    blank = np.zeros((3, 40, 40), np.uint8)
+    for same in (
+        [
+            blank,
+            blank + 7,
+            rng.integers(0, 3, (3, 40, 40)).astype(np.uint8),
+            slices[0][:, :40, :40],
+        ],
+        [np.where(rng.random((40, 40)) < 0.05, np.nan, rng.normal(0, 1, (40, 40))) for _ in "ab"],
+    ):
+        batch = preprocess_slices(same, 32)
+        assert np.array_equal(batch, np.stack([preprocess_slice(s, 32) for s in same]))
     assert preprocess_slices([], 64).shape == (0, 3, 64, 64)
     with pytest.raises(InvalidInputError, match="size"):
         preprocess_slices(slices, 0)
