@@ -57,14 +57,14 @@ def _u8_percentiles(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return bounds[0], bounds[1], mn, mx
 
 
-def _normalise_rows(flat_in: np.ndarray, is_float: bool) -> np.ndarray:
+def _normalise_rows(flat_in: np.ndarray) -> np.ndarray:
     """:func:`normalise_intensity` of each row of a ``(rows, pixels)`` array, float32."""
     if flat_in.dtype == np.uint8:
         # histogram route: same percentiles, a fraction of the cost of sorting
         lo, hi, mn, mx = _u8_percentiles(flat_in)
     else:
         x: np.ndarray = flat_in.astype(np.float32)
-        if is_float and not np.isfinite(x).all():
+        if flat_in.dtype.kind == "f" and not np.isfinite(x).all():
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = np.percentile(x, [LOW_PERCENTILE, HIGH_PERCENTILE], axis=1).astype(np.float32)
         mn, mx = x.min(axis=1), x.max(axis=1)
@@ -94,7 +94,7 @@ def normalise_intensity(slice_: np.ndarray) -> np.ndarray:
     """
     arr = _as_chw(slice_)
     flat_in = arr.reshape(arr.shape[0], -1)
-    return _normalise_rows(flat_in, arr.dtype.kind == "f").reshape(arr.shape)
+    return _normalise_rows(flat_in).reshape(arr.shape)
 
 
 _resize_threads: int | None = None
@@ -212,12 +212,14 @@ def preprocess_slices(
     if len({(a.shape, a.dtype) for a in arrays}) == 1:
         # a volume's slices: every channel of every slice normalised as one set of rows
         batch = np.stack(arrays)
-        rows = _normalise_rows(batch.reshape(-1, batch[0, 0].size), batch.dtype.kind == "f")
+        rows = _normalise_rows(batch.reshape(-1, batch[0, 0].size))
         return _to_channels(_resize_float(rows.reshape(batch.shape), int(size)), channels)
-    normalised = [normalise_intensity(a) for a in arrays]
-    # slices of different shapes or channel counts: one by one
+    # slices of different shapes, channel counts or dtypes: one by one
     return np.concatenate(
-        [_to_channels(_resize_float(a[None], int(size)), channels) for a in normalised]
+        [
+            _to_channels(_resize_float(normalise_intensity(a)[None], int(size)), channels)
+            for a in arrays
+        ]
     )
 
 
