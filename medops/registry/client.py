@@ -69,6 +69,8 @@ TAG_DATASET = "dataset_version"
 TAG_COMMIT = "git_commit"
 TAG_GATE = "gate.promote"
 TAG_GATE_REASONS = "gate.reasons"
+TAG_GATE_FAILED = "gate.failed"
+"""On a version the gate kept out: the checks it failed, for whoever would serve it."""
 TAG_EVALUATION = "evaluation"
 """``cross-validated`` or ``single-split``: how the version's figures were measured."""
 TAG_HEADLINE = "headline"
@@ -739,6 +741,20 @@ class Registry:
         """The tags of one model version."""
         return dict(self._version(name, alias_or_version).tags)
 
+    def gate_refusal(self, name: str, version: str) -> str | None:
+        """Why the promotion gate kept ``name`` ``version`` out, or None when it passed it
+        or judged no gate (a version registered by hand)."""
+        mv = self._version(name, version)
+        tags = dict(mv.tags)
+        if tags.get(TAG_GATE) != "false":
+            return None
+        failed = tags.get(TAG_GATE_FAILED)
+        if failed is None:  # recorded before the failed checks were: every check's reason
+            with self._errors(f"read the gate decision of {name} {version}"):
+                failed = self._client.get_run(mv.run_id).data.tags.get(TAG_GATE_REASONS)
+        why = f": {failed}" if failed else ""
+        return f"the promotion gate kept {name} v{mv.version} out{why}"
+
     def attach(
         self,
         name: str,
@@ -1002,9 +1018,9 @@ class Registry:
         """Record a gate decision on the challenger's run and version; promote if it says so.
 
         Writes ``gate.json`` (reasons and evidence) to the run, tags the run and the version
-        with ``gate.promote``, and moves ``champion`` to ``version`` only when promoted and
-        ``move_champion`` (False leaves the move to a live canary). Returns whether the version
-        is now champion.
+        with ``gate.promote`` (a version kept out with ``gate.failed`` too), and moves
+        ``champion`` to ``version`` only when promoted and ``move_champion`` (False leaves the
+        move to a live canary). Returns whether the version is now champion.
         """
         mv = self._version(name, version)
         payload = decision.to_dict()
@@ -1016,6 +1032,9 @@ class Registry:
             self._client.set_tag(mv.run_id, TAG_GATE, verdict)
             self._client.set_tag(mv.run_id, TAG_GATE_REASONS, "; ".join(decision.reasons)[:5000])
             self._client.set_model_version_tag(name, str(mv.version), TAG_GATE, verdict)
+            if not decision.promote:
+                failed = "; ".join(decision.failures or decision.reasons)[:5000]
+                self._client.set_model_version_tag(name, str(mv.version), TAG_GATE_FAILED, failed)
         if decision.promote and move_champion:
             self.set_alias(name, CHAMPION, str(mv.version))
             return True

@@ -28,6 +28,8 @@ class GateDecision:
     promote: bool
     reasons: list[str]
     evidence: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    """The reasons of the checks that failed (empty when promoted)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,22 +57,26 @@ def promotion_gate(
     if not minimums and not tolerance:
         raise InvalidInputError("promotion_gate: give at least one minimum or tolerance to check")
     reasons: list[str] = []
-    ok = True
+    failures: list[str] = []
+
+    def check(reason: str, passed: bool) -> None:
+        reasons.append(reason)
+        if not passed:
+            failures.append(reason)
+
     checks: dict[str, dict[str, Any]] = {}
 
     for metric, floor in minimums.items():
         value = challenger.get(metric)
         if value is None or not math.isfinite(value):
-            ok = False
-            reasons.append(f"{metric}: missing from the challenger's evaluation")
+            check(f"{metric}: missing from the challenger's evaluation", False)
             checks[f"minimum:{metric}"] = {"value": value, "limit": floor, "passed": False}
             continue
         passed = _better(metric, float(value), float(floor)) >= 0
         word = "at most" if metric in LOWER_IS_BETTER else "at least"
         verdict = "meets" if passed else "fails"
-        reasons.append(f"{metric} = {value:.4f} {verdict} the minimum ({word} {floor:g})")
+        check(f"{metric} = {value:.4f} {verdict} the minimum ({word} {floor:g})", passed)
         checks[f"minimum:{metric}"] = {"value": value, "limit": floor, "passed": passed}
-        ok = ok and passed
 
     if champion is None:
         reasons.append("no champion yet: the challenger is compared with the minimums only")
@@ -82,8 +88,7 @@ def promotion_gate(
         for metric, tol in tolerances.items():
             new, old = challenger.get(metric), champion.get(metric)
             if new is None or not math.isfinite(new):
-                ok = False
-                reasons.append(f"{metric}: missing from the challenger's evaluation")
+                check(f"{metric}: missing from the challenger's evaluation", False)
                 checks[f"versus:{metric}"] = {"challenger": new, "champion": old, "passed": False}
                 continue
             if old is None or not math.isfinite(old):
@@ -91,9 +96,10 @@ def promotion_gate(
                 continue
             margin = _better(metric, float(new), float(old))
             passed = margin >= -tol
-            reasons.append(
+            check(
                 f"{metric}: challenger {new:.4f} vs champion {old:.4f} "
-                f"({'within' if passed else 'beyond'} tolerance {tol:g})"
+                f"({'within' if passed else 'beyond'} tolerance {tol:g})",
+                passed,
             )
             checks[f"versus:{metric}"] = {
                 "challenger": new,
@@ -101,7 +107,6 @@ def promotion_gate(
                 "tolerance": tol,
                 "passed": passed,
             }
-            ok = ok and passed
 
     evidence = {
         "challenger": dict(challenger),
@@ -110,4 +115,4 @@ def promotion_gate(
         "tolerance": dict(tolerance) if isinstance(tolerance, Mapping) else tolerance,
         "checks": checks,
     }
-    return GateDecision(promote=ok, reasons=reasons, evidence=evidence)
+    return GateDecision(promote=not failures, reasons=reasons, evidence=evidence, failures=failures)

@@ -212,17 +212,27 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         else None
     )
 
+    def registered(model: str, variant: str) -> tuple[Any, str] | None:
+        """The registry and the version a variant serves (None: not from a registry)."""
+        if not isinstance(source, RegistrySource):
+            return None
+        _, alias, version = router.config.for_model(model).variant(variant).target
+        target = version or source.current(model, alias or "champion")
+        return None if target is None else (source.registry, target)
+
+    def vet(model: str, variant: str) -> str | None:
+        """A canary of a version the promotion gate kept out is rolled back, not served."""
+        found = registered(model, variant)
+        return None if found is None else found[0].gate_refusal(model, found[1])
+
     def promote(model: str, variant: str) -> None:
         """A canary passed its last step: point the registry's champion alias at it."""
-        if not isinstance(source, RegistrySource):
+        found = registered(model, variant)
+        if found is None:
             return
-        routing = router.config.for_model(model)
-        _, alias, version = routing.variant(variant).target
-        target = version or source.current(model, alias or "champion")
-        if target is None:
-            return
+        registry, target = found
         try:
-            source.registry.set_alias(model, "champion", target)
+            registry.set_alias(model, "champion", target)
         except MedopsError as exc:
             # raised on: the canary stays at 100 % and the promotion is retried next interval
             log.warning("promotion not recorded", extra={"model": model, "reason": exc.message})
@@ -244,6 +254,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         audit_path=settings.routing_audit_file or default_audit_path(settings.home),
         known_models=served,
         on_promote=promote,
+        vet=vet,
         ready_by_default=False,
         store=routing_store,
     )

@@ -19,6 +19,7 @@ def test_a_first_challenger_that_meets_every_minimum_is_promoted() -> None:
     assert decision.promote
     assert any("no champion" in r for r in decision.reasons)
     assert decision.evidence["checks"]["minimum:ece"]["passed"]
+    assert decision.failures == []
 
 
 def test_a_challenger_below_a_minimum_is_kept_out_even_without_a_champion() -> None:
@@ -43,6 +44,11 @@ def test_a_challenger_worse_than_the_champion_beyond_tolerance_is_kept_out() -> 
     decision = promotion_gate(challenger, champion, minimums=MINIMUMS, tolerance={"auc": 0.02})
     assert not decision.promote
     assert decision.evidence["checks"]["versus:auc"]["passed"] is False
+    # only the failed check, for whoever is told why (every check stays in the reasons)
+    assert decision.failures == [
+        "auc: challenger 0.9200 vs champion 0.9500 (beyond tolerance 0.02)"
+    ]
+    assert len(decision.reasons) == 4
 
 
 def test_a_slightly_worse_challenger_within_tolerance_and_a_better_one_are_promoted() -> None:

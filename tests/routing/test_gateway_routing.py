@@ -310,3 +310,48 @@ def test_a_healthy_canary_is_promoted_and_the_champion_alias_moves_in_mlflow(
             assert actions[-1] == "promote"
 
     run(scenario)
+
+
+def test_a_canary_of_a_challenger_the_gate_kept_out_is_rolled_back_and_never_promoted(
+    tmp_path: Path, registry_template: Path
+) -> None:
+    from medops.registry import promotion_gate
+
+    async def scenario() -> None:
+        async with running_gateway(tmp_path, registry_template) as gw:
+            worse = promotion_gate(
+                {"auc": 0.90, "sensitivity": 0.70},
+                {"auc": 0.90, "sensitivity": 0.80},
+                minimums={"auc": 0.85},
+                tolerance={"auc": 0.01, "sensitivity": 0.02},
+            )
+            gw.registry.record_gate(CLASSIFIER, "2", worse, move_champion=False)
+            refusal = gw.registry.gate_refusal(CLASSIFIER, "2")
+            assert refusal == (
+                f"the promotion gate kept {CLASSIFIER} v2 out: sensitivity: challenger "
+                "0.7000 vs champion 0.8000 (beyond tolerance 0.02)"
+            )
+            assert gw.registry.gate_refusal(CLASSIFIER, "1") is None, "no gate judged v1"
+
+            put = await gw.client.put(
+                "/v1/routing", json=progressive([50, 100], 0.4), headers=gw.admin
+            )
+            assert put.status_code == 200, put.text
+            router = gw.gateway.dataplane.router
+            deadline = time.monotonic() + 20
+            answers = []
+            while len(answers) < 10 or router.config.models[CLASSIFIER].progressive is not None:
+                assert time.monotonic() < deadline, router.decisions(CLASSIFIER)
+                r = await gw.client.post(INFER, json=infer_body(), headers=gw.user)
+                answers.append((r.status_code, r.headers["x-medops-variant"]))
+            assert set(answers) == {(200, "champion")}, "the kept-out version took no traffic"
+            moves = [d for d in router.decisions(CLASSIFIER) if d["decision"] != "wait"]
+            assert [(d["decision"], d["toWeight"], d["reason"]) for d in moves] == [
+                ("rollback", 0, refusal)
+            ]
+            last = (await gw.client.get("/v1/routing/audit", headers=gw.admin)).json()
+            assert last["entries"][-1]["action"] == "rollback"
+            assert refusal in last["entries"][-1]["reason"]
+            assert gw.registry.get_alias(CLASSIFIER, "champion") == "1"
+
+    run(scenario)

@@ -112,6 +112,59 @@ def test_a_healthy_canary_steps_5_25_50_100_and_is_promoted_once(
     assert hooks.promoted == [(MODEL, "challenger")], "promotion happens exactly once"
 
 
+def test_a_canary_of_a_version_the_gate_kept_out_is_rolled_back_before_it_takes_traffic(
+    make_router: MakeRouter, clock: FakeClock
+) -> None:
+    hooks = Hooks()
+    refused = "the promotion gate kept m v2 out: sensitivity: challenger 0.75 vs champion 0.80"
+
+    def vet(model: str, variant: str) -> str | None:
+        return refused if variant == "challenger" else None
+
+    router = make_router(
+        progressive_doc(), on_promote=hooks.on_promote, on_rollback=hooks.on_rollback, vet=vet
+    )
+    [decision] = router.decisions(MODEL)
+    assert (decision["decision"], decision["toWeight"], decision["reason"]) == (
+        "rollback",
+        0,
+        refused,
+    )
+    assert hooks.rolled_back == [(MODEL, "challenger", refused)]
+    assert router.config.models[MODEL].progressive is None
+    assert router.audit()[-1]["action"] == "rollback"
+    serve(router, clock, 3 * INTERVAL)
+    assert weight_of(router, "challenger") == 0
+    assert {router.route(MODEL, {}).variant for _ in range(200)} == {"champion"}
+    assert hooks.promoted == []
+
+
+def test_a_vet_that_cannot_judge_holds_the_step_and_a_later_refusal_rolls_back(
+    make_router: MakeRouter, clock: FakeClock
+) -> None:
+    answers: list[str | Exception | None] = [
+        RegistryUnavailableError("registry unreachable"),
+        None,
+        "the promotion gate kept m v2 out",
+    ]
+
+    def vet(model: str, variant: str) -> str | None:
+        answer = answers.pop(0) if answers else None
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    router = make_router(progressive_doc(), vet=vet)
+    assert weight_of(router, "challenger") == 0, "no start while the vet cannot judge"
+    assert "cannot be vetted now: registry unreachable" in router.decisions(MODEL)[-1]["reason"]
+    serve(router, clock, INTERVAL + 1)
+    assert weight_of(router, "challenger") == 5
+    serve(router, clock, INTERVAL)
+    moves = [(d["decision"], d["toWeight"]) for d in router.decisions(MODEL)]
+    assert moves == [("wait", 0), ("start", 5), ("rollback", 0)]
+    assert weight_of(router, "challenger") == 0
+
+
 def test_each_step_is_taken_only_after_a_healthy_interval_with_enough_requests(
     make_router: MakeRouter, clock: FakeClock
 ) -> None:

@@ -48,6 +48,8 @@ Target = tuple[str, str | None, str | None]
 """(variant, alias, version)."""
 PromoteHook = Callable[[str, str], None]
 RollbackHook = Callable[[str, str, str], None]
+VetHook = Callable[[str, str], str | None]
+"""``(model, variant)`` -> why that variant's version may not take a canary's traffic."""
 
 
 class _HookFailedError(MedopsError):
@@ -109,7 +111,10 @@ class Router:
     seconds) drives progressive delivery; ``rng`` makes every random draw reproducible.
     ``on_promote(model, variant)`` is called when a canary passes its last step at 100 %
     (wire it to move the MLflow ``champion`` alias); ``on_rollback(model, variant, reason)``
-    when a canary is rolled back. With ``ready_by_default`` False, a variant other than the
+    when a canary is rolled back. ``vet(model, variant)`` is asked before a canary starts,
+    steps or is promoted; a reason it returns (the promotion gate kept that version out)
+    rolls the canary back instead, so a canary cannot carry past the gate a model the gate
+    refused. With ``ready_by_default`` False, a variant other than the
     baseline gets traffic only after ``set_ready(model, variant, True)``.
 
     ``store`` shares the routing with the other replicas of a fleet: ``config`` then only
@@ -127,6 +132,7 @@ class Router:
         known_models: Collection[str] | None = None,
         on_promote: PromoteHook | None = None,
         on_rollback: RollbackHook | None = None,
+        vet: VetHook | None = None,
         ready_by_default: bool = True,
         max_decisions: int = 1000,
         store: RoutingStore | None = None,
@@ -139,6 +145,7 @@ class Router:
         self._known = None if known_models is None else tuple(known_models)
         self._on_promote = on_promote
         self._on_rollback = on_rollback
+        self._vet = vet
         self._ready_by_default = ready_by_default
         self._ready: dict[tuple[str, str], bool] = {}
         self._counters: dict[tuple[str, str], _Counters] = {}
@@ -618,6 +625,7 @@ class Router:
             decision = self._progressive.analyse(model, now, ready=self.is_ready(model, canary))
             if decision is None:
                 continue
+            self._vet_locked(decision)
             try:
                 self._apply(decision)
             except RevisionConflictError:
@@ -636,6 +644,24 @@ class Router:
             self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
             made.append(decision)
         return made
+
+    def _vet_locked(self, decision: dict[str, Any]) -> None:
+        """A start, step or promotion of a variant the vet refuses becomes a rollback; one the
+        vet cannot judge now (the registry unreachable) waits for the next interval."""
+        if self._vet is None or decision["decision"] not in ("start", "step", "promote"):
+            return
+        try:
+            refusal = self._vet(decision["model"], decision["variant"])
+            decision["at"] = self._clock()  # decided once vetted (a registry call away)
+        except Exception as exc:  # on the request path, as the hooks: never fail a request
+            decision.update(
+                decision="wait",
+                toWeight=decision["fromWeight"],
+                reason=f"{decision['variant']} cannot be vetted now: {_message(exc)}",
+            )
+            return
+        if refusal is not None:
+            decision.update(decision="rollback", toWeight=0, reason=refusal)
 
     def _apply(self, decision: dict[str, Any]) -> None:
         model, variant, kind = decision["model"], decision["variant"], decision["decision"]
@@ -669,9 +695,8 @@ class Router:
         except Exception as exc:
             # the hook runs on the request path (from observe): its failure must not fail the
             # request. A failed promotion keeps the canary at 100 % and is retried next interval.
-            message = exc.message if isinstance(exc, MedopsError) else type(exc).__name__
             decision["decision"] += "-failed"
-            decision["reason"] += f"; hook failed: {message}"
+            decision["reason"] += f"; hook failed: {_message(exc)}"
             return False
         return True
 
@@ -714,3 +739,8 @@ def _with_weight(routing: ModelRouting, variant: str, weight: int) -> ModelRouti
         for v in routing.variants
     ]
     return routing.model_copy(update={"variants": variants})
+
+
+def _message(exc: Exception) -> str:
+    """What a hook's failure may say: a medops error's message, else only its type."""
+    return exc.message if isinstance(exc, MedopsError) else type(exc).__name__
