@@ -126,11 +126,10 @@ class ClinicalPlane:
             else:
                 analysis = await self._segment_all(read, request, first, clock)
             analysis.chain = chain_name
+            # the log, the review copy and the answer in one worker hop (each hop costs a wake-up)
+            await asyncio.to_thread(self._finish, analysis, request)
             if request.log:
-                await self._log_predictions(analysis)
-                await self._keep_for_review(analysis)
                 self._spawn_shadows(analysis)
-            analysis.answer = await asyncio.to_thread(encode, analysis, request.media_type)
             clock.lap("postprocess")
         except MedopsError as exc:
             self._count(first, exc.status_code, clock)
@@ -169,6 +168,8 @@ class ClinicalPlane:
         starts = range(0, len(index), self.batch_size)
 
         def prepare(start: int) -> np.ndarray:
+            """The batch at ``start``. The first batch of inputs at hand is only stacked, so
+            it is stacked on the loop: nothing runs beside it, and a worker hop costs more."""
             chunk = index[start : start + self.batch_size]
             batch = (
                 np.stack(ready[start : start + self.batch_size]).astype(np.float32, copy=False)
@@ -186,7 +187,7 @@ class ClinicalPlane:
         finishing: list[asyncio.Task[None]] = []
         upcoming: asyncio.Task[np.ndarray] | None = None
         try:
-            batch = await asyncio.to_thread(prepare, 0)
+            batch = prepare(0) if ready is not None else await asyncio.to_thread(prepare, 0)
             clock.lap("preprocess")
             for i, start in enumerate(starts):
                 chunk = index[start : start + self.batch_size]
@@ -405,14 +406,21 @@ class ClinicalPlane:
                 )
         return records
 
-    async def _log_predictions(self, a: Analysis) -> None:
+    def _finish(self, a: Analysis, request: AnalyzeRequest) -> None:
+        """After the models: the prediction log and the review copy (when logged), then the
+        answer in the media type asked for."""
+        if request.log:
+            self._log_predictions(a)
+            self._keep_for_review(a)
+        a.answer = encode(a, request.media_type)
+
+    def _log_predictions(self, a: Analysis) -> None:
         """Write the prediction log; a failing store never fails the clinical answer."""
         if self.store is None:
             return
         base_id = _log_id(a.request_id)
         try:
-            records = await asyncio.to_thread(self._records, a, base_id)
-            await asyncio.to_thread(self.store.record_many, records)
+            self.store.record_many(self._records(a, base_id))
         except MedopsError as exc:
             log.warning("prediction not logged", extra={"reason": exc.message})
             return
@@ -474,13 +482,13 @@ class ClinicalPlane:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _keep_for_review(self, a: Analysis) -> None:
+    def _keep_for_review(self, a: Analysis) -> None:
         """Keep the de-identified study for the review page (when on and logged); a failure
         here never fails the clinical answer."""
         if self.review is None or not self.review.enabled or not a.prediction_ids:
             return
         try:
-            await asyncio.to_thread(self.review.keep, a)
+            self.review.keep(a)
         except (OSError, MedopsError) as exc:
             log.warning("study not kept for review", extra={"reason": type(exc).__name__})
 
