@@ -23,7 +23,7 @@ import pytest
 from routing_support import SIZE, tiny_classifier
 
 from medops import modelspec
-from medops.registry import Registry
+from medops.registry import Registry, promotion_gate
 from pipelines.brain import CLASSIFIER
 from services.gateway.app import build_gateway
 from services.gateway.settings import GatewaySettings
@@ -315,8 +315,6 @@ def test_a_healthy_canary_is_promoted_and_the_champion_alias_moves_in_mlflow(
 def test_a_canary_of_a_challenger_the_gate_kept_out_is_rolled_back_and_never_promoted(
     tmp_path: Path, registry_template: Path
 ) -> None:
-    from medops.registry import promotion_gate
-
     async def scenario() -> None:
         async with running_gateway(tmp_path, registry_template) as gw:
             worse = promotion_gate(
